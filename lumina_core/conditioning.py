@@ -1,0 +1,61 @@
+"""The text conditioning passed from a text encoder to a sampler and on to the transformer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Per-token text features and their padding mask.
+
+    embeds: (B, L, D) float hidden states, right padded.
+    mask:   (B, L) bool, True for real tokens. Every row has at least one True.
+    """
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.embeds.ndim != 3 or self.mask.shape != self.embeds.shape[:2]:
+            raise InvalidInputError(
+                f"Conditioning expects embeds (B, L, D) and mask (B, L); got {tuple(self.embeds.shape)} "
+                f"and {tuple(self.mask.shape)}."
+            )
+
+    @property
+    def batch_size(self) -> int:
+        return self.embeds.shape[0]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Conditioning:
+        return Conditioning(self.embeds.to(device=device, dtype=dtype), self.mask.to(device=device, dtype=torch.bool))
+
+    def repeat_to(self, batch_size: int) -> Conditioning:
+        """Tile a batch of 1 (or of a divisor of batch_size) up to batch_size, sample by sample."""
+        if batch_size % self.batch_size:
+            raise InvalidInputError(
+                f"cannot spread {self.batch_size} prompt(s) over a batch of {batch_size}: the batch size must be "
+                "a multiple of the number of prompts."
+            )
+        repeats = batch_size // self.batch_size
+        return Conditioning(self.embeds.repeat_interleave(repeats, 0), self.mask.repeat_interleave(repeats, 0))
+
+    def padded_to(self, length: int) -> Conditioning:
+        """Right-pad with zero features and False mask up to `length` tokens."""
+        extra = length - self.embeds.shape[1]
+        if extra <= 0:
+            return self
+        embeds = torch.nn.functional.pad(self.embeds, (0, 0, 0, extra))
+        mask = torch.nn.functional.pad(self.mask, (0, extra), value=False)
+        return Conditioning(embeds, mask)
+
+
+def concat_conditionings(parts: list[Conditioning]) -> Conditioning:
+    """Stack conditionings along the batch, padding them to the longest token count."""
+    length = max(p.embeds.shape[1] for p in parts)
+    padded = [p.padded_to(length) for p in parts]
+    return Conditioning(torch.cat([p.embeds for p in padded]), torch.cat([p.mask for p in padded]))
