@@ -1,0 +1,41 @@
+"""Multi-axis rotary position embeddings (RoPE) with adjacent-pair rotation.
+
+Each token has one integer position per axis (Lumina-Image 2.0: caption index, patch row, patch
+column). Axis a owns `axes_dims[a]` channels of every head, the axes' channel blocks are
+concatenated (not interleaved), and inside a block channels (2k, 2k+1) form one complex number
+rotated by position * theta ** (-2k / axes_dims[a]).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rope_angles(positions: torch.Tensor, axes_dims: tuple[int, ...], theta: float) -> torch.Tensor:
+    """Rotation angles for integer positions.
+
+    positions: (B, L, n_axes) integer or float positions.
+    Returns (B, L, sum(axes_dims) / 2) float64 angles, one per channel pair, axis blocks concatenated.
+    """
+    angles = []
+    for axis, dim in enumerate(axes_dims):
+        exponents = torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim
+        inv_freq = 1.0 / (theta**exponents)
+        angles.append(positions[..., axis, None].double() * inv_freq)
+    return torch.cat(angles, dim=-1)
+
+
+def rope_cos_sin(angles: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of (B, L, D/2) angles, shaped (B, L, 1, D/2) to broadcast over heads."""
+    return torch.cos(angles).to(dtype)[:, :, None], torch.sin(angles).to(dtype)[:, :, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs of x (B, L, H, D) by the angles behind cos/sin (B, L, 1, D/2).
+
+    Computed in the precision of cos/sin (float32 by default) and returned in x's dtype.
+    """
+    pairs = x.to(cos.dtype).unflatten(-1, (-1, 2))  # (B, L, H, D/2, 2)
+    real, imag = pairs.unbind(-1)
+    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+    return rotated.flatten(-2).to(x.dtype)

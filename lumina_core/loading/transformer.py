@@ -1,0 +1,103 @@
+"""`load_transformer`: any supported diffusion transformer from any supported file layout.
+
+The family and the layout (original / ComfyUI / diffusers) are recognised from tensor names, the
+config is derived from tensor shapes, and the module is filled tensor by tensor from the file's
+memory map, so loading never holds a second full copy of the weights.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, UnsupportedModelError
+from ..models import lumina2
+from .detect import describe_contents, detect_model
+from .files import Checkpoint, open_checkpoint
+from .keymaps import lumina2 as lumina2_keys
+from .modules import assign_tensors, build_on_meta
+
+
+@dataclass(frozen=True)
+class TransformerFamily:
+    name: str
+    config_from_shapes: Callable[[dict[str, tuple[int, ...]]], object]
+    build: Callable[[object], nn.Module]
+    map_diffusers_keys: Callable[[list[str]], tuple[dict[str, list[str]], list[str]]]
+    unused_keys: frozenset[str]
+
+
+FAMILIES: dict[str, TransformerFamily] = {
+    "lumina2": TransformerFamily(
+        name="Lumina-Image 2.0",
+        config_from_shapes=lumina2.config_from_shapes,
+        build=lumina2.Lumina2Transformer,
+        map_diffusers_keys=lumina2_keys.map_diffusers_keys,
+        unused_keys=lumina2.UNUSED_KEYS,
+    ),
+}
+
+
+def load_transformer(
+    path: str | os.PathLike, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
+) -> nn.Module:
+    """Load a diffusion transformer; returns a module with `.family` and `.config`.
+
+    path: an original/ComfyUI `.safetensors` or `.pth` file (all-in-one files too), a diffusers
+    `transformer/` folder or pipeline folder, or a single diffusers-keyed file.
+    dtype: None keeps the stored dtype; otherwise every tensor is cast while it is read.
+    """
+    checkpoint = open_checkpoint(_transformer_folder(os.fspath(path)))
+    detected = detect_model(checkpoint)
+    if detected is None or detected.signature.family not in FAMILIES:
+        found = detected.signature.description if detected else describe_contents(checkpoint)
+        raise UnsupportedModelError(
+            f"{checkpoint.path} holds {found}; load_transformer supports "
+            f"{', '.join(f.name for f in FAMILIES.values())} transformers."
+        )
+    family = FAMILIES[detected.signature.family]
+    readers = _original_key_readers(detected.part, detected.signature.layout, family)
+    shapes = {name: shape for name, (shape, _) in readers.items()}
+    try:
+        config = family.config_from_shapes(shapes)
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(
+            f"{checkpoint.path}: looks like {detected.signature.description} but its shapes do not form a "
+            f"valid model ({type(err).__name__}: {err})."
+        ) from None
+    model = build_on_meta(partial(family.build, config))
+    source = f"{checkpoint.path} ({detected.signature.description})"
+    return assign_tensors(model, {k: read for k, (_, read) in readers.items()}, source, dtype, device)
+
+
+def _transformer_folder(path: str) -> str:
+    # A diffusers pipeline folder keeps the transformer in its own subfolder.
+    sub = os.path.join(path, "transformer")
+    return sub if os.path.isdir(sub) else path
+
+
+def _original_key_readers(
+    part: Checkpoint, layout: str, family: TransformerFamily
+) -> dict[str, tuple[tuple[int, ...], Callable[[], torch.Tensor]]]:
+    """Original key -> (shape, reader) for every tensor the model uses, renaming diffusers keys."""
+    if layout == "original":
+        return {k: (part.shape(k), partial(part.load, k)) for k in part.keys if k not in family.unused_keys}
+    plan, unmatched = family.map_diffusers_keys(part.keys)
+    if unmatched:
+        raise CheckpointError(f"{part.path}: diffusers keys with no {family.name} counterpart: {unmatched[:5]}.")
+    readers = {}
+    for target, sources in plan.items():
+        shapes = [part.shape(s) for s in sources]
+        shape = (sum(s[0] for s in shapes), *shapes[0][1:])
+        readers[target] = (shape, partial(_concat_rows, part, sources))
+    return readers
+
+
+def _concat_rows(part: Checkpoint, keys: list[str]) -> torch.Tensor:
+    tensors = [part.load(k) for k in keys]
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)

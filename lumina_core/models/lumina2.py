@@ -1,0 +1,300 @@
+"""Lumina-Image 2.0: the Next-DiT with caption and image refiners (Alpha-VLLM, arXiv 2503.21758).
+
+Written from the architecture description in shared/reference/lumina2.md (§1-2), which follows
+Alpha-VLLM/Lumina-Image-2.0 `models/model.py`; diffusers' `Lumina2Transformer2DModel` is the parity
+oracle in tests. Module attribute names equal the original checkpoint's key segments, so the original
+and ComfyUI files load without renaming.
+
+The network runs in Lumina time (t = 0 noise, t = 1 data) and predicts data - noise; `forward` wraps it
+in the package's convention: sigma = 1 - t and velocity = noise - data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..common.attention import attention
+from ..common.embeddings import timestep_embedding
+from ..common.norms import RMSNorm
+from ..common.rope import apply_rope, rope_angles, rope_cos_sin
+from ..errors import InvalidInputError
+
+FAMILY = "lumina2"
+VAE_DOWNSCALE = 8  # the FLUX autoencoder's spatial factor
+
+# Present in original and ComfyUI files but never used by the forward pass (diffusers drops it too).
+UNUSED_KEYS = frozenset({"norm_final.weight"})
+
+
+@dataclass(frozen=True)
+class Lumina2Config:
+    """Shapes of a Lumina-Image 2.0 transformer. Defaults are the released 2B model."""
+
+    patch_size: int = 2
+    in_channels: int = 16
+    dim: int = 2304
+    n_layers: int = 26
+    n_refiner_layers: int = 2
+    n_heads: int = 24
+    n_kv_heads: int = 8
+    ffn_hidden: int = 9216
+    cap_feat_dim: int = 2304
+    norm_eps: float = 1e-5
+    axes_dims: tuple[int, int, int] = (32, 32, 32)  # not stored in checkpoints; see default_axes_dims
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError(f"dim {self.dim}, heads {self.n_heads} and kv heads {self.n_kv_heads} do not divide.")
+        if sum(self.axes_dims) != self.head_dim or any(d % 2 for d in self.axes_dims):
+            raise ValueError(f"axes_dims {self.axes_dims} must be even and sum to the head dim {self.head_dim}.")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def t_emb_dim(self) -> int:
+        return min(self.dim, 1024)
+
+
+def default_axes_dims(head_dim: int) -> tuple[int, int, int]:
+    """Split a head into three even RoPE blocks, the remainder going to the caption axis.
+
+    Gives (32, 32, 32) for the released 2B (head 96) and the 3B/4B/7B sizes of the original code;
+    the split is not stored in checkpoints.
+    """
+    block = 2 * (head_dim // 6)
+    return (head_dim - 2 * block, block, block)
+
+
+def config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> Lumina2Config:
+    """Derive the config from the tensor shapes of an original-keyed state dict (lumina2.md §1.3)."""
+    dim, patch_features = shapes["x_embedder.weight"]
+    head_dim = shapes["layers.0.attention.q_norm.weight"][0]
+    qkv_rows = shapes["layers.0.attention.qkv.weight"][0]
+    patch_size = 2  # not stored; every released Lumina 2 model uses 2
+    return Lumina2Config(
+        patch_size=patch_size,
+        in_channels=patch_features // patch_size**2,
+        dim=dim,
+        n_layers=_count_blocks(shapes, "layers."),
+        n_refiner_layers=_count_blocks(shapes, "noise_refiner."),
+        n_heads=dim // head_dim,
+        n_kv_heads=(qkv_rows - dim) // 2 // head_dim,
+        ffn_hidden=shapes["layers.0.feed_forward.w1.weight"][0],
+        cap_feat_dim=shapes["cap_embedder.1.weight"][1],
+        axes_dims=default_axes_dims(head_dim),
+    )
+
+
+def _count_blocks(shapes: dict[str, tuple[int, ...]], prefix: str) -> int:
+    return len({k[len(prefix) :].split(".", 1)[0] for k in shapes if k.startswith(prefix)})
+
+
+class Attention(nn.Module):
+    """Self-attention with a fused q|k|v projection, per-head RMS q/k norms, RoPE and grouped kv heads."""
+
+    def __init__(self, cfg: Lumina2Config):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=False)
+        self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.q_norm = RMSNorm(cfg.head_dim, eps=1e-5)
+        self.k_norm = RMSNorm(cfg.head_dim, eps=1e-5)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor | None):
+        kv_width = self.n_kv_heads * self.head_dim
+        q, k, v = self.qkv(x).split([self.n_heads * self.head_dim, kv_width, kv_width], dim=-1)
+        q = self.q_norm(q.unflatten(-1, (self.n_heads, -1)))  # (B, L, H, Dh)
+        k = self.k_norm(k.unflatten(-1, (self.n_kv_heads, -1)))  # (B, L, Hkv, Dh)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return self.out(attention(q, k, v.unflatten(-1, (self.n_kv_heads, -1)), key_mask))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x), no biases."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(nn.functional.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    """Sandwich-normed attention + FFN; with `modulated`, scaled by (1 + s) and gated by tanh(g) from t."""
+
+    def __init__(self, cfg: Lumina2Config, modulated: bool):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg.dim, cfg.ffn_hidden)
+        self.attention_norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention_norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
+        if modulated:
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.t_emb_dim, 4 * cfg.dim))
+
+    def forward(self, x, rope, key_mask, t_emb=None):
+        if t_emb is None:
+            x = x + self.attention_norm2(self.attention(self.attention_norm1(x), rope, key_mask))
+            return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
+        scale_attn, gate_attn, scale_ffn, gate_ffn = self.adaLN_modulation(t_emb)[:, None].chunk(4, dim=-1)
+        attn_out = self.attention(self.attention_norm1(x) * (1 + scale_attn), rope, key_mask)
+        x = x + gate_attn.tanh() * self.attention_norm2(attn_out)
+        ffn_out = self.feed_forward(self.ffn_norm1(x) * (1 + scale_ffn))
+        return x + gate_ffn.tanh() * self.ffn_norm2(ffn_out)
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, out_dim: int, frequency_dim: int = 256):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.frequency_dim).to(self.mlp[0].weight.dtype))
+
+
+class FinalLayer(nn.Module):
+    """LayerNorm without affine, scaled by (1 + s(t)), then projected back to patches."""
+
+    def __init__(self, cfg: Lumina2Config):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(cfg.dim, cfg.patch_size**2 * cfg.in_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.t_emb_dim, cfg.dim))
+
+    def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+        scale = self.adaLN_modulation(t_emb)[:, None]
+        return self.linear(self.norm_final(x) * (1 + scale))
+
+
+class Lumina2Transformer(nn.Module):
+    """The Lumina-Image 2.0 Next-DiT.
+
+    Call: model(x, sigma, context, context_mask) -> velocity, with x (B, C, H, W) the normalised FLUX
+    latent (H, W multiples of the patch size), sigma (B,) in [0, 1] with 1 = noise, context (B, L, cap_feat_dim)
+    Gemma-2 features, context_mask (B, L) bool with at least one True per row; velocity = noise - data.
+    """
+
+    family = FAMILY
+
+    def __init__(self, cfg: Lumina2Config):
+        super().__init__()
+        self.config = cfg
+        self.x_embedder = nn.Linear(cfg.patch_size**2 * cfg.in_channels, cfg.dim)
+        self.t_embedder = TimestepEmbedder(cfg.t_emb_dim)
+        self.cap_embedder = nn.Sequential(RMSNorm(cfg.cap_feat_dim, cfg.norm_eps), nn.Linear(cfg.cap_feat_dim, cfg.dim))
+        self.context_refiner = nn.ModuleList(TransformerBlock(cfg, False) for _ in range(cfg.n_refiner_layers))
+        self.noise_refiner = nn.ModuleList(TransformerBlock(cfg, True) for _ in range(cfg.n_refiner_layers))
+        self.layers = nn.ModuleList(TransformerBlock(cfg, True) for _ in range(cfg.n_layers))
+        self.final_layer = FinalLayer(cfg)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x_embedder.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_embedder.weight.device
+
+    def latent_shape(self, batch_size: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """Latent shape for an image of height x width pixels; both must be multiples of 16."""
+        multiple = VAE_DOWNSCALE * self.config.patch_size
+        for name, size in (("width", width), ("height", height)):
+            if size < multiple or size % multiple:
+                raise InvalidInputError(
+                    f"{name} {size} is not allowed: Lumina-Image 2.0 needs sizes that are positive multiples of "
+                    f"{multiple} (8x VAE downscale x patch {self.config.patch_size}); try {_nearest(size, multiple)}."
+                )
+        return (batch_size, self.config.in_channels, height // VAE_DOWNSCALE, width // VAE_DOWNSCALE)
+
+    def forward(self, x, sigma, context, context_mask):
+        return -self.predict_flow(x, 1 - sigma, context, context_mask)
+
+    def predict_flow(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor):
+        """The network in Lumina time: t (B,) in [0, 1] with 0 = noise; returns data - noise, shaped like x."""
+        self._check_inputs(x, t, context, context_mask)
+        dtype = self.dtype
+        cap_lens = context_mask.sum(dim=1)
+        # Caption slots past the longest caption are masked everywhere: drop them to save attention work.
+        longest = int(cap_lens.max())
+        context, context_mask = context[:, :longest], context_mask[:, :longest].bool()
+        caption_mask = None if bool(context_mask.all()) else context_mask
+
+        t_emb = self.t_embedder(t.to(x.device))
+        caption = self.cap_embedder(context.to(dtype))  # (B, L, D)
+        image = self.x_embedder(self._patchify(x.to(dtype)))  # (B, N, D)
+        height, width = x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size
+
+        # The joint sequence is [caption padded to L ; image] for every sample. Attention only sees
+        # positions through RoPE, so this equals the original's per-sample [caption_b ; image] packing
+        # once padded caption keys are masked, and needs no per-sample gather.
+        cos, sin = rope_cos_sin(rope_angles(self._positions(cap_lens, longest, height, width), self.config.axes_dims,
+                                            self.config.rope_theta))
+        caption_rope, image_rope = (cos[:, :longest], sin[:, :longest]), (cos[:, longest:], sin[:, longest:])
+
+        for block in self.context_refiner:
+            caption = block(caption, caption_rope, caption_mask)
+        for block in self.noise_refiner:
+            image = block(image, image_rope, None, t_emb)
+        joint = torch.cat([caption, image], dim=1)
+        joint_mask = None if caption_mask is None else nn.functional.pad(caption_mask, (0, image.shape[1]), value=True)
+        for block in self.layers:
+            joint = block(joint, (cos, sin), joint_mask, t_emb)
+        out = self.final_layer(joint[:, longest:], t_emb)
+        return self._unpatchify(out, height, width).to(x.dtype)
+
+    def _positions(self, cap_lens: torch.Tensor, longest: int, height: int, width: int) -> torch.Tensor:
+        """(B, longest + height*width, 3) ids: caption token i -> (i, 0, 0); patch (r, c) -> (L_b, r, c)."""
+        batch, device = cap_lens.shape[0], cap_lens.device
+        caption = torch.zeros(batch, longest, 3, dtype=torch.long, device=device)
+        caption[..., 0] = torch.arange(longest, device=device)
+        rows, cols = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device),
+                                    indexing="ij")
+        image = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).flatten(0, 1).repeat(batch, 1, 1)
+        image[..., 0] = cap_lens[:, None]
+        return torch.cat([caption, image], dim=1)
+
+    def _patchify(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, C, H, W) -> (B, H/p * W/p, p*p*C): feature order (patch row, patch col, channel).
+        p = self.config.patch_size
+        x = x.unflatten(2, (-1, p)).unflatten(4, (-1, p))  # (B, C, h, p, w, p)
+        return x.permute(0, 2, 4, 3, 5, 1).flatten(3).flatten(1, 2)
+
+    def _unpatchify(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        # (B, h*w, p*p*C) -> (B, C, h*p, w*p)
+        p = self.config.patch_size
+        x = x.unflatten(1, (height, width)).unflatten(-1, (p, p, -1))  # (B, h, w, p, p, C)
+        return x.permute(0, 5, 1, 3, 2, 4).flatten(4).flatten(2, 3)
+
+    def _check_inputs(self, x, t, context, context_mask) -> None:
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise InvalidInputError(f"Lumina-Image 2.0 expects a latent (B, {cfg.in_channels}, H, W); got {tuple(x.shape)}.")
+        if x.shape[-2] % cfg.patch_size or x.shape[-1] % cfg.patch_size:
+            raise InvalidInputError(f"latent height and width must be multiples of {cfg.patch_size}; got {tuple(x.shape)}.")
+        if context.ndim != 3 or context.shape[-1] != cfg.cap_feat_dim:
+            raise InvalidInputError(
+                f"this Lumina-Image 2.0 model expects text features of width {cfg.cap_feat_dim} (Gemma-2-2B); got "
+                f"{tuple(context.shape)}: is the text encoder the one made for this model?"
+            )
+        if context.shape[0] != x.shape[0] or context_mask.shape != context.shape[:2] or t.shape != (x.shape[0],):
+            raise InvalidInputError(
+                f"batch mismatch: latent {tuple(x.shape)}, time {tuple(t.shape)}, text {tuple(context.shape)}, "
+                f"mask {tuple(context_mask.shape)}."
+            )
+        if not bool(context_mask.any(dim=1).all()):
+            raise InvalidInputError("every prompt needs at least one token (a row of the text mask is all False).")
+
+
+def _nearest(size: int, multiple: int) -> int:
+    return max(multiple, round(size / multiple) * multiple)
