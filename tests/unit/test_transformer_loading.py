@@ -1,0 +1,114 @@
+"""Loading rules: key map bijection, detection by tensor names, and errors that say what was found."""
+
+import argparse
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lumina_core.errors import CheckpointError, UnsupportedModelError
+from lumina_core.loading.keymaps.lumina2 import map_diffusers_keys, to_diffusers
+from lumina_core.loading.transformer import load_transformer
+from tests.fixtures.lumina2_files import make_reference, original_state_dict, write_layout
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return make_reference(seed=0)
+
+
+def test_every_diffusers_key_maps_to_exactly_one_original_key(reference):
+    diffusers_keys = list(reference.state_dict())
+    plan, unmatched = map_diffusers_keys(diffusers_keys)
+    assert unmatched == []
+    sources = [s for group in plan.values() for s in group]
+    assert sorted(sources) == sorted(diffusers_keys)  # each used once, none left over
+    qkv = plan["layers.0.attention.qkv.weight"]
+    assert qkv == ["layers.0.attn.to_q.weight", "layers.0.attn.to_k.weight", "layers.0.attn.to_v.weight"]
+
+
+def test_inverse_map_round_trips(reference):
+    original = original_state_dict(reference)
+    original.pop("norm_final.weight")
+    back = to_diffusers(original, dim=reference.config.hidden_size)
+    expected = reference.state_dict()
+    assert set(back) == set(expected)
+    assert all(torch.equal(back[k], expected[k]) for k in expected)
+
+
+def test_unknown_diffusers_key_is_reported():
+    _, unmatched = map_diffusers_keys(["layers.0.attn.to_q.weight", "layers.0.attn.mystery.weight"])
+    assert sorted(unmatched) == ["layers.0.attn.mystery.weight", "layers.0.attn.to_q.weight"]  # a lone q cannot fuse
+
+
+def save(tmp_path, name, tensors):
+    path = tmp_path / name
+    save_file(tensors, path)
+    return path
+
+
+FOREIGN = {
+    "lumina_next": ({"cap_embedder.1.weight": torch.zeros(4, 4), "layers.0.attention.gate": torch.zeros(2),
+                     "layers.0.attention.wk_y.weight": torch.zeros(4, 4)}, "Lumina-Next"),
+    "ltx": ({"adaln_single.linear.weight": torch.zeros(6, 1), "transformer_blocks.0.attn1.to_q.weight": torch.zeros(1, 1)},
+            "LTX-Video"),
+    "sdxl": ({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)}, "SDXL UNet"),
+    "vae": ({"decoder.conv_in.weight": torch.zeros(4, 4, 3, 3)}, "a VAE"),
+    "gemma": ({"model.layers.0.post_feedforward_layernorm.weight": torch.zeros(4)}, "Gemma-2 text encoder"),
+    "unknown": ({"some.weight": torch.zeros(4)}, "no model this package recognises"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", FOREIGN)
+def test_foreign_checkpoint_names_what_it_is(tmp_path, kind):
+    tensors, what = FOREIGN[kind]
+    path = save(tmp_path, f"{kind}.safetensors", tensors)
+    with pytest.raises(UnsupportedModelError) as err:
+        load_transformer(path)
+    message = str(err.value)
+    assert str(path) in message and what in message and "Lumina-Image 2.0" in message
+
+
+def test_text_file_is_named(tmp_path):
+    path = tmp_path / "notes.safetensors"
+    path.write_text("this is not a checkpoint\n" * 20)
+    with pytest.raises(CheckpointError, match="text file"):
+        load_transformer(path)
+
+
+def test_truncated_file_is_named(reference, tmp_path):
+    path = write_layout(reference, "original.safetensors", tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated") as err:
+        load_transformer(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_file_and_empty_file(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_transformer(tmp_path / "absent.safetensors")
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_transformer(tmp_path / "empty.safetensors")
+
+
+def test_pickle_with_objects_is_refused(tmp_path):
+    path = tmp_path / "model_args.pth"  # the original release pickles its argparse Namespace
+    torch.save({"args": argparse.Namespace(dim=2304)}, path)
+    with pytest.raises(CheckpointError, match="refusing to unpickle"):
+        load_transformer(path)
+
+
+def test_wrong_shape_is_reported_with_the_key(reference, tmp_path):
+    state = original_state_dict(reference)
+    state["layers.1.feed_forward.w2.weight"] = torch.zeros(32, 64)
+    with pytest.raises(CheckpointError, match="layers.1.feed_forward.w2.weight"):
+        load_transformer(save(tmp_path, "bad.safetensors", state))
+
+
+def test_missing_tensor_is_reported(reference, tmp_path):
+    state = original_state_dict(reference)
+    del state["layers.1.ffn_norm2.weight"]
+    with pytest.raises(CheckpointError, match="Missing: layers.1.ffn_norm2.weight"):
+        load_transformer(save(tmp_path, "partial.safetensors", state))
