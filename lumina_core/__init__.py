@@ -1,0 +1,35 @@
+"""lumina_core: Lumina-Image 2.0 (and, as they land, Lumina-Next and LTX-Video) in plain PyTorch.
+
+Public API:
+    load_transformer(path, dtype=None, device="cpu")  -> model(x, sigma, context, context_mask) -> velocity
+    load_text_encoder(path, dtype=None, device="cpu") -> encoder.encode(prompts, system_prompt=...) -> Conditioning
+    load_vae(path, dtype=None, device="cpu")          -> vae.decode(latent) -> images (B, 3, H, W) in [0, 1]
+    sample(model, positive, negative, ...)           -> final latent (model space)
+
+Names are imported on first use, so `import lumina_core` stays cheap (transformers loads only with
+the text encoder).
+"""
+
+from importlib import import_module
+
+from .conditioning import Conditioning
+from .errors import CheckpointError, InvalidInputError, LuminaCoreError, SamplingError, UnsupportedModelError
+
+_LAZY = {
+    "load_transformer": "lumina_core.loading.transformer",
+    "load_text_encoder": "lumina_core.text",
+    "load_vae": "lumina_core.vae",
+    "sample": "lumina_core.sampling",
+    "SYSTEM_PROMPTS": "lumina_core.text.prompts",
+}
+
+__all__ = [
+    "Conditioning", "CheckpointError", "InvalidInputError", "LuminaCoreError", "SamplingError",
+    "UnsupportedModelError", *_LAZY,
+]  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lumina_core' has no attribute {name!r}")
