@@ -89,7 +89,7 @@ def _flatten_pickled(path: str, loaded: object) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: expected a dictionary of tensors, found {type(loaded).__name__}.")
     tensors = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise CheckpointError(f"{path}: the pickle holds no tensors (keys: {_preview(loaded)}).")
+        raise CheckpointError(f"{path}: the pickle holds no tensors (keys: {preview(loaded)}).")
     return tensors
 
 
@@ -106,7 +106,7 @@ def _describe_unreadable(path: str, reason: str) -> str:
     return f"{path} ({size} bytes) is {kind}: {reason}. Expected a .safetensors or .pth checkpoint."
 
 
-def _preview(names: Iterable[object], limit: int = 5) -> str:
+def preview(names: Iterable[object], limit: int = 5) -> str:
     names = [str(n) for n in names]
     more = f", ... ({len(names)} in all)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
@@ -157,7 +157,7 @@ class Checkpoint:
 
     def describe(self) -> str:
         """A short summary for error messages: the file and a few of its key names."""
-        return f"{self.path} ({len(self)} tensors, e.g. {_preview(sorted(self.keys))})"
+        return f"{self.path} ({len(self)} tensors, e.g. {preview(sorted(self.keys))})"
 
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -189,10 +189,16 @@ def _open_folder(path: str) -> Checkpoint:
             weight_map = json.load(handle)["weight_map"]
         missing = sorted({s for s in weight_map.values() if not os.path.exists(os.path.join(path, s))})
         if missing:
-            raise CheckpointError(f"{path}: {index_names[0]} lists shards that are missing: {_preview(missing)}.")
+            raise CheckpointError(f"{path}: {index_names[0]} lists shards that are missing: {preview(missing)}.")
         shard_names = sorted(set(weight_map.values()))
     if not shard_names:
-        raise CheckpointError(f"{path}: a folder with no .safetensors files (found: {_preview(os.listdir(path))}).")
+        raise CheckpointError(f"{path}: a folder with no .safetensors files (found: {preview(os.listdir(path))}).")
+    # diffusers folders may hold precision variants beside the weights (name.fp16.safetensors): never mix them.
+    plain = [n for n in shard_names if "." not in n[: -len(".safetensors")]]
+    if plain:
+        shard_names = plain
+    elif len(shard_names) > 1 and not index_names:
+        raise CheckpointError(f"{path}: several weight variants and no index to choose: {preview(shard_names)}.")
     entries: dict[str, _Entry] = {}
     for name in shard_names:
         reader = _SafetensorsReader(os.path.join(path, name))

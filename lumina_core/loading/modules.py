@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from .files import _preview
+from .files import preview
 
 
 def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
@@ -17,34 +17,37 @@ def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
         return factory()
 
 
+def check_fits(module: nn.Module, shapes: Mapping[str, tuple[int, ...]], source: str) -> None:
+    """Raise CheckpointError naming `source` and every missing, unexpected or mis-shaped tensor."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    missing = sorted(expected.keys() - shapes.keys())
+    unexpected = sorted(shapes.keys() - expected.keys())
+    wrong = [f"{k} {tuple(shapes[k])} (expected {expected[k]})" for k in sorted(expected.keys() & shapes.keys())
+             if tuple(shapes[k]) != expected[k]]  # fmt: skip
+    problems = [f"{what}: {preview(items)}" for what, items in
+                (("Missing", missing), ("Unexpected", unexpected), ("Wrong shape", wrong)) if items]  # fmt: skip
+    if problems:
+        raise CheckpointError(
+            f"{source}: the weights do not fit the model built from their shapes (the file mixes parts of "
+            f"different models, or is damaged). {'. '.join(problems)}."
+        )
+
+
 def assign_tensors(
     module: nn.Module,
-    tensors: dict[str, Callable[[], torch.Tensor]],
+    readers: Mapping[str, Callable[[], torch.Tensor]],
+    shapes: Mapping[str, tuple[int, ...]],
     source: str,
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
 ) -> nn.Module:
-    """Fill a meta-device module with tensors read one at a time, checking names and shapes first.
+    """Fill a meta-device module with tensors read one at a time, after checking names and shapes.
 
-    tensors maps each parameter/buffer name to a function that reads it, so at most one tensor beyond
-    the module's own weights is in memory. Raises CheckpointError naming `source` on any mismatch.
+    readers maps each parameter/buffer name to a function that reads it from the file's memory map, so
+    no second full copy of the weights is made; dtype None keeps each tensor's stored dtype.
+    Returns the module in eval mode without gradients.
     """
-    expected = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source}: the weights do not fit the model built from their shapes. Missing: "
-            f"{_preview(missing) or 'none'}. Unexpected: {_preview(unexpected) or 'none'}."
-        )
-    state = {}
-    for name, read in tensors.items():
-        tensor = read()
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise CheckpointError(
-                f"{source}: tensor '{name}' has shape {tuple(tensor.shape)}, the model expects "
-                f"{tuple(expected[name].shape)}: the file mixes parts of different models, or is damaged."
-            )
-        state[name] = tensor.to(device=device, dtype=dtype or tensor.dtype)
+    check_fits(module, shapes, source)
+    state = {name: read().to(device=device, dtype=dtype) for name, read in readers.items()}
     module.load_state_dict(state, strict=True, assign=True)
     return module.eval().requires_grad_(False)

@@ -72,7 +72,7 @@ def load_transformer(
         ) from None
     model = build_on_meta(partial(family.build, config))
     source = f"{checkpoint.path} ({detected.signature.description})"
-    return assign_tensors(model, {k: read for k, (_, read) in readers.items()}, source, dtype, device)
+    return assign_tensors(model, {k: read for k, (_, read) in readers.items()}, shapes, source, dtype, device)
 
 
 def _transformer_folder(path: str) -> str:
