@@ -1,0 +1,196 @@
+"""The flow-matching sampling loop shared by every model family.
+
+A model is an nn.Module called as `model(x, sigma, context, context_mask) -> velocity`, with x (B, C, H, W) in
+model space, sigma (B,) float in [0, 1] (1 = pure noise), context (B, L, D), context_mask (B, L) bool, and the
+velocity v = noise - data = dx/dsigma, shaped like x. `model.latent_shape(batch_size, height, width)` gives the
+latent shape for an image size and raises InvalidInputError for sizes the model cannot take.
+
+Where the defaults follow the original Lumina-Image 2.0 code (Alpha-VLLM `NextDiT.forward_with_cfg`, `sample.py`)
+rather than diffusers' Lumina2Pipeline, and why (details in `lumina2.md` §7):
+  - Truncation is a threshold in Lumina time t = 1 - sigma (`cfg_trunc`): guidance covers the early, noisy part
+    while t < cfg_trunc, tested at every model evaluation as the original does. diffusers instead counts a
+    fraction of the steps, so its "0.25" guides the first quarter of the steps where the original's 0.25 with
+    shift 6 guides about the first two thirds. Our default 1.0 never truncates, like the original's 100.
+  - Renormalisation clamps: a sample whose guided velocity has an L2 norm (over C, H, W) above renorm_cfg times
+    the conditional one is scaled down to it; smaller ones are left alone. This is the original rule, applied
+    per sample (the original's `.item()` comparison only works for batch 1). diffusers always rescales, row by
+    row along the width axis.
+  - After truncation the unconditional pass is not computed at all, and before it cond and uncond run in one
+    batched call (the original batches them; diffusers makes two calls).
+  - Steps count intervals ending at sigma = 0, like diffusers and ComfyUI, not the original's grid points
+    (its "18 midpoint steps" are 17 intervals, 34 model calls); and Heun's last step falls back to Euler as in
+    ComfyUI. This keeps "steps" meaning the same thing across every sampler in the ComfyUI graph.
+`cfg_mode="diffusers"` reproduces the pipeline's truncation and normalisation for parity tests.
+
+Precision: x stays float32 between steps; the model sees x and the context in its own dtype (bf16 is fine) and
+its velocity is cast back to float32. Sigma is passed as float32 and the model casts it where it needs to.
+fp16 overflows on Lumina-Image 2.0; a non-finite latent raises SamplingError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+
+from ..conditioning import Conditioning, concat_conditionings
+from ..errors import InvalidInputError, SamplingError
+from .cfg import Guidance, make_guidance
+from .schedules import build_sigmas
+from .solvers import SOLVERS
+
+StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+class GuidedVelocity:
+    """The model's velocity with classifier-free guidance, as the solvers call it (float32 in and out).
+
+    With guidance, cond and uncond run as one model call on a doubled batch [x, x] with the prompts padded to a
+    common length; once the guidance says the uncond pass is not needed, only the cond half runs.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        positive: Conditioning,
+        negative: Conditioning | None,
+        guidance: Guidance | None,
+        dtype: torch.dtype,
+    ) -> None:
+        self.model = model
+        self.dtype = dtype
+        self.positive = positive
+        self.guidance = guidance if negative is not None else None
+        self.both = concat_conditionings([positive, negative]) if self.guidance is not None else None
+
+    def __call__(self, x: torch.Tensor, sigma: float, *, step: int, total: int) -> torch.Tensor:
+        if self.guidance is None or not self.guidance.needs_uncond(sigma, step, total):
+            return self.predict(x, sigma, self.positive)
+        cond, uncond = self.predict(torch.cat([x, x]), sigma, self.both).chunk(2)  # (2B, ...) -> 2 x (B, ...)
+        return self.guidance.combine(cond, uncond)
+
+    def predict(self, x: torch.Tensor, sigma: float, context: Conditioning) -> torch.Tensor:
+        sigmas = torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)
+        v = self.model(x.to(self.dtype), sigmas, context.embeds, context.mask)
+        return v.float()
+
+
+def model_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of the model's first parameter (float32 on the CPU for a model without any)."""
+    param = next(model.parameters(), None)
+    if param is None:
+        return torch.float32, torch.device("cpu")
+    return param.dtype, param.device
+
+
+def _check_options(steps: int, cfg: float, batch_size: int, solver: str) -> None:
+    if steps < 1:
+        raise InvalidInputError(f"steps must be at least 1, got {steps}.")
+    if cfg < 0:
+        raise InvalidInputError(f"cfg must be >= 0 (1 disables guidance), got {cfg}.")
+    if batch_size < 1:
+        raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}.")
+    if solver not in SOLVERS:
+        raise InvalidInputError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}.")
+
+
+def _latent_shape(
+    model: torch.nn.Module, batch_size: int, height: int, width: int, init: torch.Tensor | None
+) -> tuple[int, ...]:
+    """The latent shape: from the image size, or from init_latent (batch 1 or batch_size) when given."""
+    shape = tuple(model.latent_shape(batch_size, height, width))
+    if init is None:
+        return shape
+    if init.ndim != len(shape) or init.shape[1] != shape[1] or init.shape[0] not in (1, batch_size):
+        raise InvalidInputError(
+            f"init_latent has shape {tuple(init.shape)}; the model expects (batch, {shape[1]}, ...) with "
+            f"{len(shape)} dims and batch 1 or {batch_size} (e.g. {shape} for {width}x{height}). Encode the image "
+            "with this model's VAE."
+        )
+    return (batch_size, *init.shape[1:])
+
+
+def initial_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Standard normal float32 noise drawn on the CPU, so a seed gives the same image on every device."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+
+
+def _check_finite(x: torch.Tensor, step: int, total: int, sigma: float, dtype: torch.dtype) -> None:
+    if not torch.isfinite(x).all():
+        raise SamplingError(
+            f"the latent became NaN/inf at step {step + 1} of {total} (sigma {sigma:.4f}) with the model in {dtype}. "
+            "Run the model in bfloat16 or float32: float16 overflows on Lumina-Image 2.0."
+        )
+
+
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module,
+    positive: Conditioning,
+    negative: Conditioning | None = None,
+    *,
+    width: int = 1024,
+    height: int = 1024,
+    batch_size: int = 1,
+    seed: int = 0,
+    steps: int = 30,
+    cfg: float = 4.0,
+    shift: float = 6.0,
+    solver: str = "euler",
+    schedule: str = "shifted_linear",
+    cfg_trunc: float = 1.0,
+    renorm_cfg: float = 1.0,
+    cfg_mode: str = "original",
+    denoise: float = 1.0,
+    init_latent: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Integrate the flow from noise to a clean latent; returns it in model space, float32, on the model's device.
+
+    positive / negative: text conditionings with batch 1 (tiled to batch_size) or batch_size. Guidance runs when
+        a negative is given and cfg != 1 (in `cfg_mode="diffusers"` only when cfg > 1, as the pipeline does).
+    cfg_trunc, renorm_cfg, cfg_mode: see `cfg.py` and the module docstring. In "diffusers" mode cfg_trunc is the
+        pipeline's cfg_trunc_ratio and renorm_cfg 1 / 0 its cfg_normalization on / off.
+    steps, shift, schedule, solver, denoise: `steps` solver steps over `build_sigmas(schedule, steps, shift,
+        denoise)`; with denoise < 1 they start at the lower sigma0 of that tail.
+    init_latent: (1 or B, C, H, W) in model space. The start is x = (1 - sigma0)·init + sigma0·noise, like
+        ComfyUI's KSampler; with denoise 1 (sigma0 = 1) that is pure noise and init_latent only sets the shape.
+        Without it, init is zero (ComfyUI's empty latent).
+    seed / noise: the noise is drawn on the CPU from `seed` (see `initial_noise`) unless given, with the latent
+        shape.
+    callback(step, total, x, denoised): after each step; step is the 0-based index of the step just taken, x the
+        new latent, denoised = x_step - sigma_step·v the clean-image estimate at that step's start (for previews).
+        Exceptions it raises (e.g. to cancel) propagate unchanged.
+    """
+    _check_options(steps, cfg, batch_size, solver)
+    guidance = make_guidance(cfg_mode, cfg, cfg_trunc, renorm_cfg)
+    sigmas = build_sigmas(schedule, steps, shift, denoise).tolist()
+    shape = _latent_shape(model, batch_size, height, width, init_latent)
+    if noise is None:
+        noise = initial_noise(shape, seed)
+    elif tuple(noise.shape) != shape:
+        raise InvalidInputError(f"noise has shape {tuple(noise.shape)}, the latent is {shape}.")
+
+    dtype, device = model_dtype_device(model)
+    x = noise.to(device=device, dtype=torch.float32)
+    if init_latent is not None:
+        x = (1 - sigmas[0]) * init_latent.to(device=device, dtype=torch.float32) + sigmas[0] * x
+    else:
+        x = sigmas[0] * x
+    positive = positive.repeat_to(batch_size).to(device, dtype)
+    if negative is not None and cfg != 1.0:
+        negative = negative.repeat_to(batch_size).to(device, dtype)
+    else:
+        negative = None
+    velocity = GuidedVelocity(model, positive, negative, guidance, dtype)
+    solver_step = SOLVERS[solver].step
+
+    for i in range(steps):
+        x_next, v = solver_step(partial(velocity, step=i, total=steps), x, sigmas[i], sigmas[i + 1])
+        _check_finite(x_next, i, steps, sigmas[i], dtype)
+        if callback is not None:
+            callback(i, steps, x_next, x - sigmas[i] * v)
+        x = x_next
+    return x

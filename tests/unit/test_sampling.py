@@ -1,0 +1,417 @@
+"""Schedules, solvers, guidance variants and the sampling loop, on fake models with known answers."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lumina_core.conditioning import Conditioning
+from lumina_core.errors import InvalidInputError, SamplingError
+from lumina_core.sampling import (
+    SOLVERS,
+    DiffusersCFG,
+    OriginalCFG,
+    build_sigmas,
+    euler,
+    heun,
+    initial_noise,
+    linear,
+    midpoint,
+    rk4,
+    sample,
+    shifted_linear,
+)
+
+
+class FakeModel(nn.Module):
+    """v = 0.5·x + the prompt's mean feature per sample, so cond and uncond differ; records every call.
+
+    With `data` set it is instead the exact flow towards `data`: v = (x - data) / sigma, whose denoised estimate
+    x - sigma·v is `data` at every step and which Euler follows without error.
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.float32, data: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros((), dtype=dtype), requires_grad=False)
+        self.data = data
+        self.calls: list[dict] = []
+
+    def forward(self, x, sigma, context, context_mask):
+        self.calls.append(
+            {"x": x.clone(), "sigma": sigma.clone(), "tokens": context.shape[1], "mask": context_mask.clone()}
+        )
+        if self.data is not None:
+            return (x - self.data.to(x.dtype)) / sigma.view(-1, 1, 1, 1).to(x.dtype)
+        mean = (context.mean(-1) * context_mask).sum(1) / context_mask.sum(1)  # (B, L, D) -> (B,)
+        return 0.5 * x + mean.view(-1, 1, 1, 1).to(x.dtype)
+
+    def latent_shape(self, batch_size: int, height: int, width: int) -> tuple[int, ...]:
+        if height % 16 or width % 16:
+            raise InvalidInputError(f"width and height must be multiples of 16, got {width}x{height}.")
+        return (batch_size, 4, height // 8, width // 8)
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return [c["x"].shape[0] for c in self.calls]
+
+
+def prompt(tokens: int, value: float, batch: int = 1) -> Conditioning:
+    return Conditioning(torch.full((batch, tokens, 8), value), torch.ones(batch, tokens, dtype=torch.bool))
+
+
+POS, NEG = prompt(5, 1.0), prompt(3, -1.0)
+SMALL = {"width": 32, "height": 16, "steps": 4}  # latent (B, 4, 2, 4)
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def test_shifted_linear_endpoints_and_monotone():
+    sigmas = shifted_linear(30, 6.0)
+    assert sigmas.shape == (31,) and sigmas.dtype == torch.float64
+    assert sigmas[0] == 1.0 and sigmas[-1] == 0.0
+    assert (sigmas[1:] < sigmas[:-1]).all()
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, 6.0])
+def test_static_shift_is_the_lumina_time_shift(shift):
+    sigmas = shifted_linear(20, shift)
+    t = 1 - torch.linspace(1, 0, 21, dtype=torch.float64)  # Lumina time of the unshifted grid
+    lumina = t / (t + shift - shift * t)
+    torch.testing.assert_close(sigmas, 1 - lumina, rtol=0, atol=1e-15)
+
+
+def test_shift_one_is_linear():
+    torch.testing.assert_close(shifted_linear(7, 1.0), linear(7, 1.0))
+
+
+def test_denoise_keeps_the_tail_of_a_longer_schedule():
+    sigmas = build_sigmas("shifted_linear", 10, 6.0, denoise=0.5)
+    assert sigmas.shape == (11,)
+    torch.testing.assert_close(sigmas, shifted_linear(20, 6.0)[-11:])
+    # int(7 / 0.6) = 11 steps, as ComfyUI's KSampler.set_steps truncates
+    torch.testing.assert_close(build_sigmas("shifted_linear", 7, 6.0, 0.6), shifted_linear(11, 6.0)[-8:])
+    assert build_sigmas("shifted_linear", 10, 6.0, 1.0)[0] == 1.0
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("shifted_linear", 0, 6.0), "steps must be at least 1, got 0"),
+        (("shifted_linear", 10, 6.0, 0.0), r"denoise must be in \(0, 1\], got 0.0"),
+        (("shifted_linear", 10, 6.0, 1.5), "got 1.5"),
+        (("karras", 10, 6.0), "unknown schedule 'karras'"),
+        (("shifted_linear", 10, 0.0), "shift must be greater than 0, got 0.0"),
+    ],
+)
+def test_schedule_errors(args, match):
+    with pytest.raises(InvalidInputError, match=match):
+        build_sigmas(*args)
+
+
+# ---------------------------------------------------------------- solvers
+
+
+def counting(fn):
+    calls = []
+
+    def velocity(x, sigma):
+        calls.append(sigma)
+        return fn(x, sigma)
+
+    return velocity, calls
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_every_solver_is_exact_for_a_constant_velocity(name):
+    c = torch.tensor([0.3, -1.2])
+    x = torch.tensor([1.0, 2.0])
+    x_next, v_start = SOLVERS[name].step(lambda x, s: c, x, 0.9, 0.4)
+    torch.testing.assert_close(x_next, x - 0.5 * c)
+    torch.testing.assert_close(v_start, c)
+
+
+@pytest.mark.parametrize("name, order", [("euler", 1), ("midpoint", 2), ("heun", 2), ("rk4", 4)])
+def test_solver_orders_on_exponential_ode(name, order):
+    """dx/dsigma = x from sigma 1 to 0.1 has x(0.1) = x(1)·e^-0.9; halving the step divides the error by 2^order."""
+
+    def error(steps: int) -> float:
+        grid = torch.linspace(1.0, 0.1, steps + 1, dtype=torch.float64).tolist()
+        x = torch.tensor([1.0], dtype=torch.float64)
+        for a, b in itertools.pairwise(grid):
+            x, _ = SOLVERS[name].step(lambda x, s: x, x, a, b)
+        return abs(x.item() - math.exp(-0.9))
+
+    observed = math.log2(error(8) / error(16))
+    assert abs(observed - order) < 0.2, observed
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_calls_per_step_and_start_velocity(name):
+    velocity, calls = counting(lambda x, s: x * s)
+    x = torch.ones(3)
+    _, v_start = SOLVERS[name].step(velocity, x, 0.8, 0.5)
+    assert len(calls) == SOLVERS[name].calls_per_step and calls[0] == 0.8
+    torch.testing.assert_close(v_start, x * 0.8)
+
+
+def test_heun_falls_back_to_euler_on_the_last_step():
+    velocity, calls = counting(lambda x, s: x * (1 + s))
+    x = torch.tensor([2.0])
+    torch.testing.assert_close(heun(velocity, x, 0.3, 0.0)[0], euler(velocity, x, 0.3, 0.0)[0])
+    assert calls == [0.3, 0.3]  # one call each
+
+
+def test_midpoint_and_rk4_evaluate_inside_the_interval():
+    velocity, calls = counting(lambda x, s: x)
+    midpoint(velocity, torch.ones(1), 0.9, 0.3)
+    rk4(velocity, torch.ones(1), 0.9, 0.3)
+    assert calls == pytest.approx([0.9, 0.6, 0.9, 0.7, 0.5, 0.3])
+
+
+# ---------------------------------------------------------------- guidance
+
+
+def original_batch1_reference(cond, uncond, scale, renorm):
+    """Alpha-VLLM's rule written for one sample at a time, with the norm comparison on Python floats."""
+    guided = uncond + scale * (cond - uncond)
+    limit = renorm * cond.norm().item()
+    norm = guided.norm().item()
+    return guided * (limit / norm) if norm >= limit else guided
+
+
+def test_original_renorm_clamps_each_sample_on_its_own():
+    cond = torch.randn(3, 4, 2, 4, generator=torch.Generator().manual_seed(0))
+    uncond = cond.clone()
+    uncond[0] = -cond[0]  # guided = 7·cond: far above the limit
+    uncond[1] = cond[1] * 1.1  # guided = 0.7·cond: below it
+    uncond[2] = 0.9 * cond[2]  # guided = 1.3·cond: above
+    guidance = OriginalCFG(4.0, renorm=1.2)
+    out = guidance.combine(cond, uncond)
+    for i in range(3):
+        torch.testing.assert_close(out[i], original_batch1_reference(cond[i], uncond[i], 4.0, 1.2))
+    torch.testing.assert_close(out[1], 0.7 * cond[1])  # untouched
+    for i in (0, 2):
+        assert out[i].norm().item() == pytest.approx(1.2 * cond[i].norm().item(), rel=1e-5)
+
+
+def test_original_renorm_zero_disables():
+    cond, uncond = torch.ones(2, 4, 2, 2), torch.zeros(2, 4, 2, 2)
+    torch.testing.assert_close(OriginalCFG(4.0, renorm=0.0).combine(cond, uncond), 4 * cond)
+
+
+def test_original_renorm_of_a_zero_prediction_stays_finite():
+    zero = torch.zeros(1, 4, 2, 2)
+    assert torch.equal(OriginalCFG(4.0).combine(zero, zero), zero)
+
+
+def test_diffusers_normalisation_matches_each_row_along_the_last_axis():
+    g = torch.Generator().manual_seed(1)
+    cond, uncond = torch.randn(2, 4, 3, 5, generator=g), torch.randn(2, 4, 3, 5, generator=g)
+    out = DiffusersCFG(4.0, normalize=True).combine(cond, uncond)
+    torch.testing.assert_close(out.norm(dim=-1), cond.norm(dim=-1))
+    direction = (uncond + 4 * (cond - uncond)) / out
+    torch.testing.assert_close(direction, direction[..., :1].expand_as(direction))  # rows only rescaled
+    torch.testing.assert_close(DiffusersCFG(4.0, normalize=False).combine(cond, uncond), uncond + 4 * (cond - uncond))
+
+
+def test_truncation_rules():
+    original = OriginalCFG(4.0, cfg_trunc=0.25)
+    assert original.needs_uncond(0.8, step=29, total=30)  # t = 0.2 < 0.25: early, noisy part
+    assert not original.needs_uncond(0.7, step=0, total=30)  # t = 0.3
+    never = OriginalCFG(4.0, cfg_trunc=1.0)
+    assert never.needs_uncond(0.0, 0, 1)  # rk4's last stage at sigma 0 stays guided
+    assert not OriginalCFG(4.0, cfg_trunc=0.0).needs_uncond(1.0, 0, 1)
+    ratio = DiffusersCFG(4.0, trunc_ratio=0.25)
+    assert [ratio.needs_uncond(0.5, i, 8) for i in range(4)] == [True, True, False, False]
+    assert not DiffusersCFG(1.0).needs_uncond(1.0, 0, 8)  # the pipeline guides only when cfg > 1
+
+
+# ---------------------------------------------------------------- sampler: model calls
+
+
+def test_truncation_scenario_call_counts():
+    """30 Euler steps, cfg 4, truncation 0.25, shift 6: what the uncond pass costs under each semantics.
+
+    Counted: model calls and the batch of each (B = 1 here). A guided step is one call on a batch of 2B
+    (cond + uncond), worth two batch-B passes; a truncated step one call on B.
+    - Original (guide while t = 1 - sigma < 0.25): with shift 6, sigma_i > 0.75 for the first 20 of 30 steps
+      (1 - i/30 > 1/3; step 20 sits exactly at sigma 0.75, t 0.25, which is not < 0.25), so 20 calls of 2B +
+      10 calls of B = 30 calls, 50 batch-B passes instead of 60.
+    - diffusers (guide while (i + 1)/30 <= 0.25): 7 guided steps, so 7 calls of 2B + 23 of B = 37 batch-B
+      passes; the pipeline itself makes them as 30 cond + 7 uncond = 37 calls. That is the "about 38 instead of
+      60" of the bench (30 + 30/4 = 37.5).
+    """
+    model = FakeModel()
+    sample(model, POS, NEG, width=16, height=16, steps=30, cfg=4.0, shift=6.0, cfg_trunc=0.25)
+    assert model.batch_sizes == [2] * 20 + [1] * 10
+    sigmas = [c["sigma"][0].item() for c in model.calls]
+    assert sigmas[19] > 0.75 and sigmas[20] == pytest.approx(0.75)
+
+    model = FakeModel()
+    sample(model, POS, NEG, width=16, height=16, steps=30, cfg=4.0, shift=6.0, cfg_trunc=0.25, cfg_mode="diffusers")
+    assert model.batch_sizes == [2] * 7 + [1] * 23
+    assert sum(model.batch_sizes) == 37
+
+
+@pytest.mark.parametrize("cfg, negative", [(1.0, NEG), (4.0, None)])
+def test_no_uncond_call_without_guidance(cfg, negative):
+    model = FakeModel()
+    sample(model, POS, negative, cfg=cfg, batch_size=3, **SMALL)
+    assert model.batch_sizes == [3] * 4
+    assert all(c["tokens"] == 5 for c in model.calls)
+
+
+def test_cond_and_uncond_share_one_padded_call():
+    model = FakeModel()
+    sample(model, POS, NEG, batch_size=2, **SMALL)
+    assert model.batch_sizes == [4] * 4
+    call = model.calls[0]
+    assert call["tokens"] == 5  # the 3-token negative is padded to the positive's 5
+    assert call["mask"].sum(1).tolist() == [5, 5, 3, 3]  # [cond, cond, uncond, uncond]
+    assert torch.equal(call["x"][:2], call["x"][2:])
+
+
+@pytest.mark.parametrize("solver, calls", [("euler", 4), ("midpoint", 8), ("heun", 7), ("rk4", 16)])
+def test_model_calls_per_solver(solver, calls):
+    model = FakeModel()
+    sample(model, POS, NEG, solver=solver, **SMALL)
+    assert len(model.calls) == calls
+
+
+def test_original_truncation_is_tested_at_every_evaluation():
+    """Midpoint's second evaluation can fall past the threshold while its step's first one is still guided."""
+    sigmas = shifted_linear(4, 6.0).tolist()  # 1, 0.947, 0.857, 0.667, 0
+    mid = (sigmas[2] + sigmas[3]) / 2  # 0.762: t = 0.238
+    model = FakeModel()
+    sample(model, POS, NEG, solver="midpoint", cfg_trunc=0.2, **SMALL)  # guide while sigma > 0.8
+    assert [c["sigma"][0].item() for c in model.calls][5] == pytest.approx(mid)
+    assert model.batch_sizes == [2, 2, 2, 2, 2, 1, 1, 1]
+
+
+def test_guided_velocity_is_the_cfg_combination():
+    """One Euler step from x with sigma 1 -> s1 must move by (s1 - 1)·combine(cond, uncond)."""
+    noise = initial_noise((1, 4, 2, 4), 0)
+    model = FakeModel()
+    out = sample(model, POS, NEG, steps=1, width=32, height=16, cfg=3.0, renorm_cfg=0.0, noise=noise)
+    cond, uncond = 0.5 * noise + 1.0, 0.5 * noise - 1.0
+    torch.testing.assert_close(out, noise - (uncond + 3.0 * (cond - uncond)))
+
+
+# ---------------------------------------------------------------- sampler: seeds, start, callback, precision
+
+
+def test_seed_reproduces_and_noise_is_drawn_on_the_cpu():
+    a = sample(FakeModel(), POS, NEG, seed=7, **SMALL)
+    b = sample(FakeModel(), POS, NEG, seed=7, **SMALL)
+    c = sample(FakeModel(), POS, NEG, seed=8, **SMALL)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    model = FakeModel()
+    sample(model, POS, NEG, seed=7, **SMALL)
+    expected = torch.randn((1, 4, 2, 4), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(model.calls[0]["x"][:1], expected)
+
+
+def test_batch_repeats_a_single_prompt_and_latents_differ_per_sample():
+    model = FakeModel()
+    out = sample(model, POS, NEG, batch_size=3, **SMALL)
+    assert out.shape == (3, 4, 2, 4) and out.dtype == torch.float32
+    assert not torch.equal(out[0], out[1])
+
+
+def test_exact_flow_lands_on_the_data_and_previews_it():
+    data = torch.randn(2, 4, 2, 4, generator=torch.Generator().manual_seed(3))
+    seen = []
+    out = sample(FakeModel(data=data), POS, batch_size=2, callback=lambda *a: seen.append(a), **SMALL)
+    torch.testing.assert_close(out, data)
+    assert [(s, total) for s, total, _, _ in seen] == [(0, 4), (1, 4), (2, 4), (3, 4)]
+    for _, _, _, denoised in seen:
+        torch.testing.assert_close(denoised, data)
+    assert torch.equal(seen[-1][2], out)
+
+
+def test_img2img_starts_from_the_noised_init_latent():
+    data = torch.randn(1, 4, 2, 4, generator=torch.Generator().manual_seed(4))
+    init = data + 0.1
+    noise = initial_noise(data.shape, 5)
+    sigma0 = build_sigmas("shifted_linear", 4, 6.0, 0.5)[0].item()
+    model = FakeModel(data=data)
+    out = sample(model, POS, steps=4, denoise=0.5, init_latent=init, noise=noise)
+    torch.testing.assert_close(model.calls[0]["x"], (1 - sigma0) * init + sigma0 * noise)
+    assert model.calls[0]["sigma"].item() == pytest.approx(sigma0) and sigma0 < 0.9
+    torch.testing.assert_close(out, data)
+    # denoise 1: pure noise, init_latent only gives the shape (ComfyUI's behaviour)
+    model = FakeModel(data=data)
+    sample(model, POS, steps=4, init_latent=init, noise=noise)
+    assert torch.equal(model.calls[0]["x"], noise)
+
+
+def test_init_latent_shape_wins_over_width_and_height():
+    model = FakeModel()
+    out = sample(model, POS, batch_size=2, steps=2, init_latent=torch.zeros(1, 4, 6, 10))
+    assert out.shape == (2, 4, 6, 10)
+
+
+def test_callback_exception_propagates_and_stops_sampling():
+    class Cancelled(Exception):
+        pass
+
+    def cancel(step, total, x, denoised):
+        if step == 1:
+            raise Cancelled
+
+    model = FakeModel()
+    with pytest.raises(Cancelled):
+        sample(model, POS, NEG, callback=cancel, **SMALL)
+    assert len(model.calls) == 2
+
+
+def test_bf16_model_gets_bf16_inputs_and_x_stays_float32():
+    model = FakeModel(dtype=torch.bfloat16)
+    seen = []
+    out = sample(model, POS, NEG, callback=lambda s, t, x, d: seen.append(x.dtype), **SMALL)
+    assert all(c["x"].dtype == torch.bfloat16 for c in model.calls)
+    assert all(c["sigma"].dtype == torch.float32 for c in model.calls)
+    assert out.dtype == torch.float32 and set(seen) == {torch.float32}
+
+
+def test_non_finite_latent_raises_sampling_error():
+    class Overflow(FakeModel):
+        def forward(self, x, sigma, context, context_mask):
+            v = super().forward(x, sigma, context, context_mask)
+            return v if len(self.calls) < 3 else v * float("inf")
+
+    with pytest.raises(SamplingError, match=r"step 3 of 4 \(sigma 0\.8571\).*bfloat16 or float32.*float16"):
+        sample(Overflow(), POS, NEG, **SMALL)
+
+
+# ---------------------------------------------------------------- sampler: input errors
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"steps": 0}, "steps must be at least 1, got 0"),
+        ({"cfg": -1.0}, "cfg must be >= 0.*got -1.0"),
+        ({"denoise": 0.0}, r"denoise must be in \(0, 1\], got 0.0"),
+        ({"denoise": 1.2}, r"denoise must be in \(0, 1\], got 1.2"),
+        ({"solver": "dpm"}, "unknown solver 'dpm'; choose one of"),
+        ({"schedule": "karras"}, "unknown schedule 'karras'"),
+        ({"cfg_mode": "comfy"}, "unknown cfg_mode 'comfy'; choose one of"),
+        ({"cfg_trunc": -0.1}, "cfg_trunc and renorm_cfg must be >= 0"),
+        ({"cfg_mode": "diffusers", "renorm_cfg": 2.0}, "renorm_cfg must be 1 or 0, got 2.0"),
+        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+        ({"width": 100}, "multiples of 16, got 100x16"),
+        ({"init_latent": torch.zeros(1, 16, 2, 4)}, r"init_latent has shape \(1, 16, 2, 4\).*\(batch, 4, \.\.\.\)"),
+        ({"init_latent": torch.zeros(3, 4, 2, 4), "batch_size": 2}, "batch 1 or 2"),
+        ({"noise": torch.zeros(1, 4, 4, 4)}, r"noise has shape \(1, 4, 4, 4\), the latent is \(1, 4, 2, 4\)"),
+    ],
+)
+def test_sample_input_errors(kwargs, match):
+    options = {**SMALL, **kwargs}
+    with pytest.raises(InvalidInputError, match=match):
+        sample(FakeModel(), POS, NEG, **options)
