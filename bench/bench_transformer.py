@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusers import Lumina2Transformer2DModel  # noqa: E402
+from diffusers import Lumina2Transformer2DModel
 
-from lumina_core.loading.keymaps.lumina2 import map_diffusers_keys  # noqa: E402
-from lumina_core.models.lumina2 import Lumina2Transformer, config_from_shapes  # noqa: E402
+from lumina_core.loading.keymaps.lumina2 import map_diffusers_keys
+from lumina_core.models.lumina2 import Lumina2Transformer, config_from_shapes
 
 
 def build_pair(layers: int, refiners: int, dtype: torch.dtype):

@@ -26,25 +26,58 @@ class Signature:
 
 # Diffusion transformers and other models a user might hand to a transformer loader by mistake.
 SIGNATURES: tuple[Signature, ...] = (
-    Signature("lumina2", "original", "a Lumina-Image 2.0 transformer",
-              ("cap_embedder.1.weight", "context_refiner.0.attention.qkv.weight")),
-    Signature("lumina2", "diffusers", "a Lumina-Image 2.0 transformer (diffusers layout)",
-              ("time_caption_embed.caption_embedder.1.weight", "context_refiner.0.attn.to_q.weight")),
-    Signature("lumina_next", "original", "a Lumina-Next transformer",
-              ("cap_embedder.1.weight", "layers.0.attention.gate"), ("context_refiner.0.attention.qkv.weight",)),
-    Signature("lumina_next", "diffusers", "a Lumina-Next transformer (diffusers layout)",
-              ("time_caption_embed.caption_embedder.1.weight", "layers.0.gate")),
-    Signature("ltxv", "original", "an LTX-Video transformer",
-              ("adaln_single.linear.weight", "transformer_blocks.0.attn1.to_q.weight")),
-    Signature("ltxv", "diffusers", "an LTX-Video transformer (diffusers layout)",
-              ("time_embed.linear.weight", "transformer_blocks.0.attn1.to_q.weight")),
+    Signature(
+        "lumina2",
+        "original",
+        "a Lumina-Image 2.0 transformer",
+        ("cap_embedder.1.weight", "context_refiner.0.attention.qkv.weight"),
+    ),
+    Signature(
+        "lumina2",
+        "diffusers",
+        "a Lumina-Image 2.0 transformer (diffusers layout)",
+        ("time_caption_embed.caption_embedder.1.weight", "context_refiner.0.attn.to_q.weight"),
+    ),
+    Signature(
+        "lumina_next",
+        "original",
+        "a Lumina-Next transformer",
+        ("cap_embedder.1.weight", "layers.0.attention.gate"),
+        ("context_refiner.0.attention.qkv.weight",),
+    ),
+    Signature(
+        "lumina_next",
+        "diffusers",
+        "a Lumina-Next transformer (diffusers layout)",
+        ("time_caption_embed.caption_embedder.1.weight", "layers.0.gate"),
+    ),
+    Signature(
+        "ltxv",
+        "original",
+        "an LTX-Video transformer",
+        ("adaln_single.linear.weight", "transformer_blocks.0.attn1.to_q.weight"),
+    ),
+    Signature(
+        "ltxv",
+        "diffusers",
+        "an LTX-Video transformer (diffusers layout)",
+        ("time_embed.linear.weight", "transformer_blocks.0.attn1.to_q.weight"),
+    ),
     Signature("flux", "original", "a FLUX transformer", ("double_blocks.0.img_attn.qkv.weight",)),
     Signature("sd_unet", "original", "a Stable Diffusion / SDXL UNet", ("input_blocks.0.0.weight",)),
-    Signature("sd_unet", "diffusers", "a Stable Diffusion / SDXL UNet (diffusers layout)",
-              ("conv_in.weight", "down_blocks.0.resnets.0.conv1.weight")),
+    Signature(
+        "sd_unet",
+        "diffusers",
+        "a Stable Diffusion / SDXL UNet (diffusers layout)",
+        ("conv_in.weight", "down_blocks.0.resnets.0.conv1.weight"),
+    ),
     Signature("vae", "original", "a VAE (autoencoder)", ("decoder.conv_in.weight",), ("conv_in.weight",)),
-    Signature("vae", "diffusers", "a VAE (autoencoder, diffusers layout)",
-              ("decoder.conv_in.weight", "decoder.up_blocks.0.resnets.0.conv1.weight")),
+    Signature(
+        "vae",
+        "diffusers",
+        "a VAE (autoencoder, diffusers layout)",
+        ("decoder.conv_in.weight", "decoder.up_blocks.0.resnets.0.conv1.weight"),
+    ),
     Signature("gemma2", "original", "a Gemma-2 text encoder", ("model.layers.0.post_feedforward_layernorm.weight",)),
     Signature("t5", "original", "a T5 text encoder", ("encoder.block.0.layer.0.SelfAttention.q.weight",)),
 )
@@ -76,8 +109,14 @@ def detect_model(checkpoint: Checkpoint, prefixes: tuple[str, ...] = MODEL_PREFI
 def describe_contents(checkpoint: Checkpoint) -> str:
     """Everything recognisable in a file, for error messages (e.g. 'a VAE (autoencoder) under vae.')."""
     found = []
-    for prefix in ("model.diffusion_model.", "diffusion_model.", "vae.", "first_stage_model.",
-                   "text_encoders.gemma2_2b.transformer.", ""):
+    for prefix in (
+        "model.diffusion_model.",
+        "diffusion_model.",
+        "vae.",
+        "first_stage_model.",
+        "text_encoders.gemma2_2b.transformer.",
+        "",
+    ):
         if prefix and not checkpoint.has_prefix(prefix):
             continue
         keys = set((checkpoint.subset(prefix) if prefix else checkpoint).keys)

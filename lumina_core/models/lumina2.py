@@ -238,8 +238,11 @@ class Lumina2Transformer(nn.Module):
         # The joint sequence is [caption padded to L ; image] for every sample. Attention only sees
         # positions through RoPE, so this equals the original's per-sample [caption_b ; image] packing
         # once padded caption keys are masked, and needs no per-sample gather.
-        cos, sin = rope_cos_sin(rope_angles(self._positions(cap_lens, longest, height, width), self.config.axes_dims,
-                                            self.config.rope_theta))
+        cos, sin = rope_cos_sin(
+            rope_angles(
+                self._positions(cap_lens, longest, height, width), self.config.axes_dims, self.config.rope_theta
+            )
+        )
         caption_rope, image_rope = (cos[:, :longest], sin[:, :longest]), (cos[:, longest:], sin[:, longest:])
 
         for block in self.context_refiner:
@@ -258,8 +261,9 @@ class Lumina2Transformer(nn.Module):
         batch, device = cap_lens.shape[0], cap_lens.device
         caption = torch.zeros(batch, longest, 3, dtype=torch.long, device=device)
         caption[..., 0] = torch.arange(longest, device=device)
-        rows, cols = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device),
-                                    indexing="ij")
+        rows, cols = torch.meshgrid(
+            torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
+        )
         image = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).flatten(0, 1).repeat(batch, 1, 1)
         image[..., 0] = cap_lens[:, None]
         return torch.cat([caption, image], dim=1)
@@ -279,9 +283,13 @@ class Lumina2Transformer(nn.Module):
     def _check_inputs(self, x, t, context, context_mask) -> None:
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
-            raise InvalidInputError(f"Lumina-Image 2.0 expects a latent (B, {cfg.in_channels}, H, W); got {tuple(x.shape)}.")
+            raise InvalidInputError(
+                f"Lumina-Image 2.0 expects a latent (B, {cfg.in_channels}, H, W); got {tuple(x.shape)}."
+            )
         if x.shape[-2] % cfg.patch_size or x.shape[-1] % cfg.patch_size:
-            raise InvalidInputError(f"latent height and width must be multiples of {cfg.patch_size}; got {tuple(x.shape)}.")
+            raise InvalidInputError(
+                f"latent height and width must be multiples of {cfg.patch_size}; got {tuple(x.shape)}."
+            )
         if context.ndim != 3 or context.shape[-1] != cfg.cap_feat_dim:
             raise InvalidInputError(
                 f"this Lumina-Image 2.0 model expects text features of width {cfg.cap_feat_dim} (Gemma-2-2B); got "

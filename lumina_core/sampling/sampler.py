@@ -180,10 +180,8 @@ def sample(
     else:
         x = sigmas[0] * x
     positive = positive.repeat_to(batch_size).to(device, dtype)
-    if negative is not None and cfg != 1.0:
-        negative = negative.repeat_to(batch_size).to(device, dtype)
-    else:
-        negative = None
+    guided = negative is not None and cfg != 1.0
+    negative = negative.repeat_to(batch_size).to(device, dtype) if guided else None
     velocity = GuidedVelocity(model, positive, negative, guidance, dtype)
     solver_step = SOLVERS[solver].step
 

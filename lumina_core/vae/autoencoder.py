@@ -359,4 +359,3 @@ def load_vae(
         file_dtype = vae.load(next(iter(vae.names))).dtype
         dtype = torch.float32 if file_dtype == torch.float16 else file_dtype
     return assign_tensors(model, {k: partial(vae.load, k) for k in vae.names}, shapes, source, dtype, device)
-

@@ -50,8 +50,8 @@ def save(tmp_path, name, tensors):
 FOREIGN = {
     "lumina_next": ({"cap_embedder.1.weight": torch.zeros(4, 4), "layers.0.attention.gate": torch.zeros(2),
                      "layers.0.attention.wk_y.weight": torch.zeros(4, 4)}, "Lumina-Next"),
-    "ltx": ({"adaln_single.linear.weight": torch.zeros(6, 1), "transformer_blocks.0.attn1.to_q.weight": torch.zeros(1, 1)},
-            "LTX-Video"),
+    "ltx": ({"adaln_single.linear.weight": torch.zeros(6, 1),
+             "transformer_blocks.0.attn1.to_q.weight": torch.zeros(1, 1)}, "LTX-Video"),
     "sdxl": ({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)}, "SDXL UNet"),
     "vae": ({"decoder.conv_in.weight": torch.zeros(4, 4, 3, 3)}, "a VAE"),
     "gemma": ({"model.layers.0.post_feedforward_layernorm.weight": torch.zeros(4)}, "Gemma-2 text encoder"),
