@@ -25,11 +25,17 @@ from safetensors import SafetensorError, safe_open
 from ..errors import CheckpointError, UnsupportedModelError
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+    "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
 GGUF_MAGIC = b"GGUF"
 
 
 class _TensorReader(Protocol):
     def shape(self, key: str) -> tuple[int, ...]: ...
+    def dtype(self, key: str) -> torch.dtype: ...
     def load(self, key: str) -> torch.Tensor: ...
 
 
@@ -47,6 +53,9 @@ class _SafetensorsReader:
 
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self.handle.get_slice(key).get_shape())
+
+    def dtype(self, key: str) -> torch.dtype:
+        return SAFETENSORS_DTYPES[self.handle.get_slice(key).get_dtype()]
 
     def load(self, key: str) -> torch.Tensor:
         return self.handle.get_tensor(key)
@@ -74,6 +83,9 @@ class _PickleReader:
 
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self.tensors[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self.tensors[key].dtype
 
     def load(self, key: str) -> torch.Tensor:
         return self.tensors[key]
@@ -142,6 +154,11 @@ class Checkpoint:
     def shape(self, key: str) -> tuple[int, ...]:
         entry = self._entries[key]
         return entry.reader.shape(entry.key)
+
+    def dtype(self, key: str) -> torch.dtype:
+        """The stored dtype, read from the header without loading the tensor."""
+        entry = self._entries[key]
+        return entry.reader.dtype(entry.key)
 
     def load(self, key: str) -> torch.Tensor:
         entry = self._entries[key]

@@ -52,6 +52,27 @@ def load_transformer(
     `transformer/` folder or pipeline folder, or a single diffusers-keyed file.
     dtype: None keeps the stored dtype; otherwise every tensor is cast while it is read.
     """
+    plan = _plan(path)
+    return assign_tensors(plan.model, plan.readers, plan.shapes, plan.source, dtype, device)
+
+
+def inspect_transformer(path: str | os.PathLike) -> nn.Module:
+    """The model a file holds, built on the meta device from tensor shapes alone: no weights are read.
+
+    Useful to validate sizes (`latent_shape`) or show `.family`/`.config` before paying for a load.
+    """
+    return _plan(path).model
+
+
+@dataclass(frozen=True)
+class _LoadPlan:
+    model: nn.Module  # on the meta device
+    readers: dict[str, Callable[[], torch.Tensor]]
+    shapes: dict[str, tuple[int, ...]]
+    source: str
+
+
+def _plan(path: str | os.PathLike) -> _LoadPlan:
     checkpoint = open_checkpoint(_transformer_folder(os.fspath(path)))
     detected = detect_model(checkpoint)
     if detected is None or detected.signature.family not in FAMILIES:
@@ -72,7 +93,7 @@ def load_transformer(
         ) from None
     model = build_on_meta(partial(family.build, config))
     source = f"{checkpoint.path} ({detected.signature.description})"
-    return assign_tensors(model, {k: read for k, (_, read) in readers.items()}, shapes, source, dtype, device)
+    return _LoadPlan(model, {k: read for k, (_, read) in readers.items()}, shapes, source)
 
 
 def _transformer_folder(path: str) -> str:

@@ -356,6 +356,6 @@ def load_vae(
     config = config_from_state_dict(shapes, **options, source=source)
     model = build_on_meta(partial(Autoencoder, config))
     if dtype is None:
-        file_dtype = vae.load(next(iter(vae.names))).dtype
+        file_dtype = vae.dtype("decoder.conv_in.weight")
         dtype = torch.float32 if file_dtype == torch.float16 else file_dtype
     return assign_tensors(model, {k: partial(vae.load, k) for k in vae.names}, shapes, source, dtype, device)

@@ -199,6 +199,9 @@ class VaeTensors:
     def load(self, key: str) -> torch.Tensor:
         return self.part.load(self.names[key]).reshape(self.shape(key))
 
+    def dtype(self, key: str) -> torch.dtype:
+        return self.part.dtype(self.names[key])
+
 
 def find_vae(checkpoint: Checkpoint) -> VaeTensors:
     """The VAE tensors of `checkpoint` in any supported layout, or an error saying what the file holds instead."""
