@@ -19,15 +19,12 @@ from transformers import Gemma2Model, GemmaTokenizer
 from lumina_core.errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from lumina_core.text import GEMMA2_CONFIG_METADATA_KEY, GemmaTextEncoder, format_prompt, load_text_encoder
 from lumina_core.text.gemma import config_from_shapes
+from lumina_core.tiny import gemma_tensors, make_gemma, spm_tensor, train_tokenizer
 from tests.fixtures.tiny_gemma import (
     LAYOUTS,
     all_in_one_extras,
     all_in_one_text_encoder,
-    comfy_state_dict,
     hf_tokenizer,
-    make_model,
-    spm_tensor,
-    train_tokenizer,
     write_layout,
     write_tiny_text_encoder,
     write_tokenizer,
@@ -56,7 +53,7 @@ def tiny(tmp_path_factory) -> Tiny:
     folder = tmp_path_factory.mktemp("gemma")
     spm_model = train_tokenizer()
     tokenizer = hf_tokenizer(write_tokenizer(folder / "reference_tokenizer", spm_model).parent)
-    return Tiny(folder, spm_model, make_model(seed=0), tokenizer)
+    return Tiny(folder, spm_model, make_gemma(seed=0), tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +208,7 @@ def test_truncated_file(tiny, tmp_path):
     [("gemma1", r"Gemma \(v1\)"), ("gemma3", "Gemma-3"), ("t5", "T5"), ("dit", "diffusion transformer")],
 )
 def test_other_models_are_named(tiny, tmp_path, family, message):
-    weights = comfy_state_dict(tiny.model)
+    weights = gemma_tensors(tiny.model)
     if family == "gemma1":
         weights = {k: v for k, v in weights.items() if "feedforward_layernorm" not in k}
     elif family == "gemma3":
@@ -232,13 +229,13 @@ def test_other_models_are_named(tiny, tmp_path, family, message):
 
 def test_missing_tokenizer_says_where_it_is_expected(tiny, tmp_path):
     path = tmp_path / "no_tokenizer.safetensors"
-    save_file(comfy_state_dict(tiny.model), path)
+    save_file(gemma_tensors(tiny.model), path)
     with pytest.raises(CheckpointError, match="spiece_model.*looked for tokenizer.model or tokenizer.json"):
         load_text_encoder(path)
 
 
 def test_all_in_one_without_tokenizer(tiny, tmp_path):
-    tensors = all_in_one_text_encoder(comfy_state_dict(tiny.model), tiny.spm_model)
+    tensors = all_in_one_text_encoder(gemma_tensors(tiny.model), tiny.spm_model)
     del tensors["text_encoders.spiece_model"]
     path = tmp_path / "all_in_one.safetensors"
     save_file({**all_in_one_extras(), **tensors}, path)
@@ -247,7 +244,7 @@ def test_all_in_one_without_tokenizer(tiny, tmp_path):
 
 
 def test_missing_tensor_is_named(tiny, tmp_path):
-    weights = comfy_state_dict(tiny.model)
+    weights = gemma_tensors(tiny.model)
     del weights["model.layers.1.mlp.up_proj.weight"]
     path = tmp_path / "incomplete.safetensors"
     save_file({**weights, "spiece_model": spm_tensor(tiny.spm_model)}, path, metadata=HEAD_DIM_ONLY)
@@ -265,14 +262,14 @@ def test_config_that_contradicts_the_shapes(tiny, tmp_path):
 
 def test_unknown_size_without_config_asks_for_one(tiny, tmp_path):
     path = tmp_path / "no_config.safetensors"
-    save_file({**comfy_state_dict(tiny.model), "spiece_model": spm_tensor(tiny.spm_model)}, path)
+    save_file({**gemma_tensors(tiny.model), "spiece_model": spm_tensor(tiny.spm_model)}, path)
     with pytest.raises(CheckpointError, match=f"hidden size 32 .*{GEMMA2_CONFIG_METADATA_KEY}"):
         load_text_encoder(path)
 
 
 def test_tokenizer_from_another_model(tiny, tmp_path):
-    small = make_model(seed=1, vocab_size=300)
-    weights = {**comfy_state_dict(small), "spiece_model": spm_tensor(tiny.spm_model)}
+    small = make_gemma(seed=1, vocab_size=300)
+    weights = {**gemma_tensors(small), "spiece_model": spm_tensor(tiny.spm_model)}
     path = tmp_path / "mismatch.safetensors"
     save_file(weights, path, metadata=HEAD_DIM_ONLY)
     with pytest.raises(CheckpointError, match="384 tokens .* 300 rows"):

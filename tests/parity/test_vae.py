@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lumina_core.loading.keymaps import ldm_vae
+from lumina_core.tiny import randomise_parameters
 from lumina_core.vae import Autoencoder, load_vae
 
 TOLERANCE = 1e-5  # relative L2 error, float32
@@ -72,14 +73,7 @@ def build_reference(kwargs: dict, seed: int) -> AutoencoderKL:
     vae = AutoencoderKL(
         down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels, **kwargs
     )
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in vae.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            # norm scales near 1 keep activations in range; everything else well away from its default init
-            is_norm_scale = "norm" in name and name.endswith("weight")
-            param.copy_(1 + 0.1 * noise if is_norm_scale else 0.2 * noise)
-    return vae.eval()
+    return randomise_parameters(vae, seed, std=0.2)
 
 
 def to_original(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

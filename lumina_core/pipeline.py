@@ -1,0 +1,138 @@
+"""Prompt to pictures from checkpoint files, one model in memory at a time (text encoder, then DiT, then VAE).
+
+This is what the CLI and the demo run; ComfyUI users wire the same steps as nodes.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .conditioning import Conditioning
+from .errors import InvalidInputError
+from .loading.transformer import inspect_transformer, load_transformer
+from .sampling import sample
+from .text import load_text_encoder
+from .vae import load_vae
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class ImageRequest:
+    """Everything `text_to_image` needs; defaults follow `lumina_core.sample`."""
+
+    prompt: str
+    negative_prompt: str = ""
+    system_prompt: str = "real"
+    width: int = 1024
+    height: int = 1024
+    batch_size: int = 1
+    seed: int = 0
+    steps: int = 30
+    cfg: float = 4.0
+    shift: float = 6.0
+    solver: str = "euler"
+    cfg_trunc: float = 1.0
+    renorm_cfg: float = 1.0
+    sampler_options: dict = field(default_factory=dict)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto' is bf16 on GPUs that support it and fp32 elsewhere: Lumina-Image 2.0 overflows in fp16."""
+    if name == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    if name not in DTYPES:
+        raise InvalidInputError(f"dtype {name!r} is not one of auto, {', '.join(DTYPES)}.")
+    return DTYPES[name]
+
+
+def text_to_image(
+    transformer: str | os.PathLike,
+    text_encoder: str | os.PathLike,
+    vae: str | os.PathLike,
+    request: ImageRequest,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[Image.Image]:
+    """Run the whole text-to-image pipeline; the three paths may name the same all-in-one file.
+
+    Sizes are checked against the transformer's rule before any weights are read, and each model is
+    released before the next one loads, so peak memory is that of the largest model.
+    """
+    inspect_transformer(transformer).latent_shape(request.batch_size, request.height, request.width)
+    positive, negative = _encode(text_encoder, request, dtype, device)
+    _free_memory()
+    latent = _sample(transformer, positive, negative, request, dtype, device, on_step)
+    _free_memory()
+    images = _decode(vae, latent, dtype, device)
+    _free_memory()
+    return to_pil(images)
+
+
+def _encode(path, request: ImageRequest, dtype, device) -> tuple[Conditioning, Conditioning]:
+    encoder = load_text_encoder(path, dtype=dtype, device=device)
+    positive = encoder.encode([request.prompt], system_prompt=request.system_prompt)
+    negative = encoder.encode([request.negative_prompt], system_prompt=request.system_prompt, negative=True)
+    return positive, negative
+
+
+def _sample(path, positive, negative, request: ImageRequest, dtype, device, on_step) -> torch.Tensor:
+    model = load_transformer(path, dtype=dtype, device=device)
+    callback = None if on_step is None else (lambda i, total, x, denoised: on_step(i + 1, total))
+    return sample(
+        model, positive, negative, width=request.width, height=request.height, batch_size=request.batch_size,
+        seed=request.seed, steps=request.steps, cfg=request.cfg, shift=request.shift, solver=request.solver,
+        cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg, callback=callback, **request.sampler_options,
+    )  # fmt: skip
+
+
+def _decode(path, latent: torch.Tensor, dtype, device) -> torch.Tensor:
+    vae = load_vae(path, dtype=dtype, device=device)
+    with torch.inference_mode():
+        return vae.decode(latent)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) floats in [0, 1] -> RGB PIL images."""
+    array = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
+
+
+def save_images(images: list[Image.Image], out: str | os.PathLike) -> list[Path]:
+    """Save as `out` (one image) or `out` with _0, _1 ... suffixes; each file appears whole or not at all."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] if len(images) == 1 else [out.with_stem(f"{out.stem}_{i}") for i in range(len(images))]
+    for image, path in zip(images, paths):
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+        os.close(handle)
+        try:
+            image.save(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return paths
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

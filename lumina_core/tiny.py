@@ -1,0 +1,218 @@
+"""Tiny random checkpoints in every file layout the loaders read, for the demo and the tests.
+
+Nothing here downloads anything: the tokenizer is a SentencePiece model trained in milliseconds on a
+few sentences, and every model is built from a small config with random weights.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import sentencepiece
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .loading.keymaps import ldm_vae
+from .loading.keymaps.lumina2 import to_diffusers
+from .models.lumina2 import Lumina2Config, Lumina2Transformer
+from .text.prompts import PROMPT_START, SYSTEM_PROMPTS
+from .vae.autoencoder import Autoencoder, AutoencoderConfig
+
+# cap_feat_dim equals the tiny Gemma's hidden size; 16 latent channels like the FLUX VAE.
+TINY_TRANSFORMER = Lumina2Config(
+    in_channels=16, dim=64, n_layers=2, n_refiner_layers=1, n_heads=4, n_kv_heads=2, ffn_hidden=256,
+    cap_feat_dim=32, axes_dims=(8, 4, 4),
+)  # fmt: skip
+# GQA, and a head_dim that is not hidden / heads, as Gemma-2 itself has.
+TINY_GEMMA = {
+    "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 16, "query_pre_attn_scalar": 16,
+}  # fmt: skip
+TINY_VOCAB = 384  # byte fallback alone takes 256 pieces
+# Four levels give the 8x downscale Lumina-Image 2.0 expects; widths divide the 32 GroupNorm groups.
+TINY_VAE = AutoencoderConfig(channels=32, channel_mult=(1, 1, 2, 2), num_res_blocks=1, z_channels=16)
+
+TOKENIZER_CORPUS = [
+    *(text for text in SYSTEM_PROMPTS.values() if text),
+    f"{PROMPT_START} a photograph of a red fox sitting in fresh snow, soft morning light",
+    "A watercolor painting of a lighthouse on a rocky coast at sunset, with seagulls.",
+    "Close-up portrait of an old fisherman, detailed wrinkles, 85mm lens, high quality.",
+    "The quick brown fox jumps over the lazy dog; numbers 0123456789 and punctuation!?",
+    "blurry, low quality, distorted hands, watermark, text, jpeg artifacts",
+]
+
+
+def randomise_parameters(
+    module: nn.Module, seed: int, std: float | None = None, norm_center: float = 1.0, norm_std: float = 0.1
+) -> nn.Module:
+    """Give every parameter random values, in place; returns the module in eval mode.
+
+    Default inits zero adaLN modulations, gates and output layers and set norm gains to one, so a
+    parity test on a freshly built model would leave whole paths untested. Norm gains (1-D `*norm*`
+    weights) become norm_center + norm_std * N(0, 1); other tensors std * N(0, 1), or 1/sqrt(fan-in)
+    scaled when std is None (activations then stay in range through deep stacks, as the demo wants).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            if "norm" in name and name.endswith("weight") and param.ndim == 1:
+                value = norm_center + norm_std * noise
+            elif std is None:
+                fan_in = math.prod(param.shape[1:]) if param.ndim > 1 else param.numel()
+                value = noise / math.sqrt(fan_in) if param.ndim > 1 else 0.1 * noise
+            else:
+                value = std * noise
+            param.copy_(value.to(param.dtype))
+    return module.eval()
+
+
+def train_tokenizer() -> bytes:
+    """A byte-fallback BPE SentencePiece model with Gemma's special ids (pad 0, eos 1, bos 2, unk 3)."""
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(TOKENIZER_CORPUS * 4), model_writer=model, vocab_size=TINY_VOCAB, model_type="bpe",
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
+        unk_piece="<unk>", control_symbols=["<mask>"], byte_fallback=True, add_dummy_prefix=False,
+        remove_extra_whitespaces=False, normalization_rule_name="identity", split_digits=True,
+        character_coverage=1.0, num_threads=1, minloglevel=2,
+    )  # fmt: skip
+    return model.getvalue()
+
+
+def spm_tensor(spm_model: bytes) -> torch.Tensor:
+    """The tokenizer as ComfyUI stores it in safetensors files: a 1-D uint8 tensor of the model bytes."""
+    return torch.frombuffer(bytearray(spm_model), dtype=torch.uint8)
+
+
+def make_transformer(seed: int = 0, config: Lumina2Config = TINY_TRANSFORMER) -> Lumina2Transformer:
+    torch.manual_seed(seed)
+    return randomise_parameters(Lumina2Transformer(config), seed)
+
+
+def make_gemma(seed: int = 0, **overrides):
+    """A random Gemma2Model; norm weights near 0 because Gemma's RMSNorm scales by (1 + w)."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    config = Gemma2Config(**{"vocab_size": TINY_VOCAB, **TINY_GEMMA, **overrides}, attn_implementation="eager")
+    return randomise_parameters(Gemma2Model(config), seed, std=0.2, norm_center=0.0)
+
+
+def make_vae(seed: int = 0, config: AutoencoderConfig = TINY_VAE) -> Autoencoder:
+    torch.manual_seed(seed)
+    return randomise_parameters(Autoencoder(config), seed)
+
+
+def transformer_tensors(model: Lumina2Transformer, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Original / ComfyUI names, with the unused `norm_final.weight` the released files carry."""
+    state = {**_contiguous(model.state_dict()), "norm_final.weight": torch.ones(model.config.dim)}
+    return {prefix + k: v for k, v in state.items()}
+
+
+def gemma_tensors(model, prefix: str = "model.") -> dict[str, torch.Tensor]:
+    return {prefix + k: v for k, v in _contiguous(model.state_dict()).items()}
+
+
+def write_transformer(model: Lumina2Transformer, layout: str, folder: Path) -> Path:
+    """Layouts: original.safetensors, original.pth, comfy_bf16.safetensors, diffusers_single.safetensors,
+    diffusers_pipeline (a folder with transformer/config.json and weights). Returns the path to load."""
+    path = Path(folder) / layout
+    original = transformer_tensors(model)
+    if layout == "original.safetensors":
+        save_file(original, path)
+    elif layout == "original.pth":
+        torch.save(original, path)
+    elif layout == "comfy_bf16.safetensors":
+        save_file({f"model.diffusion_model.{k}": v.to(torch.bfloat16) for k, v in original.items()}, path)
+    elif layout == "diffusers_single.safetensors":
+        save_file(to_diffusers(_contiguous(model.state_dict()), model.config.dim), path)
+    elif layout == "diffusers_pipeline":
+        (path / "transformer").mkdir(parents=True)
+        save_file(
+            to_diffusers(_contiguous(model.state_dict()), model.config.dim),
+            path / "transformer" / "diffusion_pytorch_model.safetensors",
+        )
+        (path / "transformer" / "config.json").write_text(json.dumps(_diffusers_transformer_config(model.config)))
+    else:
+        raise ValueError(f"unknown transformer layout {layout!r}")
+    return path
+
+
+def write_text_encoder(model, spm_model: bytes, layout: str, folder: Path) -> Path:
+    """Layouts: comfy.safetensors (weights + `spiece_model` + config metadata), hf_folder."""
+    from .text.gemma import config_metadata
+
+    path = Path(folder) / layout
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if layout == "comfy.safetensors":
+        tensors = {**gemma_tensors(model), "spiece_model": spm_tensor(spm_model)}
+        save_file(tensors, path, metadata=config_metadata(model.config))
+    elif layout == "hf_folder":
+        path.mkdir(parents=True)
+        model.config.save_pretrained(path)
+        save_file(gemma_tensors(model), path / "model.safetensors")
+        (path / "tokenizer.model").write_bytes(spm_model)
+    else:
+        raise ValueError(f"unknown text-encoder layout {layout!r}")
+    return path
+
+
+def write_vae(model: Autoencoder, layout: str, folder: Path) -> Path:
+    """Layouts: ae.safetensors (FLUX original names), diffusers_vae (a folder with config.json)."""
+    path = Path(folder) / layout
+    state = _contiguous(model.state_dict())
+    if layout == "ae.safetensors":
+        save_file(state, path)
+    elif layout == "diffusers_vae":
+        names, unmatched = ldm_vae.map_keys_original_to_diffusers(state)
+        assert not unmatched, unmatched
+        tensors = {names[k]: v.reshape(ldm_vae.to_diffusers_shape(k, v.shape)) for k, v in state.items()}
+        path.mkdir(parents=True)
+        save_file(tensors, path / "diffusion_pytorch_model.safetensors")
+        (path / "config.json").write_text(json.dumps(_diffusers_vae_config(model.config)))
+    else:
+        raise ValueError(f"unknown VAE layout {layout!r}")
+    return path
+
+
+def write_all_in_one(transformer: Lumina2Transformer, gemma, spm_model: bytes, vae: Autoencoder, path: Path) -> Path:
+    """ComfyUI's single-file layout (as `CheckpointLoaderSimple` loads): DiT, Gemma-2, tokenizer and VAE."""
+    from .text.gemma import config_metadata
+
+    tensors = {
+        **transformer_tensors(transformer, "model.diffusion_model."),
+        **gemma_tensors(gemma, "text_encoders.gemma2_2b.transformer.model."),
+        "text_encoders.spiece_model": spm_tensor(spm_model),
+        **{f"vae.{k}": v for k, v in _contiguous(vae.state_dict()).items()},
+    }
+    save_file(tensors, path, metadata=config_metadata(gemma.config))
+    return Path(path)
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def _diffusers_transformer_config(cfg: Lumina2Config) -> dict:
+    return {
+        "_class_name": "Lumina2Transformer2DModel", "patch_size": cfg.patch_size, "in_channels": cfg.in_channels,
+        "hidden_size": cfg.dim, "num_layers": cfg.n_layers, "num_refiner_layers": cfg.n_refiner_layers,
+        "num_attention_heads": cfg.n_heads, "num_kv_heads": cfg.n_kv_heads, "multiple_of": cfg.ffn_hidden,
+        "ffn_dim_multiplier": cfg.ffn_hidden / (4 * cfg.dim), "norm_eps": cfg.norm_eps,
+        "axes_dim_rope": list(cfg.axes_dims), "axes_lens": [300, 512, 512], "cap_feat_dim": cfg.cap_feat_dim,
+    }  # fmt: skip
+
+
+def _diffusers_vae_config(cfg: AutoencoderConfig) -> dict:
+    levels = len(cfg.channel_mult)
+    return {
+        "_class_name": "AutoencoderKL", "in_channels": cfg.in_channels, "out_channels": cfg.out_channels,
+        "latent_channels": cfg.z_channels, "block_out_channels": [cfg.channels * m for m in cfg.channel_mult],
+        "down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels,
+        "layers_per_block": cfg.num_res_blocks, "norm_num_groups": cfg.num_groups, "scaling_factor": cfg.scale,
+        "shift_factor": cfg.shift, "use_quant_conv": cfg.use_quant_conv, "use_post_quant_conv": cfg.use_post_quant_conv,
+    }  # fmt: skip
