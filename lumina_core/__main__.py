@@ -56,11 +56,21 @@ def generate(args: argparse.Namespace) -> None:
         width=args.width, height=args.height, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
         cfg=args.cfg, shift=args.shift, solver=args.solver, cfg_trunc=args.cfg_trunc, renorm_cfg=args.renorm_cfg,
     )  # fmt: skip
-    with tqdm(total=args.steps, unit="step", desc="sampling") as bar:
+    bar = None
+
+    def on_step(done: int, total: int) -> None:
+        nonlocal bar
+        bar = bar or tqdm(total=total, unit="step", desc="sampling")
+        bar.update(1)
+
+    try:
         images = text_to_image(
             args.transformer, args.text_encoder or args.transformer, args.vae or args.transformer, request,
-            device=device, dtype=resolve_dtype(args.dtype, device), on_step=lambda done, total: bar.update(1),
+            device=device, dtype=resolve_dtype(args.dtype, device), on_step=on_step,
         )  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
     for path in save_images(images, args.out):
         print(path)
 

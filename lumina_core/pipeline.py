@@ -9,7 +9,7 @@ import gc
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from PIL import Image
 from .conditioning import Conditioning
 from .errors import InvalidInputError
 from .loading.transformer import inspect_transformer, load_transformer
-from .sampling import sample
+from .sampling import check_settings, sample
 from .text import load_text_encoder
 from .vae import load_vae
 
@@ -43,7 +43,6 @@ class ImageRequest:
     solver: str = "euler"
     cfg_trunc: float = 1.0
     renorm_cfg: float = 1.0
-    sampler_options: dict = field(default_factory=dict)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -76,6 +75,10 @@ def text_to_image(
     Sizes are checked against the transformer's rule before any weights are read, and each model is
     released before the next one loads, so peak memory is that of the largest model.
     """
+    check_settings(
+        steps=request.steps, cfg=request.cfg, batch_size=request.batch_size, solver=request.solver,
+        shift=request.shift, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg,
+    )  # fmt: skip
     inspect_transformer(transformer).latent_shape(request.batch_size, request.height, request.width)
     positive, negative = _encode(text_encoder, request, dtype, device)
     _free_memory()
@@ -99,7 +102,7 @@ def _sample(path, positive, negative, request: ImageRequest, dtype, device, on_s
     return sample(
         model, positive, negative, width=request.width, height=request.height, batch_size=request.batch_size,
         seed=request.seed, steps=request.steps, cfg=request.cfg, shift=request.shift, solver=request.solver,
-        cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg, callback=callback, **request.sampler_options,
+        cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg, callback=callback,
     )  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 """Flow-matching sampling: sigma schedules, ODE solvers, classifier-free guidance variants and the loop."""
 
 from .cfg import CFG_MODES, DiffusersCFG, Guidance, OriginalCFG, make_guidance
-from .sampler import GuidedVelocity, initial_noise, sample
+from .sampler import GuidedVelocity, check_settings, initial_noise, sample
 from .schedules import SCHEDULES, build_sigmas, linear, shift_sigmas, shifted_linear
 from .solvers import SOLVERS, Solver, euler, heun, midpoint, rk4
 
@@ -15,6 +15,7 @@ __all__ = [
     "OriginalCFG",
     "Solver",
     "build_sigmas",
+    "check_settings",
     "euler",
     "heun",
     "initial_noise",

@@ -95,6 +95,25 @@ def _check_options(steps: int, cfg: float, batch_size: int, solver: str) -> None
         raise InvalidInputError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}.")
 
 
+def check_settings(
+    *,
+    steps: int,
+    cfg: float,
+    batch_size: int = 1,
+    solver: str = "euler",
+    schedule: str = "shifted_linear",
+    shift: float = 6.0,
+    denoise: float = 1.0,
+    cfg_mode: str = "original",
+    cfg_trunc: float = 1.0,
+    renorm_cfg: float = 1.0,
+) -> None:
+    """Raise InvalidInputError for any setting `sample` would refuse, before a model is loaded or run."""
+    _check_options(steps, cfg, batch_size, solver)
+    make_guidance(cfg_mode, cfg, cfg_trunc, renorm_cfg)
+    build_sigmas(schedule, steps, shift, denoise)
+
+
 def _latent_shape(
     model: torch.nn.Module, batch_size: int, height: int, width: int, init: torch.Tensor | None
 ) -> tuple[int, ...]:

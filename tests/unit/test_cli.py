@@ -1,0 +1,63 @@
+"""The command line and the end-to-end pipeline on tiny checkpoints, including its failure messages."""
+
+import pytest
+from PIL import Image
+
+from lumina_core import tiny
+from lumina_core.__main__ import main
+
+
+@pytest.fixture(scope="module")
+def all_in_one(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    return tiny.write_all_in_one(
+        tiny.make_transformer(0), tiny.make_gemma(0), tiny.train_tokenizer(), tiny.make_vae(0),
+        folder / "lumina_aio.safetensors",
+    )  # fmt: skip
+
+
+def generate(path, out, *extra):
+    return main(["generate", "--transformer", str(path), "--prompt", "a fox", "--steps", "2",
+                 "--width", "64", "--height", "48", "--out", str(out), *extra])  # fmt: skip
+
+
+def test_generate_writes_a_png_per_image(all_in_one, tmp_path):
+    assert generate(all_in_one, tmp_path / "fox.png", "--batch-size", "2", "--solver", "heun") == 0
+    for name in ("fox_0.png", "fox_1.png"):
+        assert Image.open(tmp_path / name).size == (64, 48)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fox_0.png", "fox_1.png"]  # no temporary files left
+
+
+def test_same_seed_same_picture(all_in_one, tmp_path):
+    generate(all_in_one, tmp_path / "a.png", "--seed", "7")
+    generate(all_in_one, tmp_path / "b.png", "--seed", "7")
+    assert Image.open(tmp_path / "a.png").tobytes() == Image.open(tmp_path / "b.png").tobytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--width", "1000"], "width 1000 is not allowed"),
+        (["--steps", "0"], "steps"),
+        (["--solver", "euler", "--cfg", "-1"], "cfg"),
+    ],
+)
+def test_bad_settings_fail_with_one_readable_line(all_in_one, tmp_path, capsys, args, message):
+    assert generate(all_in_one, tmp_path / "x.png", *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_wrong_file_for_the_text_encoder_names_it(all_in_one, tmp_path, capsys):
+    vae_only = tiny.write_vae(tiny.make_vae(0), "ae.safetensors", tmp_path)
+    assert generate(all_in_one, tmp_path / "x.png", "--text-encoder", str(vae_only)) == 2
+    assert str(vae_only) in capsys.readouterr().err
+
+
+def test_inspect_reports_family_and_config(all_in_one, capsys):
+    assert main(["inspect", str(all_in_one)]) == 0
+    out = capsys.readouterr().out
+    assert "Lumina-Image 2.0 transformer under 'model.diffusion_model.'" in out
+    assert "Gemma-2 text encoder" in out and "VAE" in out
+    assert "transformer family: lumina2" in out and "dim=64" in out
