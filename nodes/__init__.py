@@ -1,4 +1,14 @@
-"""ComfyUI nodes over lumina_core (classic V1 API). The node classes arrive with the node-pack work."""
+"""ComfyUI nodes over lumina_core (classic V1 API: plain classes that import and test without ComfyUI)."""
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+from . import comfy_bridge
+from .decode import LTXVideoDecode, LuminaVAEDecode
+from .loaders import GGUFLoader, LoadGemma, LoadLuminaTransformer, LoadLuminaVAE
+from .sampling import FlowSampler, GemmaEncode
+
+_NODES = (LoadLuminaTransformer, GGUFLoader, LoadGemma, GemmaEncode, FlowSampler, LoadLuminaVAE, LuminaVAEDecode,
+          LTXVideoDecode)  # fmt: skip
+
+NODE_CLASS_MAPPINGS = {node.__name__: node for node in _NODES}
+NODE_DISPLAY_NAME_MAPPINGS = {node.__name__: node.DISPLAY_NAME for node in _NODES}
+
+comfy_bridge.register_folders()
