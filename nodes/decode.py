@@ -19,7 +19,10 @@ class LuminaVAEDecode:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"vae": ("LUMINA_VAE", {}), "samples": ("LATENT", {})}}
+        return {"required": {
+            "vae": ("LUMINA_VAE", {"tooltip": "From Load Lumina VAE."}),
+            "samples": ("LATENT", {"tooltip": "From Flow Sampler, or any FLUX-VAE latent."}),
+        }}  # fmt: skip
 
     def decode(self, vae: Handle, samples: dict):
         latent = samples["samples"]
@@ -42,7 +45,10 @@ class LTXVideoDecode:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"vae": ("LUMINA_VAE", {}), "samples": ("LATENT", {})}}
+        return {"required": {
+            "vae": ("LUMINA_VAE", {"tooltip": "The LTX-Video causal video VAE."}),
+            "samples": ("LATENT", {"tooltip": "A video latent (B, 128, T, H, W)."}),
+        }}  # fmt: skip
 
     def decode(self, vae: Handle, samples: dict):
         raise lumina_core.UnsupportedModelError(

@@ -52,21 +52,27 @@ class FlowSampler:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("LUMINA_MODEL", {}),
-                "positive": ("LUMINA_CONDITIONING", {}),
+                "model": ("LUMINA_MODEL", {"tooltip": "From Load Lumina Transformer."}),
+                "positive": ("LUMINA_CONDITIONING", {"tooltip": "What to draw: a Gemma Encode of your prompt."}),
                 "negative": ("LUMINA_CONDITIONING", {"tooltip": "An empty Gemma Encode gives the usual negative."}),
-                "width": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": SIZE_MULTIPLE}),
-                "height": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": SIZE_MULTIPLE}),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
+                "width": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": SIZE_MULTIPLE,
+                                  "tooltip": "Pixels, a multiple of 16. Ignored when a latent is connected."}),
+                "height": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": SIZE_MULTIPLE,
+                                   "tooltip": "Pixels, a multiple of 16. Ignored when a latent is connected."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per run."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
                                  "tooltip": "Noise is drawn on the CPU: a seed gives the same image on any device."}),
-                "steps": ("INT", {"default": 30, "min": 1, "max": 500}),
-                "cfg": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01}),
-                "shift": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1,
-                                    "tooltip": "6 for 30+ steps; lower with fewer steps (e.g. 3 for 20)."}),
-                "solver": (sorted(SOLVERS), {"default": "euler",
+                "steps": ("INT", {"default": 18, "min": 1, "max": 500,
+                                  "tooltip": "Solver steps ending at sigma 0; the reference recipe is 18 midpoint."}),
+                "cfg": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                                  "tooltip": "Guidance scale; 1 turns guidance (and the uncond pass) off."}),
+                "shift": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip":
+                                    "Schedule shift. 6 is the model's (18 midpoint or 30 euler steps); use less "
+                                    "for very few steps (e.g. 3 for 20 euler steps)."}),
+                "solver": (sorted(SOLVERS), {"default": "midpoint",
                                             "tooltip": "Model calls per step: euler 1, midpoint 2, heun 2, rk4 4."}),
-                "schedule": (sorted(SCHEDULES), {"default": "shifted_linear"}),
+                "schedule": (sorted(SCHEDULES), {"default": "shifted_linear",
+                                                 "tooltip": "shifted_linear: the Lumina / SD3 time shift."}),
                 "cfg_trunc": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
                               "Guide while Lumina time t = 1 - sigma is below this; after, the uncond pass is "
                               "skipped (faster). 1 = always guide; the official demo uses 0.25."}),
@@ -80,6 +86,12 @@ class FlowSampler:
 
     @classmethod
     def VALIDATE_INPUTS(cls, width, height, steps, cfg, solver, schedule, shift, cfg_trunc, cfg_renorm, denoise):
+        # ComfyUI skips its own min/max checks for the inputs this method takes, so they are redone here.
+        values = dict(width=width, height=height, steps=steps, cfg=cfg, shift=shift, cfg_trunc=cfg_trunc,
+                      cfg_renorm=cfg_renorm, denoise=denoise)  # fmt: skip
+        problem = out_of_range(cls.INPUT_TYPES()["required"], values)
+        if problem:
+            return problem
         for name, size in (("width", width), ("height", height)):
             if size % SIZE_MULTIPLE:
                 nearest = max(SIZE_MULTIPLE, round(size / SIZE_MULTIPLE) * SIZE_MULTIPLE)
@@ -113,6 +125,16 @@ class FlowSampler:
         finally:
             progress.close()
         return ({"samples": _to_vae_space(samples, model.model).to(bridge.intermediate_device())},)
+
+
+def out_of_range(specs: dict, values: dict) -> str | None:
+    """The first value outside its INPUT_TYPES min/max, as a message; None if all are in range."""
+    for name, value in values.items():
+        options = specs[name][1]
+        low, high = options.get("min"), options.get("max")
+        if (low is not None and value < low) or (high is not None and value > high):
+            return f"{name} {value} is outside {low}..{high}."
+    return None
 
 
 def _check_pair(model: Handle, positive, negative) -> None:

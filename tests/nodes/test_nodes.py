@@ -93,6 +93,10 @@ def test_validate_inputs_says_the_rule():
     assert validate(**ok) is True
     assert validate(**{**ok, "width": 1000}) == "width 1000 is not a multiple of 16; try 992."
     assert "steps" in validate(**{**ok, "steps": 0})
+    # ComfyUI skips its own range checks for inputs VALIDATE_INPUTS takes, so ours must catch them
+    assert validate(**{**ok, "width": 8192}) == "width 8192 is outside 16..4096."
+    assert validate(**{**ok, "height": -16}) == "height -16 is outside 16..4096."
+    assert "cfg_trunc" in validate(**{**ok, "cfg_trunc": 2.0})
 
 
 def test_file_not_in_the_dropdown_is_refused(model_dirs):
