@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 import lumina_core
-from lumina_core.errors import LuminaCoreError
 from lumina_core.sampling import SCHEDULES, SOLVERS, check_settings
 from lumina_core.text.prompts import SYSTEM_PROMPTS
 
@@ -85,26 +84,22 @@ class FlowSampler:
         }  # fmt: skip
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width, height, steps, cfg, solver, schedule, shift, cfg_trunc, cfg_renorm, denoise):
-        # ComfyUI skips its own min/max checks for the inputs this method takes, so they are redone here.
-        values = dict(width=width, height=height, steps=steps, cfg=cfg, shift=shift, cfg_trunc=cfg_trunc,
-                      cfg_renorm=cfg_renorm, denoise=denoise)  # fmt: skip
-        problem = out_of_range(cls.INPUT_TYPES()["required"], values)
+    def VALIDATE_INPUTS(cls, width, height):
+        # Only the sizes: ComfyUI skips its own min/max checks for the inputs this method takes and files the
+        # message under each of them; the other settings keep ComfyUI's checks and `check_settings` below.
+        problem = out_of_range(cls.INPUT_TYPES()["required"], {"width": width, "height": height})
         if problem:
             return problem
         for name, size in (("width", width), ("height", height)):
             if size % SIZE_MULTIPLE:
                 nearest = max(SIZE_MULTIPLE, round(size / SIZE_MULTIPLE) * SIZE_MULTIPLE)
                 return f"{name} {size} is not a multiple of {SIZE_MULTIPLE}; try {nearest}."
-        try:
-            check_settings(steps=steps, cfg=cfg, solver=solver, schedule=schedule, shift=shift,
-                           denoise=denoise, cfg_trunc=cfg_trunc, renorm_cfg=cfg_renorm)  # fmt: skip
-        except LuminaCoreError as err:
-            return str(err)
         return True
 
     def sample(self, model: Handle, positive, negative, width, height, batch_size, seed, steps, cfg, shift, solver,
                schedule, cfg_trunc, cfg_renorm, denoise, latent=None):  # fmt: skip
+        check_settings(steps=steps, cfg=cfg, batch_size=batch_size, solver=solver, schedule=schedule, shift=shift,
+                       denoise=denoise, cfg_trunc=cfg_trunc, renorm_cfg=cfg_renorm)  # fmt: skip
         _check_pair(model, positive, negative)
         # With denoise 1 the start is pure noise and the input latent only sets the size.
         init = None if latent is None else _to_model_space(latent["samples"], model.model)

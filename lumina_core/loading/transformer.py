@@ -43,6 +43,15 @@ FAMILIES: dict[str, TransformerFamily] = {
 }
 
 
+# What to do instead, by what the file turned out to hold.
+NEXT_STEP = {
+    "vae": " Load it with load_vae (the Load Lumina VAE node).",
+    "gemma2": " Load it with load_text_encoder (the Load Gemma-2 Text Encoder node).",
+    "lumina_next": " Lumina-Next support is not built yet.",
+    "ltxv": " LTX-Video support is not built yet.",
+}
+
+
 def load_transformer(
     path: str | os.PathLike, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
 ) -> nn.Module:
@@ -77,9 +86,10 @@ def _plan(path: str | os.PathLike) -> _LoadPlan:
     detected = detect_model(checkpoint)
     if detected is None or detected.signature.family not in FAMILIES:
         found = detected.signature.description if detected else describe_contents(checkpoint)
+        next_step = NEXT_STEP.get(detected.signature.family if detected else "", "")
         raise UnsupportedModelError(
             f"{checkpoint.path} holds {found}; load_transformer supports "
-            f"{', '.join(f.name for f in FAMILIES.values())} transformers."
+            f"{', '.join(f.name for f in FAMILIES.values())} transformers.{next_step}"
         )
     family = FAMILIES[detected.signature.family]
     readers = _original_key_readers(detected.part, detected.signature.layout, family)
