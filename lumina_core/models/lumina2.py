@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import latents
 from ..common.attention import attention
 from ..common.embeddings import timestep_embedding
 from ..common.norms import RMSNorm
 from ..common.rope import apply_rope, rope_angles, rope_cos_sin
 from ..errors import InvalidInputError
-from ..vae.autoencoder import LATENT_NORMALISATION
 
 FAMILY = "lumina2"
 VAE_DOWNSCALE = 8  # the FLUX autoencoder's spatial factor
@@ -188,7 +188,7 @@ class Lumina2Transformer(nn.Module):
 
     family = FAMILY
     # The model works in the normalised FLUX VAE latent: z_model = (z_vae - shift) * scale (lumina2.md §6).
-    latent_scale, latent_shift = LATENT_NORMALISATION[16]
+    latent_scale, latent_shift = latents.FLUX
 
     def __init__(self, cfg: Lumina2Config):
         super().__init__()

@@ -21,16 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import latents
 from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from ..loading import files
 from ..loading.keymaps import ldm_vae
 from ..loading.modules import assign_tensors, build_on_meta
 
-# z_channels -> (scale, shift), with z_model = (z_vae - shift) * scale. The VAE weights do not carry these.
-LATENT_NORMALISATION = {
-    16: (0.3611, 0.1159),  # FLUX.1 `ae` (lumina2.md §6; ComfyUI latent_formats.Flux)
-    4: (0.13025, 0.0),  # SDXL VAE (lumina_next.md §6)
-}
+LATENT_NORMALISATION = latents.BY_CHANNELS
 NORM_EPS = 1e-6  # every GroupNorm of the LDM autoencoder
 
 
@@ -45,8 +42,8 @@ class AutoencoderConfig:
     use_quant_conv: bool = False  # 1x1 conv on (mean, logvar) after the encoder (SD/SDXL)
     use_post_quant_conv: bool = False  # 1x1 conv on the latent before the decoder (SD/SDXL)
     num_groups: int = 32  # GroupNorm groups; not stored in checkpoints, 32 in every released model
-    scale: float = 0.3611  # latent normalisation, see LATENT_NORMALISATION
-    shift: float = 0.1159
+    scale: float = latents.FLUX[0]  # latent normalisation, see lumina_core.latents
+    shift: float = latents.FLUX[1]
 
     def __post_init__(self) -> None:
         if not self.channel_mult or min(self.channel_mult) < 1 or self.num_groups < 1:
