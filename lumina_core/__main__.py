@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--renorm-cfg", type=float, default=1.0, help="clamp guided norm to this x cond norm (0 = off)")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     gen.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    gen.add_argument("--out", default="lumina.png", help="PNG path; a batch adds _0, _1 ... to the name")
+    gen.add_argument("--out", default="lumina.png", help="a .png/.jpg/.webp path (none: .png); batches add _0, _1 ...")
 
     info = commands.add_parser("inspect", help="what a checkpoint holds: family, layout, config")
     info.add_argument("path")
@@ -48,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 def generate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from .pipeline import ImageRequest, resolve_device, resolve_dtype, save_images, text_to_image
+    from .pipeline import ImageRequest, output_paths, resolve_device, resolve_dtype, save_images, text_to_image
 
     device = resolve_device(args.device)
+    output_paths(args.out, args.batch_size)  # a bad --out fails now, not after sampling
     request = ImageRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, system_prompt=args.system_prompt,
         width=args.width, height=args.height, batch_size=args.batch_size, seed=args.seed, steps=args.steps,

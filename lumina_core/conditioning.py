@@ -26,6 +26,7 @@ class Conditioning:
                 f"Conditioning expects embeds (B, L, D) and mask (B, L); got {tuple(self.embeds.shape)} "
                 f"and {tuple(self.mask.shape)}."
             )
+        check_right_padded(self.mask)
 
     @property
     def batch_size(self) -> int:
@@ -52,6 +53,23 @@ class Conditioning:
         embeds = torch.nn.functional.pad(self.embeds, (0, 0, 0, extra))
         mask = torch.nn.functional.pad(self.mask, (0, extra), value=False)
         return Conditioning(embeds, mask)
+
+
+def check_right_padded(mask: torch.Tensor) -> None:
+    """Raise unless every row of a (B, L) mask is some True tokens followed only by padding, at least one token.
+
+    The models give caption token i position i: a left-padded or gapped mask would silently shift them.
+    """
+    lengths = mask.sum(dim=1, keepdim=True)
+    if bool((lengths == 0).any()):
+        raise InvalidInputError("every prompt needs at least one token (a row of the text mask is all False).")
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    if not bool((mask.bool() == (positions < lengths)).all()):
+        row = int((mask.bool() != (positions < lengths)).any(dim=1).nonzero()[0])
+        raise InvalidInputError(
+            f"the text mask must be right-padded (tokens first, then padding); row {row} has padding before or "
+            "between tokens. Tokenize with padding_side='right'."
+        )
 
 
 def concat_conditionings(parts: list[Conditioning]) -> Conditioning:

@@ -24,6 +24,7 @@ from .text import load_text_encoder
 from .vae import load_vae
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # file suffix -> PIL format
 
 
 @dataclass
@@ -46,9 +47,23 @@ class ImageRequest:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' is the first CUDA device if there is one, else the CPU; a named device must exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InvalidInputError(f"--device {name!r} is not a device name; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(
+            f"--device {name} asked for, but this torch has no CUDA device; use --device cpu or auto."
+        )
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and (device.index or 0) >= count:
+        raise InvalidInputError(
+            f"--device {name} asked for, but this machine has {count} CUDA device(s); use cuda:0 to cuda:{count - 1}."
+        )
+    return device
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -118,16 +133,32 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
 
 
-def save_images(images: list[Image.Image], out: str | os.PathLike) -> list[Path]:
-    """Save as `out` (one image) or `out` with _0, _1 ... suffixes; each file appears whole or not at all."""
+def output_paths(out: str | os.PathLike, count: int) -> list[Path]:
+    """Where `save_images` puts `count` images: `out`, or `out` with _0, _1 ... before the suffix for a batch.
+
+    No suffix means .png; a suffix other than IMAGE_FORMATS raises InvalidInputError, so a caller can check
+    the name before spending time on the images.
+    """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out] if len(images) == 1 else [out.with_stem(f"{out.stem}_{i}") for i in range(len(images))]
+    if not out.suffix:
+        out = out.with_suffix(".png")
+    if out.suffix.lower() not in IMAGE_FORMATS:
+        raise InvalidInputError(
+            f"cannot save images as {out}: the extension {out.suffix!r} is not png, jpg or webp; name the output "
+            "e.g. picture.png (no extension saves a .png)."
+        )
+    return [out] if count == 1 else [out.with_stem(f"{out.stem}_{i}") for i in range(count)]
+
+
+def save_images(images: list[Image.Image], out: str | os.PathLike) -> list[Path]:
+    """Save to `output_paths(out, len(images))`; each file appears whole or not at all."""
+    paths = output_paths(out, len(images))
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
     for image, path in zip(images, paths):
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
         os.close(handle)
         try:
-            image.save(tmp)
+            image.save(tmp, format=IMAGE_FORMATS[path.suffix.lower()])
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -6,7 +6,8 @@ import lumina_core
 from lumina_core.loading.transformer import inspect_transformer
 
 from . import comfy_bridge as bridge
-from .handles import DEVICE_POLICIES, WEIGHT_DTYPES, Handle, home_device, weight_dtype
+from .handles import DEVICE_POLICIES, WEIGHT_DTYPES, Handle, home_device
+from .handles import weight_dtype as weight_dtype_for
 
 CATEGORY = "Lumina"
 NOT_GGUF = bridge.EXTENSIONS - {".gguf"}
@@ -21,74 +22,69 @@ DTYPE_INPUT = (list(WEIGHT_DTYPES), {
 })  # fmt: skip
 
 
-class LoadLuminaTransformer:
+class _FileLoader:
+    """A node that loads one model file from a model folder. Subclasses set the folder and `_load`."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    FOLDER = ""  # one of comfy_bridge.FOLDERS
+    FILE_TOOLTIP = ""
+    TAKES_DTYPE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        inputs = {"file": (bridge.list_files(cls.FOLDER, NOT_GGUF), {"tooltip": cls.FILE_TOOLTIP})}
+        if cls.TAKES_DTYPE:
+            inputs["weight_dtype"] = DTYPE_INPUT
+        return {"required": {**inputs, "device": POLICY_INPUT}}
+
+    def load(self, file: str, device: str, weight_dtype: str = "auto"):
+        path = bridge.resolve_file(self.FOLDER, file)
+        return (self._load(path, weight_dtype_for(weight_dtype, device), device),)
+
+    def _load(self, path: str, dtype, policy: str) -> Handle:
+        raise NotImplementedError
+
+
+class LoadLuminaTransformer(_FileLoader):
     DISPLAY_NAME = "Load Lumina Transformer"
     DESCRIPTION = "Loads a Lumina-Image 2.0 diffusion transformer from any layout (original, ComfyUI, diffusers)."
-    CATEGORY = CATEGORY
     RETURN_TYPES = ("LUMINA_MODEL",)
     RETURN_NAMES = ("model",)
-    FUNCTION = "load"
+    FOLDER = "lumina_diffusion_models"
+    FILE_TOOLTIP = ("From models/diffusion_models, models/unet or models/checkpoints (all-in-one files work). "
+                    "The family is detected from the tensors.")  # fmt: skip
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        files = bridge.list_files("lumina_diffusion_models", NOT_GGUF)
-        return {"required": {
-            "file": (files, {"tooltip": "From models/diffusion_models, models/unet or models/checkpoints "
-                                        "(all-in-one files work). The family is detected from the tensors."}),
-            "weight_dtype": DTYPE_INPUT,
-            "device": POLICY_INPUT,
-        }}  # fmt: skip
-
-    def load(self, file: str, weight_dtype: str, device: str):
-        path = bridge.resolve_file("lumina_diffusion_models", file)
+    def _load(self, path, dtype, policy):
         family = inspect_transformer(path).family  # a wrong file fails here, before any weights are read
-        model = lumina_core.load_transformer(path, dtype=_dtype(weight_dtype, device), device=home_device(device))
-        return (Handle(model, "transformer", family, device, path),)
+        model = lumina_core.load_transformer(path, dtype=dtype, device=home_device(policy))
+        return Handle(model, "transformer", family, policy, path)
 
 
-class LoadGemma:
+class LoadGemma(_FileLoader):
     DISPLAY_NAME = "Load Gemma-2 Text Encoder"
     DESCRIPTION = "Loads Gemma-2-2B (ComfyUI gemma_2_2b_fp16, an HF folder's file, or an all-in-one checkpoint)."
-    CATEGORY = CATEGORY
     RETURN_TYPES = ("LUMINA_TEXT_ENCODER",)
     RETURN_NAMES = ("text_encoder",)
-    FUNCTION = "load"
+    FOLDER = "lumina_text_encoders"
+    FILE_TOOLTIP = "From models/text_encoders, models/clip or models/checkpoints."
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        files = bridge.list_files("lumina_text_encoders", NOT_GGUF)
-        return {"required": {
-            "file": (files, {"tooltip": "From models/text_encoders, models/clip or models/checkpoints."}),
-            "weight_dtype": DTYPE_INPUT,
-            "device": POLICY_INPUT,
-        }}  # fmt: skip
-
-    def load(self, file: str, weight_dtype: str, device: str):
-        path = bridge.resolve_file("lumina_text_encoders", file)
-        encoder = lumina_core.load_text_encoder(path, dtype=_dtype(weight_dtype, device), device=home_device(device))
-        return (Handle(encoder, "text_encoder", "lumina2", device, path),)
+    def _load(self, path, dtype, policy):
+        encoder = lumina_core.load_text_encoder(path, dtype=dtype, device=home_device(policy))
+        return Handle(encoder, "text_encoder", "lumina2", policy, path)
 
 
-class LoadLuminaVAE:
+class LoadLuminaVAE(_FileLoader):
     DISPLAY_NAME = "Load Lumina VAE"
     DESCRIPTION = "Loads the FLUX autoencoder (ae.safetensors, a diffusers VAE, or the VAE of an all-in-one file)."
-    CATEGORY = CATEGORY
     RETURN_TYPES = ("LUMINA_VAE",)
     RETURN_NAMES = ("vae",)
-    FUNCTION = "load"
+    FOLDER = "lumina_vae"
+    FILE_TOOLTIP = "From models/vae or models/checkpoints."
+    TAKES_DTYPE = False  # the VAE keeps its stored precision (fp16 files load as fp32: SDXL's overflows)
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        files = bridge.list_files("lumina_vae", NOT_GGUF)
-        return {"required": {
-            "file": (files, {"tooltip": "From models/vae or models/checkpoints."}),
-            "device": POLICY_INPUT,
-        }}  # fmt: skip
-
-    def load(self, file: str, device: str):
-        path = bridge.resolve_file("lumina_vae", file)
-        vae = lumina_core.load_vae(path, device=home_device(device))
-        return (Handle(vae, "vae", "flux_vae", device, path),)
+    def _load(self, path, dtype, policy):
+        return Handle(lumina_core.load_vae(path, device=home_device(policy)), "vae", "flux_vae", policy, path)
 
 
 class GGUFLoader:
@@ -120,7 +116,3 @@ class GGUFLoader:
             f"{file}: GGUF support is not built yet in this pack; use a .safetensors file with the "
             "Load Lumina Transformer / Load Gemma-2 Text Encoder nodes meanwhile."
         )
-
-
-def _dtype(choice: str, policy: str):
-    return weight_dtype(choice, policy)

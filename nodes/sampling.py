@@ -55,9 +55,9 @@ class FlowSampler:
                 "positive": ("LUMINA_CONDITIONING", {"tooltip": "What to draw: a Gemma Encode of your prompt."}),
                 "negative": ("LUMINA_CONDITIONING", {"tooltip": "An empty Gemma Encode gives the usual negative."}),
                 "width": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": SIZE_MULTIPLE,
-                                  "tooltip": "Pixels, a multiple of 16. Ignored when a latent is connected."}),
+                                  "tooltip": "Pixels, a multiple of 16; a connected latent sets the size instead."}),
                 "height": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": SIZE_MULTIPLE,
-                                   "tooltip": "Pixels, a multiple of 16. Ignored when a latent is connected."}),
+                                   "tooltip": "Pixels, a multiple of 16; a connected latent sets the size instead."}),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per run."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
                                  "tooltip": "Noise is drawn on the CPU: a seed gives the same image on any device."}),
@@ -68,8 +68,8 @@ class FlowSampler:
                 "shift": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip":
                                     "Schedule shift. 6 is the model's (18 midpoint or 30 euler steps); use less "
                                     "for very few steps (e.g. 3 for 20 euler steps)."}),
-                "solver": (sorted(SOLVERS), {"default": "midpoint",
-                                            "tooltip": "Model calls per step: euler 1, midpoint 2, heun 2, rk4 4."}),
+                "solver": (sorted(SOLVERS), {"default": "midpoint", "tooltip":
+                           "Model calls per step: euler 1, midpoint 2, heun 2 (1 on the last), rk4 4."}),
                 "schedule": (sorted(SCHEDULES), {"default": "shifted_linear",
                                                  "tooltip": "shifted_linear: the Lumina / SD3 time shift."}),
                 "cfg_trunc": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":

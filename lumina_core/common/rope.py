@@ -25,9 +25,15 @@ def rope_angles(positions: torch.Tensor, axes_dims: tuple[int, ...], theta: floa
     return torch.cat(angles, dim=-1)
 
 
-def rope_cos_sin(angles: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of (B, L, D/2) angles, shaped (B, L, 1, D/2) to broadcast over heads."""
-    return torch.cos(angles).to(dtype)[:, :, None], torch.sin(angles).to(dtype)[:, :, None]
+def rope_cos_sin(
+    angles: torch.Tensor, device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of (B, L, D/2) angles, shaped (B, L, 1, D/2) to broadcast over heads, on `device`.
+
+    Compute the angles on the CPU: they are float64 (as the reference does) and MPS has no float64.
+    """
+    cos, sin = torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
+    return cos[:, :, None].to(device), sin[:, :, None].to(device)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

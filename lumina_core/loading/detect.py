@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import CheckpointError
 from .files import Checkpoint
 
 
@@ -71,7 +72,13 @@ SIGNATURES: tuple[Signature, ...] = (
         "a Stable Diffusion / SDXL UNet (diffusers layout)",
         ("conv_in.weight", "down_blocks.0.resnets.0.conv1.weight"),
     ),
-    Signature("vae", "original", "a VAE (autoencoder)", ("decoder.conv_in.weight",), ("conv_in.weight",)),
+    Signature(
+        "vae",
+        "original",
+        "a VAE (autoencoder)",
+        ("decoder.conv_in.weight",),
+        ("conv_in.weight", "decoder.up_blocks.0.resnets.0.conv1.weight"),
+    ),
     Signature(
         "vae",
         "diffusers",
@@ -89,20 +96,27 @@ MODEL_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "")
 @dataclass(frozen=True)
 class Detected:
     signature: Signature
-    prefix: str
     part: Checkpoint  # the checkpoint restricted to this model, prefix removed
 
 
+def matching_signatures(keys: set[str]) -> list[Signature]:
+    return [s for s in SIGNATURES if s.matches(keys)]
+
+
 def detect_model(checkpoint: Checkpoint, prefixes: tuple[str, ...] = MODEL_PREFIXES) -> Detected | None:
-    """The first prefix under which exactly one signature matches, or None if nothing is recognised."""
+    """What the first prefix that holds a recognised model holds, or None if nothing is recognised."""
     for prefix in prefixes:
         if prefix and not checkpoint.has_prefix(prefix):
             continue
         part = checkpoint.subset(prefix) if prefix else checkpoint
-        keys = set(part.keys)
-        hits = [s for s in SIGNATURES if s.matches(keys)]
+        hits = matching_signatures(set(part.keys))
+        if len(hits) > 1:
+            raise CheckpointError(
+                f"{checkpoint.path}: the tensors under '{prefix}' look like several models at once "
+                f"({'; '.join(h.description for h in hits)}): a merged or damaged file."
+            )
         if hits:
-            return Detected(hits[0], prefix, part)
+            return Detected(hits[0], part)
     return None
 
 
@@ -120,5 +134,5 @@ def describe_contents(checkpoint: Checkpoint) -> str:
         if prefix and not checkpoint.has_prefix(prefix):
             continue
         keys = set((checkpoint.subset(prefix) if prefix else checkpoint).keys)
-        found += [s.description + (f" under '{prefix}'" if prefix else "") for s in SIGNATURES if s.matches(keys)]
+        found += [s.description + (f" under '{prefix}'" if prefix else "") for s in matching_signatures(keys)]
     return "; ".join(dict.fromkeys(found)) or "no model this package recognises"

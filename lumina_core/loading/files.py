@@ -4,10 +4,11 @@ A `Checkpoint` lists keys and shapes without reading tensor data, and reads one 
 a loader can take its own part out of an all-in-one file (transformer + text encoder + VAE) without
 touching the rest, and never holds a second full copy of the weights.
 
-Containers: `.safetensors` (memory-mapped by the safetensors library), a folder of safetensors shards
-(diffusers layout, with or without an `*.index.json`), and pickled `.pth/.pt/.bin/.ckpt` files read
-with `torch.load(weights_only=True, mmap=True)`, which refuses anything but tensors and plain
-containers.
+Containers, told apart by their first bytes, never by the file name: safetensors (memory-mapped by the
+safetensors library), `torch.save` zip archives (`torch.load(weights_only=True, mmap=True)`), legacy
+`torch.save` pickles (the same without mmap, which they do not support), and a folder of safetensors
+shards (diffusers layout, with or without an `*.index.json`). `weights_only=True` refuses anything but
+tensors and plain containers.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,13 +26,16 @@ from safetensors import SafetensorError, safe_open
 
 from ..errors import CheckpointError, UnsupportedModelError
 
-PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
     "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }  # fmt: skip
 GGUF_MAGIC = b"GGUF"
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format since torch 1.6
+# Legacy torch.save files open with the pickled long 0x1950a86a20f9469cfc6c (torch.serialization's magic
+# number): the LONG1 opcode, its 10-byte length, then the number, after the protocol header.
+LEGACY_TORCH_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
 class _TensorReader(Protocol):
@@ -62,19 +67,17 @@ class _SafetensorsReader:
 
 
 class _PickleReader:
-    def __init__(self, path: str):
+    """A `torch.save` file; `mmap` only for the zip format, the legacy format cannot be memory-mapped."""
+
+    def __init__(self, path: str, mmap: bool):
         self.path = path
         try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            loaded = _torch_load(path, mmap)
         except pickle.UnpicklingError as err:
-            raise CheckpointError(
-                f"{path}: refusing to unpickle it: it holds Python objects besides tensors "
-                f"(torch.load with weights_only=True said: {str(err).splitlines()[0]}). "
-                "Convert it to .safetensors, or load only the tensor file (e.g. consolidated.00-of-01.pth, "
-                "not model_args.pth)."
-            ) from None
-        except (RuntimeError, EOFError, OSError) as err:
-            raise CheckpointError(_describe_unreadable(path, f"torch.load failed: {err}")) from None
+            raise CheckpointError(_describe_refused(path, _unpickler_reason(err))) from None
+        except Exception as err:  # a damaged file fails in many ways: EOFError, IndexError, struct.error ...
+            reason = f"torch.load failed: {str(err) or type(err).__name__}"
+            raise CheckpointError(_describe_unreadable(path, reason)) from None
         self.tensors = _flatten_pickled(path, loaded)
         self.metadata: dict[str, str] = {}
 
@@ -89,6 +92,34 @@ class _PickleReader:
 
     def load(self, key: str) -> torch.Tensor:
         return self.tensors[key]
+
+
+def _torch_load(path: str, mmap: bool) -> object:
+    if path.endswith(".safetensors"):
+        # torch.load hands a path with this name to safetensors whatever it holds; a file object it reads itself.
+        with open(path, "rb") as handle:
+            return torch.load(handle, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def _unpickler_reason(err: pickle.UnpicklingError) -> str:
+    # torch wraps the unpickler's one-line reason in paragraphs of advice that do not apply here.
+    text = str(err).split("WeightsUnpickler error:", 1)[-1].strip()
+    return re.split(r"\. (?=[A-Z])", text.splitlines()[0])[0] if text else type(err).__name__
+
+
+def _describe_refused(path: str, reason: str) -> str:
+    if re.match(r"Unsupported global: GLOBAL \w+(\.\w+)+", reason):  # a real class, e.g. argparse.Namespace
+        return (
+            f"{path}: refusing to unpickle it: it holds Python objects besides tensors (torch.load with "
+            f"weights_only=True said: {reason}). Convert it to .safetensors, or load only the tensor file "
+            "(e.g. consolidated.00-of-01.pth, not model_args.pth)."
+        )
+    return (
+        f"{path}: torch.load with weights_only=True cannot read it ({reason}): the file is damaged, or pickled "
+        "with a protocol the safe loader does not know. Re-save it with torch.save(state_dict, path) or convert "
+        "it to .safetensors."
+    )
 
 
 def _flatten_pickled(path: str, loaded: object) -> dict[str, torch.Tensor]:
@@ -184,40 +215,94 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: no such file or folder.")
     if os.path.isdir(path):
         return _open_folder(path)
-    if os.path.getsize(path) == 0:
-        raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish.")
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head.startswith(GGUF_MAGIC):
-        raise UnsupportedModelError(f"{path} is a GGUF file: this loader reads .safetensors and .pth files.")
-    if path.lower().endswith(PICKLE_SUFFIXES) or head.startswith(b"PK\x03\x04"):
-        reader: _SafetensorsReader | _PickleReader = _PickleReader(path)
-    else:
-        reader = _SafetensorsReader(path)
+    reader = _open_file(path)
     entries = {k: _Entry(reader, k) for k in reader.keys()}
     return Checkpoint(path, entries, reader.metadata)
 
 
+def _open_file(path: str) -> _SafetensorsReader | _PickleReader:
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish.")
+    with open(path, "rb") as handle:
+        head = handle.read(32)
+    if head.startswith(GGUF_MAGIC):
+        raise UnsupportedModelError(f"{path} is a GGUF file: this loader reads .safetensors and .pth files.")
+    if head.startswith(ZIP_MAGIC):
+        return _PickleReader(path, mmap=True)
+    if head.startswith(b"\x80") and LEGACY_TORCH_MAGIC in head:
+        return _PickleReader(path, mmap=False)
+    if head[8:9] == b"{" and int.from_bytes(head[:8], "little") + 8 <= size:
+        return _SafetensorsReader(path)
+    raise CheckpointError(_describe_unreadable(path, _unknown_start(head, size)))
+
+
+def _unknown_start(head: bytes, size: int) -> str:
+    if head[8:9] == b"{":
+        return f"its safetensors header announces {int.from_bytes(head[:8], 'little') + 8} bytes, the file has {size}"
+    return "its first bytes are neither a safetensors header nor a torch.save zip archive or pickle"
+
+
+def read_json(path: str, what: str) -> dict:
+    """The JSON object in the file `path`; raises CheckpointError naming the file and `what` it should hold."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
+        raise CheckpointError(f"{path} is not readable JSON ({err}); expected {what}. Fix or re-download it.") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}; expected {what} (a JSON object).")
+    return value
+
+
 def _open_folder(path: str) -> Checkpoint:
-    shard_names = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
-    index_names = [n for n in os.listdir(path) if n.endswith(".safetensors.index.json")]
-    if index_names:
-        with open(os.path.join(path, index_names[0])) as handle:
-            weight_map = json.load(handle)["weight_map"]
-        missing = sorted({s for s in weight_map.values() if not os.path.exists(os.path.join(path, s))})
-        if missing:
-            raise CheckpointError(f"{path}: {index_names[0]} lists shards that are missing: {preview(missing)}.")
-        shard_names = sorted(set(weight_map.values()))
-    if not shard_names:
-        raise CheckpointError(f"{path}: a folder with no .safetensors files (found: {preview(os.listdir(path))}).")
-    # diffusers folders may hold precision variants beside the weights (name.fp16.safetensors): never mix them.
-    plain = [n for n in shard_names if "." not in n[: -len(".safetensors")]]
-    if plain:
-        shard_names = plain
-    elif len(shard_names) > 1 and not index_names:
-        raise CheckpointError(f"{path}: several weight variants and no index to choose: {preview(shard_names)}.")
+    shard_names = _choose_shards(path, sorted(os.listdir(path)))
     entries: dict[str, _Entry] = {}
     for name in shard_names:
         reader = _SafetensorsReader(os.path.join(path, name))
         entries.update({k: _Entry(reader, k) for k in reader.keys()})
     return Checkpoint(path, entries, {})
+
+
+def _is_variant(name: str) -> bool:
+    # diffusers keeps precision variants beside the weights: name.fp16.safetensors, name.fp16-00001-of-00002...
+    return "." in name.removesuffix(".safetensors")
+
+
+def _choose_shards(path: str, names: list[str]) -> list[str]:
+    """The safetensors files to read: a plain index's shards, else the plain files, else one variant's. Never mixed."""
+    files = [n for n in names if n.endswith(".safetensors")]
+    indexes = [n for n in names if n.endswith(".safetensors.index.json")]
+    variant_indexes = [n for n in names if re.fullmatch(r".+\.safetensors\.index\.[^.]+\.json", n)]
+    plain = [n for n in files if not _is_variant(n)]
+    if len(indexes) > 1:
+        raise CheckpointError(f"{path}: several shard indexes ({preview(indexes)}); keep only the model's own one.")
+    if indexes:
+        return _shards_from_index(path, indexes[0])
+    if plain:
+        return plain
+    if len(variant_indexes) == 1:
+        return _shards_from_index(path, variant_indexes[0])
+    if len(files) == 1:
+        return files
+    if not files:
+        raise CheckpointError(f"{path}: a folder with no .safetensors files (found: {preview(names)}).")
+    raise CheckpointError(
+        f"{path}: several weight variants and no single index to choose between them: "
+        f"{preview(variant_indexes or files)}. Move the variants you do not want out of the folder."
+    )
+
+
+def _shards_from_index(path: str, index_name: str) -> list[str]:
+    index_path = os.path.join(path, index_name)
+    what = 'a safetensors shard index: {"weight_map": {tensor name: shard file name}}'
+    weight_map = read_json(index_path, what).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index_path} has no usable 'weight_map'; expected {what}. Fix or re-download it.")
+    shards = sorted(set(weight_map.values()))
+    missing = [s for s in shards if not os.path.isfile(os.path.join(path, s))]
+    if missing:
+        raise CheckpointError(f"{path}: {index_name} lists shards that are missing: {preview(missing)}.")
+    if not shards:
+        raise CheckpointError(f"{index_path}: its 'weight_map' is empty; expected {what}.")
+    return shards

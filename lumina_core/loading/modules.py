@@ -10,6 +10,8 @@ from torch import nn
 from ..errors import CheckpointError
 from .files import preview
 
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
 
 def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
     """Construct a module on the meta device: shapes only, no memory, no random init."""
@@ -28,8 +30,8 @@ def check_fits(module: nn.Module, shapes: Mapping[str, tuple[int, ...]], source:
                 (("Missing", missing), ("Unexpected", unexpected), ("Wrong shape", wrong)) if items]  # fmt: skip
     if problems:
         raise CheckpointError(
-            f"{source}: the weights do not fit the model built from their shapes (the file mixes parts of "
-            f"different models, or is damaged). {'. '.join(problems)}."
+            f"{source}: the weights do not fit the model built from their shapes (a damaged file, parts of "
+            f"different models, or a variant this loader does not know). {'. '.join(problems)}."
         )
 
 
@@ -44,10 +46,14 @@ def assign_tensors(
     """Fill a meta-device module with tensors read one at a time, after checking names and shapes.
 
     readers maps each parameter/buffer name to a function that reads it from the file's memory map, so
-    no second full copy of the weights is made; dtype None keeps each tensor's stored dtype.
-    Returns the module in eval mode without gradients.
+    no second full copy of the weights is made; dtype None keeps each tensor's stored dtype, except that
+    fp8 (a storage format torch cannot compute in) becomes bf16. Returns the module in eval mode without gradients.
     """
     check_fits(module, shapes, source)
-    state = {name: read().to(device=device, dtype=dtype) for name, read in readers.items()}
+    state = {}
+    for name, read in readers.items():
+        tensor = read()
+        target = dtype or (torch.bfloat16 if tensor.dtype in FP8_DTYPES else tensor.dtype)
+        state[name] = tensor.to(device=device, dtype=target)
     module.load_state_dict(state, strict=True, assign=True)
     return module.eval().requires_grad_(False)

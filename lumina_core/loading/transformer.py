@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import CheckpointError, UnsupportedModelError
 from ..models import lumina2
 from .detect import describe_contents, detect_model
-from .files import Checkpoint, open_checkpoint
+from .files import Checkpoint, open_checkpoint, preview, read_json
 from .keymaps import lumina2 as lumina2_keys
 from .modules import assign_tensors, build_on_meta
 
@@ -26,9 +26,10 @@ from .modules import assign_tensors, build_on_meta
 @dataclass(frozen=True)
 class TransformerFamily:
     name: str
-    config_from_shapes: Callable[[dict[str, tuple[int, ...]]], object]
+    config_from_shapes: Callable[..., object]  # (shapes, **stored) -> config
     build: Callable[[object], nn.Module]
     map_diffusers_keys: Callable[[list[str]], tuple[dict[str, list[str]], list[str]]]
+    diffusers_config: dict[str, str]  # config.json field -> config field, for what shapes cannot tell
     unused_keys: frozenset[str]
 
 
@@ -38,6 +39,7 @@ FAMILIES: dict[str, TransformerFamily] = {
         config_from_shapes=lumina2.config_from_shapes,
         build=lumina2.Lumina2Transformer,
         map_diffusers_keys=lumina2_keys.map_diffusers_keys,
+        diffusers_config=lumina2_keys.DIFFUSERS_CONFIG,
         unused_keys=lumina2.UNUSED_KEYS,
     ),
 }
@@ -53,24 +55,26 @@ NEXT_STEP = {
 
 
 def load_transformer(
-    path: str | os.PathLike, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
+    path: str | os.PathLike, dtype: torch.dtype | None = None, device: torch.device | str = "cpu", **config
 ) -> nn.Module:
     """Load a diffusion transformer; returns a module with `.family` and `.config`.
 
     path: an original/ComfyUI `.safetensors` or `.pth` file (all-in-one files too), a diffusers
     `transformer/` folder or pipeline folder, or a single diffusers-keyed file.
-    dtype: None keeps the stored dtype; otherwise every tensor is cast while it is read.
+    dtype: None keeps the stored dtype (fp8 becomes bf16); otherwise every tensor is cast while it is read.
+    config: fields that tensor shapes cannot tell, for models that differ from the release (e.g.
+    `axes_dims=(32, 48, 48)`); they override a diffusers config.json.
     """
-    plan = _plan(path)
+    plan = _plan(path, config)
     return assign_tensors(plan.model, plan.readers, plan.shapes, plan.source, dtype, device)
 
 
-def inspect_transformer(path: str | os.PathLike) -> nn.Module:
+def inspect_transformer(path: str | os.PathLike, **config) -> nn.Module:
     """The model a file holds, built on the meta device from tensor shapes alone: no weights are read.
 
     Useful to validate sizes (`latent_shape`) or show `.family`/`.config` before paying for a load.
     """
-    return _plan(path).model
+    return _plan(path, config).model
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,9 @@ class _LoadPlan:
     source: str
 
 
-def _plan(path: str | os.PathLike) -> _LoadPlan:
-    checkpoint = open_checkpoint(_transformer_folder(os.fspath(path)))
+def _plan(path: str | os.PathLike, config: dict) -> _LoadPlan:
+    folder = _transformer_folder(os.fspath(path))
+    checkpoint = open_checkpoint(folder)
     detected = detect_model(checkpoint)
     if detected is None or detected.signature.family not in FAMILIES:
         found = detected.signature.description if detected else describe_contents(checkpoint)
@@ -94,9 +99,10 @@ def _plan(path: str | os.PathLike) -> _LoadPlan:
     family = FAMILIES[detected.signature.family]
     readers = _original_key_readers(detected.part, detected.signature.layout, family)
     shapes = {name: shape for name, (shape, _) in readers.items()}
+    stored = {**_diffusers_config(folder, family), **config}
     try:
-        config = family.config_from_shapes(shapes)
-    except (KeyError, ValueError) as err:
+        config = family.config_from_shapes(shapes, **stored)
+    except (KeyError, ValueError, TypeError) as err:
         raise CheckpointError(
             f"{checkpoint.path}: looks like {detected.signature.description} but its shapes do not form a "
             f"valid model ({type(err).__name__}: {err})."
@@ -104,6 +110,15 @@ def _plan(path: str | os.PathLike) -> _LoadPlan:
     model = build_on_meta(partial(family.build, config))
     source = f"{checkpoint.path} ({detected.signature.description})"
     return _LoadPlan(model, {k: read for k, (_, read) in readers.items()}, shapes, source)
+
+
+def _diffusers_config(folder: str, family: TransformerFamily) -> dict:
+    """The fields of a diffusers folder's config.json that tensor shapes cannot tell; {} without one."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.isdir(folder) or not os.path.isfile(path):
+        return {}
+    stored = read_json(path, "a diffusers transformer config")
+    return {ours: stored[theirs] for theirs, ours in family.diffusers_config.items() if stored.get(theirs) is not None}
 
 
 def _transformer_folder(path: str) -> str:
@@ -120,7 +135,10 @@ def _original_key_readers(
         return {k: (part.shape(k), partial(part.load, k)) for k in part.keys if k not in family.unused_keys}
     plan, unmatched = family.map_diffusers_keys(part.keys)
     if unmatched:
-        raise CheckpointError(f"{part.path}: diffusers keys with no {family.name} counterpart: {unmatched[:5]}.")
+        raise CheckpointError(
+            f"{part.path}: these diffusers keys are not part of a {family.name} transformer: {preview(unmatched)}. "
+            "Expected only the keys diffusers' model class saves (a LoRA or a merged file?)."
+        )
     readers = {}
     for target, sources in plan.items():
         shapes = [part.shape(s) for s in sources]

@@ -21,6 +21,7 @@ from ..common.attention import attention
 from ..common.embeddings import timestep_embedding
 from ..common.norms import RMSNorm
 from ..common.rope import apply_rope, rope_angles, rope_cos_sin
+from ..conditioning import check_right_padded
 from ..errors import InvalidInputError
 
 FAMILY = "lumina2"
@@ -72,12 +73,17 @@ def default_axes_dims(head_dim: int) -> tuple[int, int, int]:
     return (head_dim - 2 * block, block, block)
 
 
-def config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> Lumina2Config:
-    """Derive the config from the tensor shapes of an original-keyed state dict (lumina2.md §1.3)."""
+def config_from_shapes(shapes: dict[str, tuple[int, ...]], **stored) -> Lumina2Config:
+    """Derive the config from the tensor shapes of an original-keyed state dict (lumina2.md §1.3).
+
+    `stored` carries what shapes cannot tell when the file says it (a diffusers config.json, or the
+    caller): patch_size (2 in every release), axes_dims (default_axes_dims), norm_eps, rope_theta.
+    """
     dim, patch_features = shapes["x_embedder.weight"]
     head_dim = shapes["layers.0.attention.q_norm.weight"][0]
     qkv_rows = shapes["layers.0.attention.qkv.weight"][0]
-    patch_size = 2  # not stored; every released Lumina 2 model uses 2
+    patch_size = stored.pop("patch_size", 2)
+    stored["axes_dims"] = tuple(stored.get("axes_dims") or default_axes_dims(head_dim))
     return Lumina2Config(
         patch_size=patch_size,
         in_channels=patch_features // patch_size**2,
@@ -88,7 +94,7 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> Lumina2Config:
         n_kv_heads=(qkv_rows - dim) // 2 // head_dim,
         ffn_hidden=shapes["layers.0.feed_forward.w1.weight"][0],
         cap_feat_dim=shapes["cap_embedder.1.weight"][1],
-        axes_dims=default_axes_dims(head_dim),
+        **stored,
     )
 
 
@@ -227,6 +233,7 @@ class Lumina2Transformer(nn.Module):
         """The network in Lumina time: t (B,) in [0, 1] with 0 = noise; returns data - noise, shaped like x."""
         self._check_inputs(x, t, context, context_mask)
         dtype = self.dtype
+        context, context_mask = context.to(x.device), context_mask.to(x.device)
         cap_lens = context_mask.sum(dim=1)
         # Caption slots past the longest caption are masked everywhere: drop them to save attention work.
         longest = int(cap_lens.max())
@@ -241,11 +248,8 @@ class Lumina2Transformer(nn.Module):
         # The joint sequence is [caption padded to L ; image] for every sample. Attention only sees
         # positions through RoPE, so this equals the original's per-sample [caption_b ; image] packing
         # once padded caption keys are masked, and needs no per-sample gather.
-        cos, sin = rope_cos_sin(
-            rope_angles(
-                self._positions(cap_lens, longest, height, width), self.config.axes_dims, self.config.rope_theta
-            )
-        )
+        positions = self._positions(cap_lens.cpu(), longest, height, width)
+        cos, sin = rope_cos_sin(rope_angles(positions, self.config.axes_dims, self.config.rope_theta), x.device)
         caption_rope, image_rope = (cos[:, :longest], sin[:, :longest]), (cos[:, longest:], sin[:, longest:])
 
         for block in self.context_refiner:
@@ -303,8 +307,7 @@ class Lumina2Transformer(nn.Module):
                 f"batch mismatch: latent {tuple(x.shape)}, time {tuple(t.shape)}, text {tuple(context.shape)}, "
                 f"mask {tuple(context_mask.shape)}."
             )
-        if not bool(context_mask.any(dim=1).all()):
-            raise InvalidInputError("every prompt needs at least one token (a row of the text mask is all False).")
+        check_right_padded(context_mask)
 
 
 def _nearest(size: int, multiple: int) -> int:

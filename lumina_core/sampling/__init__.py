@@ -2,7 +2,7 @@
 
 from .cfg import CFG_MODES, DiffusersCFG, Guidance, OriginalCFG, make_guidance
 from .sampler import GuidedVelocity, check_settings, initial_noise, sample
-from .schedules import SCHEDULES, build_sigmas, linear, shift_sigmas, shifted_linear
+from .schedules import SCHEDULES, build_sigmas, shift_sigmas, shifted_linear
 from .solvers import SOLVERS, Solver, euler, heun, midpoint, rk4
 
 __all__ = [
@@ -19,7 +19,6 @@ __all__ = [
     "euler",
     "heun",
     "initial_noise",
-    "linear",
     "make_guidance",
     "midpoint",
     "rk4",

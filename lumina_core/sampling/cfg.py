@@ -32,8 +32,6 @@ from ..errors import InvalidInputError
 class Guidance(Protocol):
     """What the sampler needs from a guidance variant (see the module docstring)."""
 
-    scale: float
-
     def needs_uncond(self, sigma: float, step: int, total: int) -> bool: ...
 
     def combine(self, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor: ...

@@ -114,18 +114,22 @@ def check_settings(
     build_sigmas(schedule, steps, shift, denoise)
 
 
+# A 1024 x 1024 image, valid for every model family: its latent shape tells the channels and dims of an init_latent.
+EXAMPLE_SIZE = 1024
+
+
 def _latent_shape(
     model: torch.nn.Module, batch_size: int, height: int, width: int, init: torch.Tensor | None
 ) -> tuple[int, ...]:
-    """The latent shape: from the image size, or from init_latent (batch 1 or batch_size) when given."""
-    shape = tuple(model.latent_shape(batch_size, height, width))
+    """The latent shape: from the image size, or from init_latent (batch 1 or batch_size), ignoring the size."""
     if init is None:
-        return shape
-    if init.ndim != len(shape) or init.shape[1] != shape[1] or init.shape[0] not in (1, batch_size):
+        return tuple(model.latent_shape(batch_size, height, width))
+    example = tuple(model.latent_shape(batch_size, EXAMPLE_SIZE, EXAMPLE_SIZE))
+    if init.ndim != len(example) or init.shape[1] != example[1] or init.shape[0] not in (1, batch_size):
         raise InvalidInputError(
-            f"init_latent has shape {tuple(init.shape)}; the model expects (batch, {shape[1]}, ...) with "
-            f"{len(shape)} dims and batch 1 or {batch_size} (e.g. {shape} for {width}x{height}). Encode the image "
-            "with this model's VAE."
+            f"init_latent has shape {tuple(init.shape)}; the model expects (batch, {example[1]}, ...) with "
+            f"{len(example)} dims and batch 1 or {batch_size} (e.g. {example} for {EXAMPLE_SIZE}x{EXAMPLE_SIZE}). "
+            "Encode the image with this model's VAE."
         )
     return (batch_size, *init.shape[1:])
 
@@ -176,7 +180,8 @@ def sample(
         denoise)`; with denoise < 1 they start at the lower sigma0 of that tail.
     init_latent: (1 or B, C, H, W) in model space. The start is x = (1 - sigma0)·init + sigma0·noise, like
         ComfyUI's KSampler; with denoise 1 (sigma0 = 1) that is pure noise and init_latent only sets the shape.
-        Without it, init is zero (ComfyUI's empty latent).
+        It replaces width and height, which are then neither used nor checked. Without it, init is zero
+        (ComfyUI's empty latent).
     seed / noise: the noise is drawn on the CPU from `seed` (see `initial_noise`) unless given, with the latent
         shape.
     callback(step, total, x, denoised): after each step; step is the 0-based index of the step just taken, x the

@@ -31,12 +31,6 @@ def _check_steps(steps: int) -> None:
         raise InvalidInputError(f"steps must be at least 1, got {steps}.")
 
 
-def linear(steps: int, shift: float = 1.0) -> torch.Tensor:
-    """Unshifted sigmas linspace(1, 0, steps + 1); `shift` is accepted for a uniform signature and ignored."""
-    _check_steps(steps)
-    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-
-
 def shifted_linear(steps: int, shift: float) -> torch.Tensor:
     """linspace(1, 0, steps + 1) under the static shift (see `shift_sigmas`); the Lumina-Image 2.0 default.
 
@@ -50,9 +44,10 @@ def shifted_linear(steps: int, shift: float) -> torch.Tensor:
     return shift_sigmas(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
 
 
+# name -> (steps, shift) -> sigmas. Every schedule must use `shift` (an unshifted linear schedule is
+# shifted_linear with shift 1), because the sampler node shows the shift input next to the schedule.
 SCHEDULES: dict[str, Callable[[int, float], torch.Tensor]] = {
     "shifted_linear": shifted_linear,
-    "linear": linear,
 }
 
 

@@ -65,9 +65,11 @@ def rk4(velocity: Velocity, x: torch.Tensor, sigma: float, sigma_next: float) ->
 @dataclass(frozen=True)
 class Solver:
     step: Callable[[Velocity, torch.Tensor, float, float], StepResult]
-    calls_per_step: int  # model evaluations per step (heun: 1 on the step to sigma = 0)
+    calls_per_step: int  # model evaluations of a step that ends above sigma 0
 
 
+# Every step costs calls_per_step model evaluations, except heun's step to sigma = 0, which falls back to Euler
+# (1 call): a heun run of N steps makes 2N - 1 calls, the others N * calls_per_step.
 SOLVERS: dict[str, Solver] = {
     "euler": Solver(euler, 1),
     "midpoint": Solver(midpoint, 2),

@@ -38,7 +38,7 @@ from transformers.models.gemma2.modeling_gemma2 import Gemma2RotaryEmbedding
 
 from ..conditioning import Conditioning
 from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
-from ..loading.files import Checkpoint, open_checkpoint, preview
+from ..loading.files import Checkpoint, open_checkpoint, preview, read_json
 from ..loading.modules import assign_tensors, build_on_meta
 from .prompts import format_negative_prompt, format_prompt
 
@@ -348,7 +348,7 @@ def _open_folder(path: str) -> tuple[Checkpoint, dict | None, _Tokenizer, str]:
     checkpoint = open_checkpoint(path)
     weights = _gemma2_weights(checkpoint, checkpoint.describe())
     config_path = os.path.join(path, "config.json")
-    stored = _read_json(config_path) if os.path.isfile(config_path) else None
+    stored = read_json(config_path, "a Gemma-2 config.json") if os.path.isfile(config_path) else None
     sibling = os.path.join(os.path.dirname(os.path.abspath(path)), "tokenizer")
     tokenizer = _tokenizer_from_folders([path, sibling], f"{path}: no tokenizer")
     return weights, stored, tokenizer, path
@@ -374,17 +374,6 @@ def _metadata_config(checkpoint: Checkpoint) -> dict | None:
         ) from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{checkpoint.path}: metadata '{GEMMA2_CONFIG_METADATA_KEY}' must be a JSON object.")
-    return config
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not a readable JSON config ({err}).") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, found {type(config).__name__}.")
     return config
 
 

@@ -240,12 +240,13 @@ class Autoencoder(nn.Module):
         if self.quant_conv is not None:
             moments = self.quant_conv(moments)
         mean = moments[:, : self.latent_channels]  # the second half is the log-variance
-        return ((mean - self.shift) * self.scale).float()
+        return (mean.float() - self.shift) * self.scale
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Model-space latent (B, z, h, w) -> float32 images (B, 3, h*f, w*f) clamped to [0, 1]."""
         _check_input(latent, self.latent_channels, 1, "latent")
-        z = latent.to(self.decoder.conv_in.weight) / self.scale + self.shift
+        # the normalisation in float32, then the weights' dtype: in bf16 it would round the latent before scaling
+        z = (latent.float() / self.scale + self.shift).to(self.decoder.conv_in.weight)
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         return ((self.decoder(z).float() + 1) / 2).clamp(0, 1)

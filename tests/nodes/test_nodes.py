@@ -40,9 +40,9 @@ def model_dirs(tmp_path_factory):
 
 
 def load_all(file_dit="original.safetensors", file_te="comfy.safetensors", file_vae="ae.safetensors"):
-    model = N["LoadLuminaTransformer"]().load(file_dit, "fp32", "cpu")[0]
-    encoder = N["LoadGemma"]().load(file_te, "fp32", "cpu")[0]
-    vae = N["LoadLuminaVAE"]().load(file_vae, "cpu")[0]
+    model = N["LoadLuminaTransformer"]().load(file_dit, weight_dtype="fp32", device="cpu")[0]
+    encoder = N["LoadGemma"]().load(file_te, weight_dtype="fp32", device="cpu")[0]
+    vae = N["LoadLuminaVAE"]().load(file_vae, device="cpu")[0]
     return model, encoder, vae
 
 
@@ -104,14 +104,14 @@ def test_settings_are_checked_before_sampling(model_dirs):
 
 def test_file_not_in_the_dropdown_is_refused(model_dirs):
     with pytest.raises(ValueError, match="not in the diffusion_models folders"):
-        N["LoadLuminaTransformer"]().load("../../etc/passwd", "fp32", "cpu")
+        N["LoadLuminaTransformer"]().load("../../etc/passwd", weight_dtype="fp32", device="cpu")
     with pytest.raises(ValueError, match="not in the diffusion_models folders"):
-        N["LoadLuminaTransformer"]().load("notes.txt", "fp32", "cpu")
+        N["LoadLuminaTransformer"]().load("notes.txt", weight_dtype="fp32", device="cpu")
 
 
 def test_file_of_another_kind_is_named(model_dirs):
     with pytest.raises(UnsupportedModelError, match="holds a VAE"):
-        N["LoadLuminaTransformer"]().load("ae.safetensors", "fp32", "cpu")
+        N["LoadLuminaTransformer"]().load("ae.safetensors", weight_dtype="fp32", device="cpu")
 
 
 def test_conditioning_from_another_encoder_is_named(model_dirs):
@@ -130,7 +130,7 @@ def test_gguf_and_video_nodes_say_they_are_not_built(model_dirs):
 
 
 def test_dropping_a_loader_output_frees_the_model(model_dirs):
-    handle = N["LoadLuminaTransformer"]().load("original.safetensors", "fp32", "cpu")[0]
+    handle = N["LoadLuminaTransformer"]().load("original.safetensors", weight_dtype="fp32", device="cpu")[0]
     ref = weakref.ref(handle.model)
     del handle
     gc.collect()

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from lumina_core.errors import InvalidInputError
 from lumina_core.loading.transformer import load_transformer
 from tests.fixtures.lumina2_files import LAYOUTS, WIDE, make_reference, original_state_dict, write_layout
 
@@ -109,3 +110,44 @@ def test_dtype_is_applied_while_loading(reference, tmp_path):
     args = inputs()
     with torch.no_grad():
         assert relative_error(model(*args).float(), reference_velocity(reference, *args)) < 5e-2
+
+
+@torch.no_grad()
+def test_a_non_default_rope_split_comes_from_config_json_or_the_caller(tmp_path):
+    """Shapes cannot tell the RoPE split: diffusers folders say it in config.json, other files need the caller."""
+    reference = make_reference(seed=5, axes_dim_rope=(2, 2, 4))
+    args = inputs(lengths=(9, 5, 7))
+    expected = reference_velocity(reference, *args)
+    from_folder = load_transformer(write_layout(reference, "diffusers_pipeline", tmp_path))
+    assert from_folder.config.axes_dims == (2, 2, 4)
+    assert relative_error(from_folder(*args), expected) < TOLERANCE
+    original = write_layout(reference, "original.safetensors", tmp_path)
+    assert relative_error(load_transformer(original, axes_dims=(2, 2, 4))(*args), expected) < TOLERANCE
+    assert relative_error(load_transformer(original)(*args), expected) > 100 * TOLERANCE  # default split differs
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda x, s, c, m: (x[:, :3], s, c, m), "expects a latent"),
+        (lambda x, s, c, m: (x[..., :11], s, c, m), "multiples of 2"),
+        (lambda x, s, c, m: (x, s, c[..., :8], m), "text features of width 16"),
+        (lambda x, s, c, m: (x, s[:2], c, m), "batch mismatch"),
+        (lambda x, s, c, m: (x, s, c, torch.zeros_like(m)), "at least one token"),
+        (lambda x, s, c, m: (x, s, c, m.flip(-1)), "right-padded"),
+    ],
+)
+def test_bad_inputs_are_named(ours, change, message):
+    with pytest.raises(InvalidInputError, match=message):
+        ours(*change(*inputs()))
+
+
+def test_fp8_file_computes_in_bf16(reference, tmp_path):
+    from safetensors.torch import save_file
+
+    state = {k: v.to(torch.float8_e4m3fn) for k, v in original_state_dict(reference).items()}
+    save_file(state, tmp_path / "fp8.safetensors")
+    model = load_transformer(tmp_path / "fp8.safetensors")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        assert torch.isfinite(model(*inputs()).float()).all()

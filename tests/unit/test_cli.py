@@ -5,6 +5,7 @@ from PIL import Image
 
 from lumina_core import tiny
 from lumina_core.__main__ import main
+from lumina_core.pipeline import save_images
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +62,36 @@ def test_inspect_reports_family_and_config(all_in_one, capsys):
     assert "Lumina-Image 2.0 transformer under 'model.diffusion_model.'" in out
     assert "Gemma-2 text encoder" in out and "VAE" in out
     assert "transformer family: lumina2" in out and "dim=64" in out
+
+
+@pytest.mark.parametrize(
+    ("out", "saved", "image_format"), [("result", "result.png", "PNG"), ("a.JPG", "a.JPG", "JPEG")]
+)
+def test_save_images_format_follows_the_suffix_png_without_one(tmp_path, out, saved, image_format):
+    assert save_images([Image.new("RGB", (8, 8))], tmp_path / out) == [tmp_path / saved]
+    assert Image.open(tmp_path / saved).format == image_format
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_unsupported_out_suffix_fails_before_sampling(all_in_one, tmp_path, capsys):
+    assert generate(all_in_one, tmp_path / "fox.tga") == 2
+    err = one_line_error(capsys)
+    assert "'.tga'" in err and "png, jpg or webp" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cuda_without_cuda_fails_with_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert generate(tmp_path / "never_read.safetensors", tmp_path / "x.png", "--device", "cuda") == 2
+    err = one_line_error(capsys)
+    assert "--device cuda asked for, but this torch has no CUDA device; use --device cpu or auto" in err
+
+
+def test_unknown_device_name_fails_with_one_line(tmp_path, capsys):
+    assert generate(tmp_path / "never_read.safetensors", tmp_path / "x.png", "--device", "gpu0") == 2
+    assert "'gpu0' is not a device name" in one_line_error(capsys)

@@ -12,6 +12,7 @@ from torch import nn
 from lumina_core.conditioning import Conditioning
 from lumina_core.errors import InvalidInputError, SamplingError
 from lumina_core.sampling import (
+    SCHEDULES,
     SOLVERS,
     DiffusersCFG,
     OriginalCFG,
@@ -19,7 +20,6 @@ from lumina_core.sampling import (
     euler,
     heun,
     initial_noise,
-    linear,
     midpoint,
     rk4,
     sample,
@@ -86,7 +86,13 @@ def test_static_shift_is_the_lumina_time_shift(shift):
 
 
 def test_shift_one_is_linear():
-    torch.testing.assert_close(shifted_linear(7, 1.0), linear(7, 1.0))
+    torch.testing.assert_close(shifted_linear(7, 1.0), torch.linspace(1.0, 0.0, 8, dtype=torch.float64))
+
+
+def test_every_schedule_uses_the_shift():
+    # the sampler node shows a shift input next to the schedule: a schedule that ignored it would mislead
+    for name in SCHEDULES:
+        assert not torch.equal(build_sigmas(name, 8, 1.0), build_sigmas(name, 8, 6.0)), name
 
 
 def test_denoise_keeps_the_tail_of_a_longer_schedule():
@@ -157,6 +163,15 @@ def test_calls_per_step_and_start_velocity(name):
     _, v_start = SOLVERS[name].step(velocity, x, 0.8, 0.5)
     assert len(calls) == SOLVERS[name].calls_per_step and calls[0] == 0.8
     torch.testing.assert_close(v_start, x * 0.8)
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_model_calls_of_a_whole_run(name):
+    """N steps cost N * calls_per_step evaluations, except heun, whose step to sigma 0 makes one call."""
+    model = FakeModel()
+    sample(model, POS, **SMALL, solver=name)
+    steps, per_step = SMALL["steps"], SOLVERS[name].calls_per_step
+    assert len(model.calls) == (steps * per_step - 1 if name == "heun" else steps * per_step)
 
 
 def test_heun_falls_back_to_euler_on_the_last_step():
@@ -354,6 +369,11 @@ def test_init_latent_shape_wins_over_width_and_height():
     model = FakeModel()
     out = sample(model, POS, batch_size=2, steps=2, init_latent=torch.zeros(1, 4, 6, 10))
     assert out.shape == (2, 4, 6, 10)
+
+
+def test_width_and_height_are_not_checked_when_init_latent_sets_the_size():
+    out = sample(FakeModel(), POS, steps=2, width=1000, height=7, init_latent=torch.zeros(1, 4, 6, 10))
+    assert out.shape == (1, 4, 6, 10)
 
 
 def test_callback_exception_propagates_and_stops_sampling():

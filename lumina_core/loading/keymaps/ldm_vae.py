@@ -13,7 +13,6 @@ Each rule pairs two module-path templates; one table serves both directions and 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable
@@ -21,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ...errors import CheckpointError, UnsupportedModelError
-from ..files import Checkpoint, preview
+from ...errors import UnsupportedModelError
+from ..files import Checkpoint, preview, read_json
 
 ORIGINAL = "original"
 DIFFUSERS = "diffusers"
@@ -233,13 +232,7 @@ def read_diffusers_config(folder: str) -> dict[str, object]:
     config_path = os.path.join(folder, "config.json")
     if not os.path.isfile(config_path):
         return {}
-    try:
-        with open(config_path) as handle:
-            config = json.load(handle)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(
-            f"{config_path}: not valid JSON ({err}); expected a diffusers AutoencoderKL config."
-        ) from None
+    config = read_json(config_path, "a diffusers AutoencoderKL config")
     found = {arg: config[field] for field, arg in DIFFUSERS_CONFIG_FIELDS.items() if field in config}
     if "shift" in found and found["shift"] is None:  # diffusers writes null for "no shift"
         found["shift"] = 0.0

@@ -47,6 +47,9 @@ MODULATED_BLOCK: dict[str, str] = {
 }
 UNMODULATED_BLOCK: dict[str, str] = {**BLOCK, "attention_norm1.weight": "norm1.weight"}  # context refiner
 
+# diffusers config.json fields -> Lumina2Config fields that tensor shapes cannot tell.
+DIFFUSERS_CONFIG = {"axes_dim_rope": "axes_dims", "patch_size": "patch_size", "norm_eps": "norm_eps"}
+
 FUSED_QKV = "attention.qkv.weight"
 SPLIT_QKV = ("attn.to_q.weight", "attn.to_k.weight", "attn.to_v.weight")
 
@@ -57,24 +60,34 @@ def _block_table(prefix: str) -> dict[str, str]:
     return UNMODULATED_BLOCK if prefix.startswith("context_refiner.") else MODULATED_BLOCK
 
 
+def _inverse(table: dict[str, str]) -> dict[str, str]:
+    return {diffusers: original for original, diffusers in table.items()}
+
+
+_TOP_LEVEL_INVERSE = _inverse(TOP_LEVEL)
+_MODULATED_INVERSE, _UNMODULATED_INVERSE = _inverse(MODULATED_BLOCK), _inverse(UNMODULATED_BLOCK)
+
+
 def map_diffusers_keys(keys: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     """Plan the conversion of diffusers names.
 
     Returns (plan, unmatched): plan maps each original key to the diffusers keys whose tensors,
     concatenated along dim 0 in the listed order, form it; unmatched lists keys no entry covers.
     """
-    top = {d: o for o, d in TOP_LEVEL.items()}
     plan: dict[str, list[str]] = {}
     unmatched = []
     for key in keys:
         block = _BLOCK_PREFIX.match(key)
+        inverse = {}
+        if block:
+            inverse = _UNMODULATED_INVERSE if block[1].startswith("context_refiner.") else _MODULATED_INVERSE
         if block and block[2] in SPLIT_QKV:
             sources = plan.setdefault(block[1] + FUSED_QKV, [None, None, None])
             sources[SPLIT_QKV.index(block[2])] = key
-        elif block and block[2] in (inverse := {d: o for o, d in _block_table(block[1]).items()}):
+        elif block and block[2] in inverse:
             plan[block[1] + inverse[block[2]]] = [key]
-        elif key in top:
-            plan[top[key]] = [key]
+        elif key in _TOP_LEVEL_INVERSE:
+            plan[_TOP_LEVEL_INVERSE[key]] = [key]
         else:
             unmatched.append(key)
     incomplete = [k for k, sources in plan.items() if None in sources]
