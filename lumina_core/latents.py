@@ -3,5 +3,7 @@
 FLUX = (0.3611, 0.1159)  # FLUX.1 `ae`, used by Lumina-Image 2.0 (lumina2.md §6)
 SDXL = (0.13025, 0.0)  # SDXL VAE, used by Lumina-Next (lumina_next.md §6)
 
+FLUX_CHANNELS, SDXL_CHANNELS = 16, 4
+
 # Latent channels -> (scale, shift), for VAEs recognised by their shapes alone.
-BY_CHANNELS = {16: FLUX, 4: SDXL}
+BY_CHANNELS = {FLUX_CHANNELS: FLUX, SDXL_CHANNELS: SDXL}

@@ -338,8 +338,9 @@ def load_vae(
 
     `path`: an original-format file (FLUX `ae.safetensors`), an all-in-one checkpoint with the VAE under `vae.`
     (ComfyUI) or `first_stage_model.` (SD), a diffusers VAE folder or pipeline folder (with `vae/`), or a single
-    diffusers-keyed file; the format is read from the tensor names. `dtype=None` keeps a bf16/fp32 file's dtype
-    and loads fp16 files as float32, because the SDXL VAE overflows in fp16 (lumina_next.md §6). `num_groups`,
+    diffusers-keyed file; the format is read from the tensor names. `dtype=None` keeps a bf16/fp32 FLUX VAE's
+    dtype and loads fp16 files, and any SDXL-shaped (4-channel) VAE, as float32: the SDXL VAE overflows in half
+    precision and decodes black images (lumina_next.md §6). `num_groups`,
     `scale`, `shift` default to a diffusers folder's config.json, else as in `config_from_state_dict`.
     """
     path = os.fspath(path)
@@ -355,5 +356,6 @@ def load_vae(
     model = build_on_meta(partial(Autoencoder, config))
     if dtype is None:
         file_dtype = vae.dtype("decoder.conv_in.weight")
-        dtype = torch.float32 if file_dtype == torch.float16 else file_dtype
+        half_unsafe = file_dtype == torch.float16 or config.z_channels == latents.SDXL_CHANNELS
+        dtype = torch.float32 if half_unsafe else file_dtype
     return assign_tensors(model, {k: partial(vae.load, k) for k in vae.names}, shapes, source, dtype, device)

@@ -191,3 +191,30 @@ def test_unknown_diffusers_key(tmp_path: Path, diffusers_vae: AutoencoderKL):
 def test_missing_path(tmp_path: Path):
     with pytest.raises(CheckpointError, match="no such file"):
         load_vae(tmp_path / "ae.safetensors")
+
+
+def test_sdxl_vae_decodes_in_float32_by_default(tmp_path):
+    """Half precision decodes black images with the SDXL VAE, so dtype=None never keeps bf16 or fp16 for it."""
+    from safetensors.torch import save_file
+
+    from lumina_core import tiny
+    from lumina_core.vae import AutoencoderConfig
+
+    sdxl = tiny.make_vae(
+        0,
+        AutoencoderConfig(
+            channels=32,
+            channel_mult=(1, 2),
+            num_res_blocks=1,
+            z_channels=4,
+            use_quant_conv=True,
+            use_post_quant_conv=True,
+            scale=0.13025,
+            shift=0.0,
+        ),
+    )
+    save_file(
+        {k: v.to(torch.bfloat16).contiguous() for k, v in sdxl.state_dict().items()}, tmp_path / "sdxl.safetensors"
+    )
+    assert load_vae(tmp_path / "sdxl.safetensors").decoder.conv_in.weight.dtype == torch.float32
+    assert load_vae(tmp_path / "sdxl.safetensors", dtype=torch.bfloat16).decoder.conv_in.weight.dtype == torch.bfloat16
