@@ -32,6 +32,12 @@ TINY_GEMMA = {
     "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
     "num_key_value_heads": 2, "head_dim": 16, "query_pre_attn_scalar": 16,
 }  # fmt: skip
+# Gemma (v1) as Gemma-2B has it: multi-query attention (one KV head); head_dim is not hidden / heads, as in
+# Gemma-7B, so loading must take it from the config rather than guess.
+TINY_GEMMA1 = {
+    "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+    "num_key_value_heads": 1, "head_dim": 16,
+}  # fmt: skip
 TINY_VOCAB = 384  # byte fallback alone takes 256 pieces
 # Four levels give the 8x downscale Lumina-Image 2.0 expects; widths divide the 32 GroupNorm groups.
 TINY_VAE = AutoencoderConfig(channels=32, channel_mult=(1, 1, 2, 2), num_res_blocks=1, z_channels=16)
@@ -102,6 +108,14 @@ def make_gemma(seed: int = 0, **overrides):
     return randomise_parameters(Gemma2Model(config), seed, std=0.2, norm_center=0.0)
 
 
+def make_gemma1(seed: int = 0, **overrides):
+    """A random Gemma (v1) GemmaModel, Lumina-Next's text encoder; norm weights near 0 for the (1 + w) scaling."""
+    from transformers import GemmaConfig, GemmaModel
+
+    config = GemmaConfig(**{"vocab_size": TINY_VOCAB, **TINY_GEMMA1, **overrides}, attn_implementation="eager")
+    return randomise_parameters(GemmaModel(config), seed, std=0.2, norm_center=0.0)
+
+
 def make_vae(seed: int = 0, config: AutoencoderConfig = TINY_VAE) -> Autoencoder:
     torch.manual_seed(seed)
     return randomise_parameters(Autoencoder(config), seed)
@@ -143,7 +157,10 @@ def write_transformer(model: Lumina2Transformer, layout: str, folder: Path) -> P
 
 
 def write_text_encoder(model, spm_model: bytes, layout: str, folder: Path) -> Path:
-    """Layouts: comfy.safetensors (weights + `spiece_model` + config metadata), hf_folder."""
+    """Layouts: comfy.safetensors (weights + `spiece_model` + config metadata), hf_folder.
+
+    model: a Gemma2Model (make_gemma) or a GemmaModel (make_gemma1); the config metadata key follows it.
+    """
     from .text.gemma import config_metadata
 
     path = Path(folder) / layout

@@ -21,10 +21,12 @@ from lumina_core.text import GEMMA2_CONFIG_METADATA_KEY, GemmaTextEncoder, forma
 from lumina_core.text.gemma import config_from_shapes
 from lumina_core.tiny import gemma_tensors, make_gemma, spm_tensor, train_tokenizer
 from tests.fixtures.tiny_gemma import (
+    GEMMA2_NORMS,
     LAYOUTS,
     all_in_one_extras,
     all_in_one_text_encoder,
     hf_tokenizer,
+    release_shapes,
     write_layout,
     write_tiny_text_encoder,
     write_tokenizer,
@@ -83,6 +85,7 @@ def test_every_layout_loads_bit_identical_parameters(tiny, encoders, layout):
     assert loaded.keys() == expected.keys()
     assert all(torch.equal(loaded[k], expected[k].to(dtype)) for k in expected)
     assert not any(t.is_meta for t in [*encoders[layout].model.parameters(), *encoders[layout].model.buffers()])
+    assert encoders[layout].family == "lumina2" and encoders[layout].variant.name == "Gemma-2"
 
 
 @pytest.mark.parametrize("layout", FP32_LAYOUTS)
@@ -171,14 +174,8 @@ def test_dtype_and_device(tmp_path):
 
 
 def test_release_shapes_give_the_gemma_2_2b_config():
-    shapes = {"embed_tokens.weight": (256000, 2304), "norm.weight": (2304,)}
-    for i in range(26):
-        shapes |= {
-            f"layers.{i}.self_attn.q_proj.weight": (2048, 2304),
-            f"layers.{i}.self_attn.k_proj.weight": (1024, 2304),
-            f"layers.{i}.mlp.gate_proj.weight": (9216, 2304),
-        }
-    config = config_from_shapes(shapes)
+    config = config_from_shapes(release_shapes(26, 2304, 2048, 1024, 9216, GEMMA2_NORMS))
+    assert config.model_type == "gemma2"
     assert (config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads) == (26, 8, 4)
     assert (config.head_dim, config.query_pre_attn_scalar, config.intermediate_size) == (256, 256, 9216)
     assert (config.attn_logit_softcapping, config.sliding_window, config.rms_norm_eps) == (50.0, 4096, 1e-6)
@@ -205,12 +202,17 @@ def test_truncated_file(tiny, tmp_path):
 
 @pytest.mark.parametrize(
     ("family", "message"),
-    [("gemma1", r"Gemma \(v1\)"), ("gemma3", "Gemma-3"), ("t5", "T5"), ("dit", "diffusion transformer")],
+    [
+        ("half_sandwich", "neither Gemma \\(v1\\) nor Gemma-2"),
+        ("gemma3", "Gemma-3"),
+        ("t5", "T5"),
+        ("dit", "diffusion transformer"),
+    ],
 )
 def test_other_models_are_named(tiny, tmp_path, family, message):
     weights = gemma_tensors(tiny.model)
-    if family == "gemma1":
-        weights = {k: v for k, v in weights.items() if "feedforward_layernorm" not in k}
+    if family == "half_sandwich":  # a damaged Gemma-2: one of its two extra norms gone
+        weights = {k: v for k, v in weights.items() if "post_feedforward_layernorm" not in k}
     elif family == "gemma3":
         weights["model.layers.0.self_attn.q_norm.weight"] = torch.zeros(16)
     elif family == "t5":
