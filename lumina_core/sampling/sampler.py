@@ -22,6 +22,15 @@ rather than diffusers' Lumina2Pipeline, and why (details in `lumina2.md` §7):
     ComfyUI. This keeps "steps" meaning the same thing across every sampler in the ComfyUI graph.
 `cfg_mode="diffusers"` reproduces the pipeline's truncation and normalisation for parity tests.
 
+Lumina-Next (`lumina_next.md` §7) differs in three ways the caller chooses:
+  - Guidance on the first 3 of the 4 latent channels only (`cfg_channels`; the 4th takes the conditional
+    prediction), as the original `forward_with_cfg` and diffusers' LuminaPipeline do. `cfg_channels=None` takes
+    the model's own `cfg_channels` attribute (3 for Lumina-Next), else guides every channel; an int overrides it,
+    and the latent's channel count switches the quirk off. Renormalisation, when on, then measures only the guided
+    channels. The original Lumina-Next has no truncation and no renormalisation: pass renorm_cfg=0 (and shift 4).
+  - Model keywords (RoPE scaling, proportional attention...) reach every model call through `model_options`.
+  - The paper's few-step recipe: the "sigmoid" schedule with a higher-order or adaptive ("dopri5") solver.
+
 Precision: x stays float32 between steps; the model sees x and the context in its own dtype (bf16 is fine) and
 its velocity is cast back to float32. Sigma is passed as float32 and the model casts it where it needs to.
 fp16 overflows on Lumina-Image 2.0; a non-finite latent raises SamplingError.
@@ -30,7 +39,9 @@ fp16 overflows on Lumina-Image 2.0; a non-finite latent raises SamplingError.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 
@@ -38,16 +49,37 @@ from ..conditioning import Conditioning, concat_conditionings
 from ..errors import InvalidInputError, SamplingError
 from .cfg import Guidance, make_guidance
 from .schedules import build_sigmas
-from .solvers import SOLVERS
+from .solvers import SOLVERS, Dopri5, StepFn
 
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class SamplingStats:
+    """What a run of `sample` cost; pass one as `sample(..., stats=SamplingStats())` and read it afterwards.
+
+    sample resets the fields when it starts and updates them as it goes, so they also describe a run that a
+    callback cancelled.
+      model_calls:    model forward calls (NFE, the unit of `lumina_next.md` §2.3). A cond + uncond pair batched
+                      into one call counts once.
+      uncond_calls:   how many of those also carried the unconditional half (each costs about twice as much).
+      solver_steps:   accepted solver steps: `steps` for the fixed-step solvers, the substeps for dopri5.
+      rejected_steps: substeps dopri5's error control threw away (always 0 for the fixed-step solvers).
+    """
+
+    model_calls: int = 0
+    uncond_calls: int = 0
+    solver_steps: int = 0
+    rejected_steps: int = 0
 
 
 class GuidedVelocity:
     """The model's velocity with classifier-free guidance, as the solvers call it (float32 in and out).
 
     With guidance, cond and uncond run as one model call on a doubled batch [x, x] with the prompts padded to a
-    common length; once the guidance says the uncond pass is not needed, only the cond half runs.
+    common length; once the guidance says the uncond pass is not needed, only the cond half runs. With
+    `cfg_channels` = k, only channels [0, k) are guided and the others take the conditional prediction.
+    `model_options` are passed as keywords to every model call; `stats` counts the calls.
     """
 
     def __init__(
@@ -57,22 +89,35 @@ class GuidedVelocity:
         negative: Conditioning | None,
         guidance: Guidance | None,
         dtype: torch.dtype,
+        *,
+        cfg_channels: int | None = None,
+        model_options: dict[str, Any] | None = None,
+        stats: SamplingStats | None = None,
     ) -> None:
         self.model = model
         self.dtype = dtype
         self.positive = positive
         self.guidance = guidance if negative is not None else None
         self.both = concat_conditionings([positive, negative]) if self.guidance is not None else None
+        self.cfg_channels = cfg_channels
+        self.model_options = model_options or {}
+        self.stats = stats if stats is not None else SamplingStats()
 
     def __call__(self, x: torch.Tensor, sigma: float, *, step: int, total: int) -> torch.Tensor:
         if self.guidance is None or not self.guidance.needs_uncond(sigma, step, total):
             return self.predict(x, sigma, self.positive)
+        self.stats.uncond_calls += 1
         cond, uncond = self.predict(torch.cat([x, x]), sigma, self.both).chunk(2)  # (2B, ...) -> 2 x (B, ...)
-        return self.guidance.combine(cond, uncond)
+        k = self.cfg_channels
+        if k is None:
+            return self.guidance.combine(cond, uncond)
+        # Lumina-Next's quirk: (B, k, ...) guided channels, then (B, C - k, ...) conditional ones
+        return torch.cat([self.guidance.combine(cond[:, :k], uncond[:, :k]), cond[:, k:]], dim=1)
 
     def predict(self, x: torch.Tensor, sigma: float, context: Conditioning) -> torch.Tensor:
+        self.stats.model_calls += 1
         sigmas = torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)
-        v = self.model(x.to(self.dtype), sigmas, context.embeds, context.mask)
+        v = self.model(x.to(self.dtype), sigmas, context.embeds, context.mask, **self.model_options)
         return v.float()
 
 
@@ -84,15 +129,24 @@ def model_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.devic
     return param.dtype, param.device
 
 
-def _check_options(steps: int, cfg: float, batch_size: int, solver: str) -> None:
+def _check_options(
+    steps: int, cfg: float, batch_size: int, solver: str, cfg_channels: int | None, atol: float, rtol: float
+) -> StepFn:
+    """Raise for a bad option; returns the step function for one run of the solver."""
     if steps < 1:
         raise InvalidInputError(f"steps must be at least 1, got {steps}.")
     if cfg < 0:
         raise InvalidInputError(f"cfg must be >= 0 (1 disables guidance), got {cfg}.")
     if batch_size < 1:
         raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}.")
+    if cfg_channels is not None and cfg_channels < 1:
+        raise InvalidInputError(
+            f"cfg_channels must be at least 1 (None takes the model's default), got {cfg_channels}."
+        )
     if solver not in SOLVERS:
         raise InvalidInputError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}.")
+    spec = SOLVERS[solver]
+    return spec.adaptive(atol, rtol) if spec.adaptive is not None else spec.step
 
 
 def check_settings(
@@ -107,9 +161,15 @@ def check_settings(
     cfg_mode: str = "original",
     cfg_trunc: float = 1.0,
     renorm_cfg: float = 1.0,
+    cfg_channels: int | None = None,
+    atol: float = 1e-6,
+    rtol: float = 1e-3,
 ) -> None:
-    """Raise InvalidInputError for any setting `sample` would refuse, before a model is loaded or run."""
-    _check_options(steps, cfg, batch_size, solver)
+    """Raise InvalidInputError for any setting `sample` would refuse, before a model is loaded or run.
+
+    cfg_channels is only checked to be positive here; that it fits the latent needs the model.
+    """
+    _check_options(steps, cfg, batch_size, solver, cfg_channels, atol, rtol)
     make_guidance(cfg_mode, cfg, cfg_trunc, renorm_cfg)
     build_sigmas(schedule, steps, shift, denoise)
 
@@ -132,6 +192,20 @@ def _latent_shape(
             "Encode the image with this model's VAE."
         )
     return (batch_size, *init.shape[1:])
+
+
+def _guided_channels(model: torch.nn.Module, cfg_channels: int | None, channels: int) -> int | None:
+    """The k of "guide channels [0, k)", or None for all: the argument, else the model's `cfg_channels`."""
+    default = getattr(model, "cfg_channels", None)
+    k = cfg_channels if cfg_channels is not None else default
+    if k is None:
+        return None
+    if not 1 <= k <= channels:
+        raise InvalidInputError(
+            f"cfg_channels is {k} but the latent has {channels} channels: guide the first 1 to {channels} channels "
+            f"(the model's default is {default}; None uses it)."
+        )
+    return None if k == channels else k
 
 
 def initial_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -169,6 +243,11 @@ def sample(
     init_latent: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     callback: StepCallback | None = None,
+    cfg_channels: int | None = None,
+    atol: float = 1e-6,
+    rtol: float = 1e-3,
+    model_options: dict[str, Any] | None = None,
+    stats: SamplingStats | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from noise to a clean latent; returns it in model space, float32, on the model's device.
 
@@ -176,8 +255,12 @@ def sample(
         a negative is given and cfg != 1 (in `cfg_mode="diffusers"` only when cfg > 1, as the pipeline does).
     cfg_trunc, renorm_cfg, cfg_mode: see `cfg.py` and the module docstring. In "diffusers" mode cfg_trunc is the
         pipeline's cfg_trunc_ratio and renorm_cfg 1 / 0 its cfg_normalization on / off.
+    cfg_channels: guide only the first k latent channels, the rest take the conditional prediction (Lumina-Next
+        uses 3 of 4). None (the default) takes `model.cfg_channels` when the model has one, else every channel.
     steps, shift, schedule, solver, denoise: `steps` solver steps over `build_sigmas(schedule, steps, shift,
-        denoise)`; with denoise < 1 they start at the lower sigma0 of that tail.
+        denoise)`; with denoise < 1 they start at the lower sigma0 of that tail. For "dopri5" the sigmas are only
+        where each adaptive run ends and the callback fires (the result hardly depends on them); its accuracy is
+        set by atol / rtol (ignored by the other solvers), and `stats` reports what it cost.
     init_latent: (1 or B, C, H, W) in model space. The start is x = (1 - sigma0)·init + sigma0·noise, like
         ComfyUI's KSampler; with denoise 1 (sigma0 = 1) that is pure noise and init_latent only sets the shape.
         It replaces width and height, which are then neither used nor checked. Without it, init is zero
@@ -187,11 +270,15 @@ def sample(
     callback(step, total, x, denoised): after each step; step is the 0-based index of the step just taken, x the
         new latent, denoised = x_step - sigma_step·v the clean-image estimate at that step's start (for previews).
         Exceptions it raises (e.g. to cancel) propagate unchanged.
+    model_options: keywords passed to every model call (e.g. Lumina-Next's RoPE scaling and proportional
+        attention); none at all when empty, as Lumina 2 takes none.
+    stats: a `SamplingStats` to fill in with the run's model calls and solver steps.
     """
-    _check_options(steps, cfg, batch_size, solver)
+    solver_step = _check_options(steps, cfg, batch_size, solver, cfg_channels, atol, rtol)
     guidance = make_guidance(cfg_mode, cfg, cfg_trunc, renorm_cfg)
     sigmas = build_sigmas(schedule, steps, shift, denoise).tolist()
     shape = _latent_shape(model, batch_size, height, width, init_latent)
+    guided_channels = _guided_channels(model, cfg_channels, shape[1])
     if noise is None:
         noise = initial_noise(shape, seed)
     elif tuple(noise.shape) != shape:
@@ -206,11 +293,21 @@ def sample(
     positive = positive.repeat_to(batch_size).to(device, dtype)
     guided = negative is not None and cfg != 1.0
     negative = negative.repeat_to(batch_size).to(device, dtype) if guided else None
-    velocity = GuidedVelocity(model, positive, negative, guidance, dtype)
-    solver_step = SOLVERS[solver].step
+    if stats is None:
+        stats = SamplingStats()
+    else:
+        stats.model_calls = stats.uncond_calls = stats.solver_steps = stats.rejected_steps = 0
+    velocity = GuidedVelocity(
+        model, positive, negative, guidance, dtype,
+        cfg_channels=guided_channels, model_options=model_options, stats=stats,
+    )  # fmt: skip
 
     for i in range(steps):
         x_next, v = solver_step(partial(velocity, step=i, total=steps), x, sigmas[i], sigmas[i + 1])
+        if isinstance(solver_step, Dopri5):
+            stats.solver_steps, stats.rejected_steps = solver_step.accepted, solver_step.rejected
+        else:
+            stats.solver_steps += 1
         _check_finite(x_next, i, steps, sigmas[i], dtype)
         if callback is not None:
             callback(i, steps, x_next, x - sigmas[i] * v)

@@ -4,6 +4,11 @@ A schedule is a pure function `(steps, shift) -> sigmas`: a float64 CPU tensor o
 from the noisiest sigma to exactly 0 (sigma = 1 is pure noise, 0 is clean data). Each of the `steps` intervals is
 one solver step, so "30 steps" means 30 intervals ending at sigma = 0, as in diffusers and ComfyUI. The original
 Lumina samplers count grid points instead (30 points = 29 intervals, see `lumina_next.md` §2.3).
+
+Every schedule takes the static time shift (`shift_sigmas`) as its last stage, as the original code shifts its
+grid after building it: shift 1 leaves a schedule's own spacing, and s > 1 moves every point towards the noise end.
+The Lumina-Next paper compares "uniform", "rational" and "sigmoid" schedules; the first two are, as we read them,
+`shifted_linear` with shift 1 and with s > 1 (the time shift is a rational function of t).
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ def _check_steps(steps: int) -> None:
         raise InvalidInputError(f"steps must be at least 1, got {steps}.")
 
 
+def _check_shift(shift: float) -> None:
+    if shift <= 0:
+        raise InvalidInputError(
+            f"shift must be greater than 0, got {shift} (1 means no shift; Lumina-Next uses 4, Lumina 2 uses 6)."
+        )
+
+
 def shifted_linear(steps: int, shift: float) -> torch.Tensor:
     """linspace(1, 0, steps + 1) under the static shift (see `shift_sigmas`); the Lumina-Image 2.0 default.
 
@@ -39,15 +51,44 @@ def shifted_linear(steps: int, shift: float) -> torch.Tensor:
     model whenever steps divides 1000.
     """
     _check_steps(steps)
-    if shift <= 0:
-        raise InvalidInputError(f"shift must be greater than 0, got {shift} (1 means no shift; Lumina 2 uses 6).")
+    _check_shift(shift)
     return shift_sigmas(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
+
+
+# Our choice, not the paper's (which gives no constant): the first and last of 10 steps are about a quarter of a
+# middle one before the shift; 0 would be linear.
+SIGMOID_STEEPNESS = 6.0
+
+
+def sigmoid(steps: int, shift: float, steepness: float = SIGMOID_STEEPNESS) -> torch.Tensor:
+    """The sigmoid time discretisation of the Lumina-Next paper (arXiv 2406.18583), then the static shift.
+
+    The paper proposes it for 5-10 step sampling with higher-order solvers: small steps at both ends of the path
+    and large ones in the middle. The released code has none (`lumina_next.md` §7.1) and we found no formula to
+    follow, so this is our parametrisation: with u = i / steps running evenly from 0 to 1, the
+    Lumina time is the logistic curve rescaled to pass through both ends,
+        t_i = (S(k·(u - 1/2)) - S(-k/2)) / (S(k/2) - S(-k/2)),   S(z) = 1 / (1 + e^-z),  k = steepness,
+    and sigma_i = shift_sigmas(1 - t_i, shift). It is symmetric in t, tends to linspace as k -> 0, and packs
+    the steps harder towards both ends as k grows. The shift keeps both ends packed (its slope is s at
+    sigma 0 and 1/s at sigma 1) and moves the middle towards the noise; shift 1 gives the plain curve.
+    Returns a float64 CPU tensor of length steps + 1 from exactly 1 to exactly 0.
+    """
+    _check_steps(steps)
+    _check_shift(shift)
+    if steepness <= 0:
+        raise InvalidInputError(f"steepness must be greater than 0, got {steepness} (the default is 6).")
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    low, high = torch.sigmoid(torch.tensor([-steepness / 2, steepness / 2], dtype=torch.float64))
+    t = (torch.sigmoid(steepness * (u - 0.5)) - low) / (high - low)
+    t[0], t[-1] = 0.0, 1.0  # exact ends, whatever the rounding
+    return shift_sigmas(1 - t, shift)
 
 
 # name -> (steps, shift) -> sigmas. Every schedule must use `shift` (an unshifted linear schedule is
 # shifted_linear with shift 1), because the sampler node shows the shift input next to the schedule.
 SCHEDULES: dict[str, Callable[[int, float], torch.Tensor]] = {
     "shifted_linear": shifted_linear,
+    "sigmoid": sigmoid,
 }
 
 

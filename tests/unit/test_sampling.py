@@ -15,15 +15,20 @@ from lumina_core.sampling import (
     SCHEDULES,
     SOLVERS,
     DiffusersCFG,
+    Dopri5,
     OriginalCFG,
+    SamplingStats,
     build_sigmas,
+    dopri5,
     euler,
     heun,
     initial_noise,
     midpoint,
     rk4,
     sample,
+    shift_sigmas,
     shifted_linear,
+    sigmoid,
 )
 
 
@@ -40,10 +45,13 @@ class FakeModel(nn.Module):
         self.data = data
         self.calls: list[dict] = []
 
-    def forward(self, x, sigma, context, context_mask):
+    def forward(self, x, sigma, context, context_mask, **options):
         self.calls.append(
-            {"x": x.clone(), "sigma": sigma.clone(), "tokens": context.shape[1], "mask": context_mask.clone()}
-        )
+            {
+                "x": x.clone(), "sigma": sigma.clone(), "tokens": context.shape[1], "mask": context_mask.clone(),
+                "options": options,
+            }
+        )  # fmt: skip
         if self.data is not None:
             return (x - self.data.to(x.dtype)) / sigma.view(-1, 1, 1, 1).to(x.dtype)
         mean = (context.mean(-1) * context_mask).sum(1) / context_mask.sum(1)  # (B, L, D) -> (B,)
@@ -63,8 +71,20 @@ def prompt(tokens: int, value: float, batch: int = 1) -> Conditioning:
     return Conditioning(torch.full((batch, tokens, 8), value), torch.ones(batch, tokens, dtype=torch.bool))
 
 
+class NextLikeModel(FakeModel):
+    """A FakeModel that, like Lumina-Next, asks for guidance on its first 3 latent channels only."""
+
+    cfg_channels = 3
+
+
 POS, NEG = prompt(5, 1.0), prompt(3, -1.0)
 SMALL = {"width": 32, "height": 16, "steps": 4}  # latent (B, 4, 2, 4)
+FIXED_STEP = [name for name, spec in SOLVERS.items() if spec.calls_per_step is not None]
+
+
+def linear_flow_end(x1: torch.Tensor, m: float) -> torch.Tensor:
+    """FakeModel's flow dx/dsigma = 0.5·x + m, solved exactly from sigma 1 to 0: (x1 + 2m)·e^-0.5 - 2m."""
+    return (x1 + 2 * m) * math.exp(-0.5) - 2 * m
 
 
 # ---------------------------------------------------------------- schedules
@@ -119,6 +139,49 @@ def test_schedule_errors(args, match):
         build_sigmas(*args)
 
 
+def logistic(z: float) -> float:
+    return 1 / (1 + math.exp(-z))
+
+
+def test_sigmoid_schedule_values():
+    """Lumina time t_i = (S(k(i/N - 1/2)) - S(-k/2)) / (S(k/2) - S(-k/2)) with k = 6, then sigma = 1 - t."""
+    expected = [1 - (logistic(6 * (i / 4 - 0.5)) - logistic(-3)) / (logistic(3) - logistic(-3)) for i in range(5)]
+    torch.testing.assert_close(sigmoid(4, 1.0), torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-15)
+    assert sigmoid(4, 1.0)[1].item() == pytest.approx(0.850854, abs=1e-6)
+    torch.testing.assert_close(build_sigmas("sigmoid", 4, 1.0), sigmoid(4, 1.0))
+
+
+def test_sigmoid_packs_steps_at_both_ends():
+    sigmas = sigmoid(10, 1.0)
+    assert sigmas.dtype == torch.float64 and sigmas[0] == 1.0 and sigmas[-1] == 0.0
+    sizes = sigmas[:-1] - sigmas[1:]
+    assert (sizes > 0).all()
+    torch.testing.assert_close(sizes, sizes.flip(0))  # symmetric in time without a shift
+    assert sizes[0] < 0.5 * sizes[5] and sizes[-1] < 0.5 * sizes[5] and sizes[0] < 1 / 10
+    # a gentle curve is nearly linear, a steep one packs the ends harder
+    torch.testing.assert_close(sigmoid(8, 1.0, steepness=1e-4), torch.linspace(1, 0, 9, dtype=torch.float64))
+    assert sigmoid(10, 1.0, steepness=10)[-2] < sigmas[-2]
+
+
+@pytest.mark.parametrize("shift", [2.0, 4.0, 6.0])
+def test_sigmoid_takes_the_shift_last(shift):
+    torch.testing.assert_close(sigmoid(10, shift), shift_sigmas(sigmoid(10, 1.0), shift), rtol=0, atol=0)
+    sigmas = sigmoid(10, shift)
+    assert sigmas[0] == 1.0 and sigmas[-1] == 0.0 and (sigmas[1:] < sigmas[:-1]).all()
+    # the shift moves the middle towards the noise, but the last step stays shorter than shifted_linear's
+    assert sigmas[5] > sigmoid(10, 1.0)[5]
+    assert sigmas[-2] < shifted_linear(10, shift)[-2]
+
+
+def test_sigmoid_errors():
+    with pytest.raises(InvalidInputError, match="steepness must be greater than 0, got 0"):
+        sigmoid(10, 1.0, steepness=0)
+    with pytest.raises(InvalidInputError, match="shift must be greater than 0, got -1.0.*Lumina-Next uses 4"):
+        build_sigmas("sigmoid", 10, -1.0)
+    with pytest.raises(InvalidInputError, match="steps must be at least 1"):
+        sigmoid(0, 1.0)
+
+
 # ---------------------------------------------------------------- solvers
 
 
@@ -156,7 +219,7 @@ def test_solver_orders_on_exponential_ode(name, order):
     assert abs(observed - order) < 0.2, observed
 
 
-@pytest.mark.parametrize("name", list(SOLVERS))
+@pytest.mark.parametrize("name", FIXED_STEP)
 def test_calls_per_step_and_start_velocity(name):
     velocity, calls = counting(lambda x, s: x * s)
     x = torch.ones(3)
@@ -165,7 +228,7 @@ def test_calls_per_step_and_start_velocity(name):
     torch.testing.assert_close(v_start, x * 0.8)
 
 
-@pytest.mark.parametrize("name", list(SOLVERS))
+@pytest.mark.parametrize("name", FIXED_STEP)
 def test_model_calls_of_a_whole_run(name):
     """N steps cost N * calls_per_step evaluations, except heun, whose step to sigma 0 makes one call."""
     model = FakeModel()
@@ -186,6 +249,78 @@ def test_midpoint_and_rk4_evaluate_inside_the_interval():
     midpoint(velocity, torch.ones(1), 0.9, 0.3)
     rk4(velocity, torch.ones(1), 0.9, 0.3)
     assert calls == pytest.approx([0.9, 0.6, 0.9, 0.7, 0.5, 0.3])
+
+
+# ---------------------------------------------------------------- dopri5
+
+
+def run_dopri5(fn, grid, x, **tolerances):
+    """Integrate fn over the grid with one Dopri5; returns the end point, the solver and the sigmas of the calls."""
+    velocity, calls = counting(fn)
+    solver = Dopri5(**tolerances)
+    for a, b in itertools.pairwise(grid):
+        x, _ = solver(velocity, x, a, b)
+    return x, solver, calls
+
+
+@pytest.mark.parametrize("tolerances, bound", [({}, 3e-3), ({"atol": 1e-10, "rtol": 1e-7}, 3e-8)])
+def test_dopri5_accuracy_follows_the_tolerance(tolerances, bound):
+    """dx/dsigma = -2·sigma·cos(3·sigma)·x from 1 to 0: x(s) = x(1)·exp(F(1) - F(s)) with
+    F(s) = (2/3)·s·sin(3s) + (2/9)·cos(3s). The tolerances bound each substep's error, so the end point's error
+    is of their order."""
+
+    def big_f(s: float) -> float:
+        return (2 / 3) * s * math.sin(3 * s) + (2 / 9) * math.cos(3 * s)
+
+    x1 = torch.tensor([1.0, -0.5], dtype=torch.float64)
+    x, solver, calls = run_dopri5(lambda x, s: -2 * s * math.cos(3 * s) * x, [1.0, 0.0], x1, **tolerances)
+    exact = x1 * math.exp(big_f(1.0) - big_f(0.0))
+    assert (x - exact).abs().max().item() < bound
+    assert solver.accepted >= 2 and len(calls) == 2 + 6 * (solver.accepted + solver.rejected)
+
+
+def test_dopri5_is_fifth_order_on_a_fixed_grid():
+    """With tolerances too loose to reject anything, every interval is one Dormand-Prince step."""
+
+    def error(steps: int) -> float:
+        grid = torch.linspace(1.0, 0.1, steps + 1, dtype=torch.float64).tolist()
+        x, solver, _ = run_dopri5(lambda x, s: x, grid, torch.tensor([1.0], dtype=torch.float64), atol=1e3, rtol=1e3)
+        assert (solver.accepted, solver.rejected) == (steps, 0)
+        return abs(x.item() - math.exp(-0.9))
+
+    assert abs(math.log2(error(4) / error(8)) - 5) < 0.4
+
+
+def test_dopri5_counts_calls_and_keeps_its_step_size_across_intervals():
+    grid = sigmoid(6, 4.0).tolist()
+    x, solver, calls = run_dopri5(lambda x, s: x * (1 + s), grid, torch.ones(3))
+    # one call opens each interval, one more picks the first step size, six per accepted or rejected substep
+    assert len(calls) == 6 + 1 + 6 * (solver.accepted + solver.rejected)
+    # every interval starts with its own call at its start and no call leaves [0, 1]
+    assert all(s in calls for s in grid[:-1]) and min(calls) == 0.0 and max(calls) == 1.0
+    torch.testing.assert_close(x, torch.ones(3) * math.exp(-1.5), rtol=1e-3, atol=0)
+
+
+def test_dopri5_is_exact_for_a_constant_velocity_and_reports_the_start_velocity():
+    velocity, calls = counting(lambda x, s: torch.full_like(x, 0.25))
+    solver = Dopri5()
+    x_next, v_start = solver(velocity, torch.ones(2), 0.9, 0.1)
+    torch.testing.assert_close(x_next, torch.full((2,), 0.8))
+    torch.testing.assert_close(v_start, torch.full((2,), 0.25))
+    # zero error: nothing rejected, the step grows tenfold and the second substep reaches the end
+    assert calls[0] == 0.9 and (solver.accepted, solver.rejected) == (2, 0) and len(calls) == 2 + 6 * 2
+    torch.testing.assert_close(dopri5(velocity, torch.ones(2), 0.9, 0.1)[0], x_next)  # the one-off form
+
+
+def test_dopri5_nan_velocity_raises_a_sampling_error():
+    with pytest.raises(SamplingError, match="dopri5: the model returned NaN/inf"):
+        dopri5(lambda x, s: x * float("nan") if s < 0.5 else x, torch.ones(2), 1.0, 0.0)
+
+
+@pytest.mark.parametrize("atol, rtol", [(-1.0, 1e-3), (0.0, 0.0)])
+def test_dopri5_tolerance_errors(atol, rtol):
+    with pytest.raises(InvalidInputError, match="dopri5 needs atol >= 0 and rtol >= 0"):
+        Dopri5(atol, rtol)
 
 
 # ---------------------------------------------------------------- guidance
@@ -409,6 +544,133 @@ def test_non_finite_latent_raises_sampling_error():
         sample(Overflow(), POS, NEG, **SMALL)
 
 
+# ---------------------------------------------------------------- sampler: channels, model options, stats
+
+
+def one_guided_step(model, **options) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Euler step from noise: returns (velocity used, cond, uncond) for FakeModel's known predictions."""
+    noise = initial_noise((1, 4, 2, 4), 0)
+    out = sample(model, POS, NEG, steps=1, width=32, height=16, cfg=3.0, renorm_cfg=0.0, noise=noise, **options)
+    return noise - out, 0.5 * noise + 1.0, 0.5 * noise - 1.0
+
+
+def test_lumina_next_guides_three_channels_by_default():
+    v, cond, uncond = one_guided_step(NextLikeModel())
+    torch.testing.assert_close(v[:, :3], (uncond + 3.0 * (cond - uncond))[:, :3])
+    torch.testing.assert_close(v[:, 3:], cond[:, 3:])  # the 4th channel is the conditional prediction
+
+
+@pytest.mark.parametrize("model, cfg_channels", [(NextLikeModel(), 4), (FakeModel(), None), (FakeModel(), 4)])
+def test_every_channel_is_guided_without_the_quirk(model, cfg_channels):
+    v, cond, uncond = one_guided_step(model, cfg_channels=cfg_channels)
+    torch.testing.assert_close(v, uncond + 3.0 * (cond - uncond))
+
+
+def test_cfg_channels_overrides_the_model_default():
+    v, cond, uncond = one_guided_step(NextLikeModel(), cfg_channels=2)
+    torch.testing.assert_close(v[:, :2], (uncond + 3.0 * (cond - uncond))[:, :2])
+    torch.testing.assert_close(v[:, 2:], cond[:, 2:])
+
+
+def test_renormalisation_measures_only_the_guided_channels():
+    noise = initial_noise((1, 4, 2, 4), 0)
+    out = sample(NextLikeModel(), POS, NEG, steps=1, width=32, height=16, cfg=3.0, renorm_cfg=1.0, noise=noise)
+    cond, uncond = 0.5 * noise + 1.0, 0.5 * noise - 1.0
+    guided = OriginalCFG(3.0, renorm=1.0).combine(cond[:, :3], uncond[:, :3])
+    torch.testing.assert_close(noise - out, torch.cat([guided, cond[:, 3:]], 1))
+    assert guided.norm().item() == pytest.approx(cond[:, :3].norm().item(), rel=1e-5)  # the clamp was active
+
+
+def test_unguided_calls_ignore_cfg_channels():
+    model = NextLikeModel()
+    noise = initial_noise((1, 4, 2, 4), 0)
+    out = sample(model, POS, steps=1, width=32, height=16, noise=noise)
+    torch.testing.assert_close(noise - out, 0.5 * noise + 1.0)
+
+
+def test_model_options_reach_every_call_and_none_are_passed_by_default():
+    model = FakeModel()
+    options = {"scaling_watershed": 0.3, "proportional_attn": True}
+    sample(model, POS, NEG, solver="midpoint", model_options=options, **SMALL)
+    assert len(model.calls) == 8 and all(c["options"] == options for c in model.calls)
+    model = FakeModel()
+    sample(model, POS, NEG, model_options={}, **SMALL)
+    assert all(c["options"] == {} for c in model.calls)
+
+
+@pytest.mark.parametrize("name", FIXED_STEP)
+def test_stats_count_model_calls_and_steps(name):
+    model, stats = FakeModel(), SamplingStats()
+    sample(model, POS, NEG, solver=name, cfg_trunc=0.1, stats=stats, **SMALL)
+    assert stats.model_calls == len(model.calls) and stats.uncond_calls == model.batch_sizes.count(2)
+    assert 0 < stats.uncond_calls < stats.model_calls
+    assert (stats.solver_steps, stats.rejected_steps) == (SMALL["steps"], 0)
+
+
+def test_stats_are_reset_and_kept_when_cancelled():
+    stats = SamplingStats(model_calls=99, uncond_calls=99, solver_steps=99, rejected_steps=99)
+
+    def cancel(step, total, x, denoised):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sample(FakeModel(), POS, NEG, callback=cancel, stats=stats, **SMALL)
+    assert stats == SamplingStats(model_calls=2, uncond_calls=2, solver_steps=2, rejected_steps=0)
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+def test_dopri5_sample_matches_the_exact_flow_and_reports_its_calls(schedule):
+    noise = initial_noise((1, 4, 2, 4), 2)
+    model, stats = FakeModel(), SamplingStats()
+    out = sample(
+        model, POS, NEG, width=32, height=16, steps=5, cfg=3.0, renorm_cfg=0.0, shift=4.0, schedule=schedule,
+        solver="dopri5", noise=noise, stats=stats,
+    )  # fmt: skip
+    exact = linear_flow_end(noise, m=2 * 3.0 - 1)  # guided velocity 0.5·x + (3·1 + (1 - 3)·1)
+    assert ((out - exact).norm() / exact.norm()).item() < 1e-3
+    assert stats.model_calls == len(model.calls) == 5 + 1 + 6 * (stats.solver_steps + stats.rejected_steps)
+    assert stats.uncond_calls == stats.model_calls  # never truncated
+    euler = sample(FakeModel(), POS, NEG, width=32, height=16, steps=5, cfg=3.0, renorm_cfg=0.0, noise=noise)
+    assert ((euler - exact).norm() / exact.norm()).item() > 1e-2  # the same steps with Euler are far off
+
+
+def test_dopri5_hardly_depends_on_the_output_points():
+    runs = [
+        sample(FakeModel(), POS, NEG, width=32, height=16, steps=steps, solver="dopri5", schedule=schedule, seed=3)
+        for steps, schedule in [(1, "shifted_linear"), (8, "sigmoid"), (20, "shifted_linear")]
+    ]
+    for run in runs[1:]:
+        assert ((run - runs[0]).norm() / runs[0].norm()).item() < 1e-3
+
+
+def test_dopri5_tightening_the_tolerance_costs_calls():
+    loose, tight = SamplingStats(), SamplingStats()
+    sample(FakeModel(), POS, NEG, solver="dopri5", stats=loose, **SMALL)
+    sample(FakeModel(), POS, NEG, solver="dopri5", atol=1e-9, rtol=1e-7, stats=tight, **SMALL)
+    assert tight.model_calls > loose.model_calls
+
+
+@pytest.mark.parametrize("cfg_mode, trunc", [("original", 0.3), ("diffusers", 0.5)])
+def test_dopri5_truncation_is_tested_per_call_or_per_output_step(cfg_mode, trunc):
+    """Original: every call is guided iff t = 1 - sigma < cfg_trunc. diffusers: every call of output interval i
+    is guided iff (i + 1) / N <= ratio, so with 4 intervals and 0.5 those above sigmas[2] are guided, those below
+    are not, and at sigmas[2] itself the substep ends of interval 1 are guided and the start of interval 2 is
+    not."""
+    model = FakeModel()
+    sample(model, POS, NEG, solver="dopri5", cfg_mode=cfg_mode, cfg_trunc=trunc, shift=4.0, **SMALL)
+    sigmas = [c["sigma"][0].item() for c in model.calls]
+    if cfg_mode == "original":
+        assert all((b == 2) == (1 - s < trunc) for s, b in zip(sigmas, model.batch_sizes, strict=True))
+    else:
+        boundary = build_sigmas("shifted_linear", 4, 4.0)[2].item()
+        assert all(b == 2 for s, b in zip(sigmas, model.batch_sizes, strict=True) if s > boundary + 1e-6)
+        assert all(b == 1 for s, b in zip(sigmas, model.batch_sizes, strict=True) if s < boundary - 1e-6)
+        at_boundary = [b for s, b in zip(sigmas, model.batch_sizes, strict=True) if abs(s - boundary) < 1e-6]
+        assert at_boundary[-1] == 1 and set(at_boundary[:-1]) == {2}  # ends of substeps of interval 1, then 2
+    assert 2 in model.batch_sizes and 1 in model.batch_sizes
+
+
 # ---------------------------------------------------------------- sampler: input errors
 
 
@@ -429,6 +691,9 @@ def test_non_finite_latent_raises_sampling_error():
         ({"init_latent": torch.zeros(1, 16, 2, 4)}, r"init_latent has shape \(1, 16, 2, 4\).*\(batch, 4, \.\.\.\)"),
         ({"init_latent": torch.zeros(3, 4, 2, 4), "batch_size": 2}, "batch 1 or 2"),
         ({"noise": torch.zeros(1, 4, 4, 4)}, r"noise has shape \(1, 4, 4, 4\), the latent is \(1, 4, 2, 4\)"),
+        ({"cfg_channels": 0}, "cfg_channels must be at least 1 .None takes the model's default., got 0"),
+        ({"cfg_channels": 5}, "cfg_channels is 5 but the latent has 4 channels.*the model's default is None"),
+        ({"solver": "dopri5", "rtol": -1.0}, "dopri5 needs atol >= 0 and rtol >= 0.*rtol=-1.0"),
     ],
 )
 def test_sample_input_errors(kwargs, match):
