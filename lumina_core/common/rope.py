@@ -4,6 +4,9 @@ Each token has one integer position per axis (Lumina-Image 2.0: caption index, p
 column). Axis a owns `axes_dims[a]` channels of every head, the axes' channel blocks are
 concatenated (not interleaved), and inside a block channels (2k, 2k+1) form one complex number
 rotated by position * theta ** (-2k / axes_dims[a]).
+
+Resolution extrapolation (Lumina-Next, arXiv 2406.18583 §2.3) rescales the frequencies: a linear
+factor divides every frequency (position interpolation) and an NTK factor multiplies theta.
 """
 
 from __future__ import annotations
@@ -11,16 +14,24 @@ from __future__ import annotations
 import torch
 
 
-def rope_angles(positions: torch.Tensor, axes_dims: tuple[int, ...], theta: float) -> torch.Tensor:
+def rope_angles(
+    positions: torch.Tensor,
+    axes_dims: tuple[int, ...],
+    theta: float,
+    linear_factor: float = 1.0,
+    ntk_factor: float = 1.0,
+) -> torch.Tensor:
     """Rotation angles for integer positions.
 
     positions: (B, L, n_axes) integer or float positions.
+    linear_factor: frequencies are divided by it (positions squeezed into the trained range); 1 = off.
+    ntk_factor: theta is multiplied by it (low frequencies stretched more than high ones); 1 = off.
     Returns (B, L, sum(axes_dims) / 2) float64 angles, one per channel pair, axis blocks concatenated.
     """
     angles = []
     for axis, dim in enumerate(axes_dims):
         exponents = torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim
-        inv_freq = 1.0 / (theta**exponents)
+        inv_freq = 1.0 / ((theta * ntk_factor) ** exponents) / linear_factor
         angles.append(positions[..., axis, None].double() * inv_freq)
     return torch.cat(angles, dim=-1)
 

@@ -51,6 +51,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "diffusers",
         "a Lumina-Next transformer (diffusers layout)",
         ("time_caption_embed.caption_embedder.1.weight", "layers.0.gate"),
+        ("context_refiner.0.attn.to_q.weight",),
     ),
     Signature(
         "ltxv",

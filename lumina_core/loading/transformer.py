@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, UnsupportedModelError
-from ..models import lumina2
+from ..models import lumina2, lumina_next
 from .detect import describe_contents, detect_model
 from .files import Checkpoint, open_checkpoint, preview, read_json
 from .keymaps import lumina2 as lumina2_keys
+from .keymaps import lumina_next as lumina_next_keys
 from .modules import assign_tensors, build_on_meta
 
 
@@ -31,6 +32,9 @@ class TransformerFamily:
     map_diffusers_keys: Callable[[list[str]], tuple[dict[str, list[str]], list[str]]]
     diffusers_config: dict[str, str]  # config.json field -> config field, for what shapes cannot tell
     unused_keys: frozenset[str]
+    # How a plan's diffusers sources form one original tensor: False, row blocks to concatenate (a split
+    # qkv); True, identical copies (a duplicated projection) of which the first is read and the rest checked.
+    diffusers_copies: bool = False
 
 
 FAMILIES: dict[str, TransformerFamily] = {
@@ -42,6 +46,15 @@ FAMILIES: dict[str, TransformerFamily] = {
         diffusers_config=lumina2_keys.DIFFUSERS_CONFIG,
         unused_keys=lumina2.UNUSED_KEYS,
     ),
+    "lumina_next": TransformerFamily(
+        name="Lumina-Next",
+        config_from_shapes=lumina_next.config_from_shapes,
+        build=lumina_next.LuminaNextTransformer,
+        map_diffusers_keys=lumina_next_keys.map_diffusers_keys,
+        diffusers_config=lumina_next_keys.DIFFUSERS_CONFIG,
+        unused_keys=lumina_next.UNUSED_KEYS,
+        diffusers_copies=True,
+    ),
 }
 
 
@@ -49,7 +62,6 @@ FAMILIES: dict[str, TransformerFamily] = {
 NEXT_STEP = {
     "vae": " Load it with load_vae (the Load Lumina VAE node).",
     "gemma2": " Load it with load_text_encoder (the Load Gemma-2 Text Encoder node).",
-    "lumina_next": " Lumina-Next support is not built yet.",
     "ltxv": " LTX-Video support is not built yet.",
 }
 
@@ -142,11 +154,31 @@ def _original_key_readers(
     readers = {}
     for target, sources in plan.items():
         shapes = [part.shape(s) for s in sources]
-        shape = (sum(s[0] for s in shapes), *shapes[0][1:])
-        readers[target] = (shape, partial(_concat_rows, part, sources))
+        if family.diffusers_copies:
+            if len(set(shapes)) > 1:
+                raise CheckpointError(
+                    f"{part.path}: {', '.join(sources)} are copies of one {family.name} tensor ({target}) but "
+                    f"have different shapes {shapes}: a damaged or hand-edited file."
+                )
+            readers[target] = (shapes[0], partial(_identical_copies, part, sources, target))
+        else:
+            shape = (sum(s[0] for s in shapes), *shapes[0][1:])
+            readers[target] = (shape, partial(_concat_rows, part, sources))
     return readers
 
 
 def _concat_rows(part: Checkpoint, keys: list[str]) -> torch.Tensor:
     tensors = [part.load(k) for k in keys]
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+
+
+def _identical_copies(part: Checkpoint, keys: list[str], target: str) -> torch.Tensor:
+    first = part.load(keys[0])
+    for key in keys[1:]:
+        if not torch.equal(part.load(key), first):
+            raise CheckpointError(
+                f"{part.path}: {keys[0]} and {key} must be identical (both are the original {target}, which "
+                "diffusers stores twice) but differ: the file was edited or merged after conversion. Re-convert it, "
+                "or load the original consolidated checkpoint."
+            )
+    return first

@@ -49,8 +49,6 @@ def save(tmp_path, name, tensors):
 
 
 FOREIGN = {
-    "lumina_next": ({"cap_embedder.1.weight": torch.zeros(4, 4), "layers.0.attention.gate": torch.zeros(2),
-                     "layers.0.attention.wk_y.weight": torch.zeros(4, 4)}, "Lumina-Next"),
     "ltx": ({"adaln_single.linear.weight": torch.zeros(6, 1),
              "transformer_blocks.0.attn1.to_q.weight": torch.zeros(1, 1)}, "LTX-Video"),
     "sdxl": ({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)}, "SDXL UNet"),
@@ -68,6 +66,16 @@ def test_foreign_checkpoint_names_what_it_is(tmp_path, kind):
         load_transformer(path)
     message = str(err.value)
     assert str(path) in message and what in message and "Lumina-Image 2.0" in message
+
+
+def test_lumina_next_names_are_recognised_as_lumina_next_not_lumina2(tmp_path):
+    """Lumina-Next files hold `cap_embedder.1.weight`, ComfyUI's Lumina 2 key, yet are never taken for Lumina 2."""
+    tensors = {"cap_embedder.1.weight": torch.zeros(4, 4), "layers.0.attention.gate": torch.zeros(2),
+               "layers.0.attention.wk_y.weight": torch.zeros(4, 4)}  # fmt: skip
+    path = save(tmp_path, "partial_next.safetensors", tensors)
+    with pytest.raises(CheckpointError, match="looks like a Lumina-Next transformer but its shapes") as err:
+        load_transformer(path)
+    assert not isinstance(err.value, UnsupportedModelError)
 
 
 def test_text_file_is_named(tmp_path):

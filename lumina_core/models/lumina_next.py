@@ -1,0 +1,469 @@
+"""Lumina-Next: the Next-DiT 2B text-to-image transformer (Alpha-VLLM, arXiv 2406.18583).
+
+Written from the architecture description in shared/reference/lumina_next.md (§3), which follows
+Alpha-VLLM/Lumina-T2X `lumina_next_t2i_mini/models/nextdit.py`; diffusers' `LuminaNextDiT2DModel` is the
+parity oracle in tests. Module attribute names equal the original checkpoint's key segments, so the
+original (`consolidated.*`) and ComfyUI files load without renaming.
+
+Unlike Lumina-Image 2.0 there is no joint caption/image sequence: image tokens attend to themselves
+(2-D RoPE, grouped kv heads) and, with the same rotated queries, to Gemma-2B (Gemma 1) caption tokens in
+a tanh-gated cross-attention inside the same module. The pooled caption joins the timestep in the
+scale-only adaLN modulation. The output has 2 x in_channels channels (learn-sigma); the first half is
+the prediction.
+
+The network runs in Lumina time (t = 0 noise, t = 1 data) and predicts data - noise; `forward` wraps it
+in the package's convention: sigma = 1 - t and velocity = noise - data.
+
+Inference options, plain keyword arguments of every call (`model(x, sigma, context, mask, **options)`):
+
+- rope_scaling: "time_aware" (default; the original demo's "Time-aware" method), "linear", "ntk" or None.
+  Scaled RoPE for images larger than the training size, with scale factor s (see rope_scale):
+  "linear" divides the RoPE frequencies by s (position interpolation: the layout stays coherent),
+  "ntk" multiplies theta by s (keeps high frequencies, i.e. local detail), "time_aware" uses "linear"
+  while t < scaling_watershed (early, noisy steps that fix the layout) and "ntk" after it. The branch
+  is chosen from the first sample's t, as the references do. None (or s = 1) leaves RoPE as trained.
+- scaling_watershed: 0.3 (the original demo; diffusers' pipeline uses 1.0, i.e. always linear).
+- rope_scale: None derives s = sqrt(H * W) / base_resolution from the image size in pixels (8 x the
+  latent), floored at 1 so sizes up to the training size keep trained positions (the original demo
+  scales only extrapolated sizes). A float is used as given (diffusers computes it unfloored).
+- base_resolution: the training side in pixels; None = config.sample_size * 8 = 1024. It sets s and
+  the training token count N0 = (base_resolution / 16) ** 2 = 4096 used below.
+- proportional_attention: True (the original demo and diffusers). Image self-attention uses the
+  softmax scale sqrt(log(N) / log(N0) / head_dim) for N image tokens instead of head_dim ** -0.5, so
+  attention entropy stays as trained when N grows; at the training size both agree. N counts image
+  tokens (queries) also under context drop. Cross-attention always uses head_dim ** -0.5.
+- context_drop_ratio: 1 (off). With r > 1, image keys and values are merged by averaging every r x r
+  window of the token grid (ragged edge windows average what they hold) before self-attention, so
+  attention runs over N / r**2 keys while every query stays; merged keys are normalised before the
+  average and rotated at their window's centroid. An approximation (the paper's "context drop") that
+  trades some detail for speed at high resolution; bench/bench_context_drop.py measures it.
+
+A warning is issued when the image has more than 4 x N0 tokens (beyond 2048 x 2048 for the released
+model), past the range the paper's extrapolation was shown for.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import latents
+from ..common.attention import attention
+from ..common.embeddings import timestep_embedding
+from ..common.norms import RMSNorm
+from ..common.rope import apply_rope, rope_angles, rope_cos_sin
+from ..conditioning import check_right_padded
+from ..errors import InvalidInputError
+
+FAMILY = "lumina_next"
+VAE_DOWNSCALE = 8  # the SDXL autoencoder's spatial factor
+GEMMA_WIDTH, GEMMA2_WIDTH = 2048, 2304  # Gemma-2B (Lumina-Next) and Gemma-2-2B (Lumina-Image 2.0) features
+MAX_EXTRAPOLATION = 4  # image tokens over the training count before a warning (the paper goes to 4x)
+ROPE_SCALINGS = ("time_aware", "linear", "ntk", None)
+
+# Stored in original and diffusers files; the original uses it only to pad variable-size image batches,
+# which this module does not take (every latent in a batch has one size), and diffusers never reads it.
+UNUSED_KEYS = frozenset({"pad_token"})
+
+
+@dataclass(frozen=True)
+class LuminaNextConfig:
+    """Shapes of a Lumina-Next transformer. Defaults are the released 2B (`NextDiT_2B_GQA_patch2`)."""
+
+    patch_size: int = 2
+    in_channels: int = 4
+    out_channels: int = 8  # 2 x in_channels with learn-sigma (the released model); the first half is used
+    dim: int = 2304
+    n_layers: int = 24
+    n_heads: int = 32
+    n_kv_heads: int = 8
+    ffn_hidden: int = 6144
+    cap_feat_dim: int = GEMMA_WIDTH
+    qk_norm: bool = True
+    norm_eps: float = 1e-5  # not stored in checkpoints; every release uses 1e-5
+    rope_theta: float = 10000.0  # not stored in checkpoints
+    sample_size: int = 128  # training latent side (1024 px); diffusers' config.json says it, other files do not
+
+    def __post_init__(self) -> None:
+        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError(f"dim {self.dim}, heads {self.n_heads} and kv heads {self.n_kv_heads} do not divide.")
+        if self.head_dim % 4:
+            raise ValueError(f"the 2-D RoPE needs a head dim divisible by 4; got {self.head_dim}.")
+        if self.out_channels not in (self.in_channels, 2 * self.in_channels):
+            raise ValueError(
+                f"{self.out_channels} output channels for {self.in_channels} input channels: expected the same "
+                "number or twice as many (learn-sigma)."
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def t_emb_dim(self) -> int:
+        return min(self.dim, 1024)
+
+
+def config_from_shapes(shapes: dict[str, tuple[int, ...]], **stored) -> LuminaNextConfig:
+    """Derive the config from the tensor shapes of an original-keyed state dict (lumina_next.md §3.2).
+
+    `stored` carries what shapes cannot tell when the file says it (a diffusers config.json, or the
+    caller): patch_size (2 in every release), norm_eps, rope_theta, sample_size.
+    """
+    dim, patch_features = shapes["x_embedder.weight"]
+    adaln_rows = shapes["layers.0.adaLN_modulation.1.weight"][0]
+    if adaln_rows != 4 * dim:
+        raise ValueError(
+            f"layers.0.adaLN_modulation.1.weight has {adaln_rows} rows, Lumina-Next has 4 x {dim} (scale and gate "
+            "only); 6 x dim is the older Lumina-T2I layout, which this loader does not support"
+        )
+    n_heads = shapes["layers.0.attention.gate"][0]
+    patch_size = stored.pop("patch_size", 2)
+    return LuminaNextConfig(
+        patch_size=patch_size,
+        in_channels=patch_features // patch_size**2,
+        out_channels=shapes["final_layer.linear.weight"][0] // patch_size**2,
+        dim=dim,
+        n_layers=len({k.split(".")[1] for k in shapes if k.startswith("layers.")}),
+        n_heads=n_heads,
+        n_kv_heads=shapes["layers.0.attention.wk.weight"][0] // (dim // n_heads),
+        ffn_hidden=shapes["layers.0.feed_forward.w1.weight"][0],
+        cap_feat_dim=shapes["layers.0.attention.wk_y.weight"][1],
+        qk_norm="layers.0.attention.q_norm.weight" in shapes,
+        **stored,
+    )
+
+
+def merge_tokens(x: torch.Tensor, grid: tuple[int, int], ratio: int) -> torch.Tensor:
+    """Average every ratio x ratio window of a token grid (context drop).
+
+    x: (B, h*w, ...) tokens in row-major grid order; grid: (h, w). Returns (B, ceil(h/r)*ceil(w/r), ...);
+    windows cut by the grid's edge average only the tokens they hold.
+    """
+    (batch, _), rest = x.shape[:2], x.shape[2:]
+    planes = x.reshape(batch, *grid, -1).permute(0, 3, 1, 2)  # (B, h*w, ...) -> (B, C, h, w)
+    merged = F.avg_pool2d(planes, ratio, ceil_mode=True)  # (B, C, ceil(h/r), ceil(w/r))
+    return merged.flatten(2).transpose(1, 2).reshape(batch, -1, *rest)
+
+
+def grid_positions(height: int, width: int) -> torch.Tensor:
+    """(1, height*width, 2) float64 (row, col) patch positions in row-major order, on the CPU."""
+    rows, cols = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij"
+    )
+    return torch.stack([rows, cols], dim=-1).flatten(0, 1)[None]
+
+
+def rope_2d(positions: torch.Tensor, head_dim: int, theta: float, linear_factor: float, ntk_factor: float):
+    """cos/sin (B, L, 1, head_dim/2) for (B, L, 2) (row, col) positions in the Lumina-Next layout.
+
+    Row and column pairs interleave inside a head: pair 2k turns with the row at frequency k and pair
+    2k+1 with the column (lumina_next.md §3.6), unlike the concatenated axis blocks of Lumina 2.
+    """
+    half = head_dim // 2
+    angles = rope_angles(positions, (half, half), theta, linear_factor, ntk_factor)  # (B, L, [rows | cols])
+    angles = angles.unflatten(-1, (2, half // 2)).transpose(-1, -2).flatten(-2)  # -> row0, col0, row1, ...
+    return rope_cos_sin(angles, "cpu")
+
+
+class Attention(nn.Module):
+    """Image self-attention plus tanh-gated cross-attention to the caption, sharing queries and output.
+
+    Query and key norms are LayerNorms across all heads (with bias), applied before the head split.
+    """
+
+    def __init__(self, cfg: LuminaNextConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        kv_width = cfg.n_kv_heads * cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.wk = nn.Linear(cfg.dim, kv_width, bias=False)
+        self.wv = nn.Linear(cfg.dim, kv_width, bias=False)
+        self.wk_y = nn.Linear(cfg.cap_feat_dim, kv_width, bias=False)
+        self.wv_y = nn.Linear(cfg.cap_feat_dim, kv_width, bias=False)
+        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.gate = nn.Parameter(torch.zeros(cfg.n_heads))  # one per query head; zero-initialised in training
+        norm = (lambda width: nn.LayerNorm(width, eps=1e-5)) if cfg.qk_norm else (lambda width: nn.Identity())
+        self.q_norm, self.k_norm, self.ky_norm = norm(cfg.dim), norm(kv_width), norm(kv_width)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        caption: torch.Tensor,
+        caption_mask: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        key_rope: tuple[torch.Tensor, torch.Tensor],
+        scale: float | None,
+        merge: tuple[tuple[int, int], int] | None,
+    ) -> torch.Tensor:
+        """x (B, N, D) image tokens, caption (B, L, cap_feat_dim) normed features; returns (B, N, D).
+
+        key_rope rotates the (possibly merged) self-attention keys; merge is (grid, ratio) or None.
+        """
+        q = apply_rope(self.q_norm(self.wq(x)).unflatten(-1, (self.n_heads, -1)), *rope)  # (B, N, H, Dh)
+        k = self.k_norm(self.wk(x)).unflatten(-1, (self.n_kv_heads, -1))  # (B, N, Hkv, Dh)
+        v = self.wv(x).unflatten(-1, (self.n_kv_heads, -1))
+        if merge is not None:
+            k, v = merge_tokens(k, *merge), merge_tokens(v, *merge)  # (B, N / r^2, Hkv, Dh)
+        image_out = attention(q, apply_rope(k, *key_rope), v, scale=scale)  # (B, N, H*Dh)
+
+        k_y = self.ky_norm(self.wk_y(caption)).unflatten(-1, (self.n_kv_heads, -1))  # no RoPE on caption keys
+        v_y = self.wv_y(caption).unflatten(-1, (self.n_kv_heads, -1))
+        caption_out = attention(q, k_y, v_y, caption_mask).unflatten(-1, (self.n_heads, -1))  # (B, N, H, Dh)
+        gated = caption_out * self.gate.tanh().to(caption_out.dtype)[:, None]
+        return self.wo(image_out + gated.flatten(-2))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x), no biases."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    """Sandwich-normed attention + FFN, each input scaled by (1 + s) and output gated by tanh(g) from c."""
+
+    def __init__(self, cfg: LuminaNextConfig):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg.dim, cfg.ffn_hidden)
+        self.attention_norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention_norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention_y_norm = RMSNorm(cfg.cap_feat_dim, cfg.norm_eps)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.t_emb_dim, 4 * cfg.dim))
+
+    def forward(self, x, caption, caption_mask, cond, **attention_args):
+        scale_attn, gate_attn, scale_ffn, gate_ffn = self.adaLN_modulation(cond)[:, None].chunk(4, dim=-1)
+        attn_in = self.attention_norm1(x) * (1 + scale_attn)
+        attn_out = self.attention(attn_in, self.attention_y_norm(caption), caption_mask, **attention_args)
+        x = x + gate_attn.tanh() * self.attention_norm2(attn_out)
+        ffn_out = self.feed_forward(self.ffn_norm1(x) * (1 + scale_ffn))
+        return x + gate_ffn.tanh() * self.ffn_norm2(ffn_out)
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, out_dim: int, frequency_dim: int = 256):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.frequency_dim).to(self.mlp[0].weight.dtype))
+
+
+class FinalLayer(nn.Module):
+    """LayerNorm without affine, scaled by (1 + s(c)), then projected back to patches."""
+
+    def __init__(self, cfg: LuminaNextConfig):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(cfg.dim, cfg.patch_size**2 * cfg.out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.t_emb_dim, cfg.dim))
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm_final(x) * (1 + self.adaLN_modulation(cond)[:, None]))
+
+
+class LuminaNextTransformer(nn.Module):
+    """The Lumina-Next Next-DiT.
+
+    Call: model(x, sigma, context, context_mask, **options) -> velocity, with x (B, in_channels, H, W) the
+    SDXL latent times 0.13025 (H, W multiples of the patch size), sigma (B,) in [0, 1] with 1 = noise,
+    context (B, L, cap_feat_dim) Gemma-2B features (second-to-last hidden state), context_mask (B, L) bool,
+    right-padded with at least one True per row; velocity = noise - data, shaped like x. The options are
+    those of the module docstring.
+    """
+
+    family = FAMILY
+    # The model works in the scaled SDXL VAE latent: z_model = z_vae * 0.13025 (lumina_next.md §6).
+    latent_scale, latent_shift = latents.SDXL
+
+    def __init__(self, cfg: LuminaNextConfig):
+        super().__init__()
+        self.config = cfg
+        self.x_embedder = nn.Linear(cfg.patch_size**2 * cfg.in_channels, cfg.dim)
+        self.t_embedder = TimestepEmbedder(cfg.t_emb_dim)
+        self.cap_embedder = nn.Sequential(
+            nn.LayerNorm(cfg.cap_feat_dim, eps=1e-5), nn.Linear(cfg.cap_feat_dim, cfg.t_emb_dim)
+        )
+        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.final_layer = FinalLayer(cfg)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x_embedder.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_embedder.weight.device
+
+    def latent_shape(self, batch_size: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """Latent shape for an image of height x width pixels; both must be multiples of 16."""
+        multiple = VAE_DOWNSCALE * self.config.patch_size
+        for name, size in (("width", width), ("height", height)):
+            if size < multiple or size % multiple:
+                raise InvalidInputError(
+                    f"{name} {size} is not allowed: Lumina-Next needs sizes that are positive multiples of "
+                    f"{multiple} (8x VAE downscale x patch {self.config.patch_size}); try {_nearest(size, multiple)}."
+                )
+        return (batch_size, self.config.in_channels, height // VAE_DOWNSCALE, width // VAE_DOWNSCALE)
+
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor, **options
+    ) -> torch.Tensor:
+        """velocity = noise - data at sigma = 1 - t; options as for predict_flow (the module docstring)."""
+        return -self.predict_flow(x, 1 - sigma, context, context_mask, **options)
+
+    def predict_flow(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        context_mask: torch.Tensor,
+        *,
+        rope_scaling: str | None = "time_aware",
+        scaling_watershed: float = 0.3,
+        rope_scale: float | None = None,
+        base_resolution: int | None = None,
+        proportional_attention: bool = True,
+        context_drop_ratio: int = 1,
+    ) -> torch.Tensor:
+        """The network in Lumina time: t (B,) in [0, 1] with 0 = noise; returns data - noise, shaped like x."""
+        cfg = self.config
+        self._check_inputs(x, t, context, context_mask)
+        if base_resolution is None:
+            base_resolution = cfg.sample_size * VAE_DOWNSCALE
+        _check_options(rope_scaling, rope_scale, base_resolution, context_drop_ratio, cfg.patch_size)
+        dtype, device = self.dtype, x.device
+        height, width = x.shape[-2] // cfg.patch_size, x.shape[-1] // cfg.patch_size
+        n_tokens, trained_tokens = height * width, (base_resolution // (VAE_DOWNSCALE * cfg.patch_size)) ** 2
+        if n_tokens > MAX_EXTRAPOLATION * trained_tokens:
+            warnings.warn(
+                f"Lumina-Next: a {x.shape[-2] * VAE_DOWNSCALE}x{x.shape[-1] * VAE_DOWNSCALE} image has {n_tokens} "
+                f"image tokens, {n_tokens / trained_tokens:.1f}x the {trained_tokens} of the {base_resolution}px "
+                f"training size; beyond {MAX_EXTRAPOLATION}x, expect repeated or broken structure.",
+                stacklevel=2,
+            )
+
+        # Caption slots past the longest caption are masked everywhere: drop them to save attention work.
+        context_mask = context_mask.to(device).bool()
+        longest = int(context_mask.sum(dim=1).max())
+        context, context_mask = context.to(device=device, dtype=dtype)[:, :longest], context_mask[:, :longest]
+        caption_mask = None if bool(context_mask.all()) else context_mask
+
+        # Conditioning c = t embedding + embedding of the mask-weighted mean caption feature.
+        t = t.to(device)
+        weights = context_mask.float()[..., None]
+        pooled = ((context.float() * weights).sum(dim=1) / weights.sum(dim=1)).to(dtype)  # (B, cap_feat_dim)
+        cond = self.t_embedder(t) + self.cap_embedder(pooled)  # (B, t_emb_dim)
+
+        if rope_scale is None:
+            rope_scale = max(1.0, math.sqrt(x.shape[-2] * x.shape[-1]) * VAE_DOWNSCALE / base_resolution)
+        factors = _rope_factors(rope_scaling, rope_scale, float(t[0]), scaling_watershed)
+        positions = grid_positions(height, width)
+        rope = _to(rope_2d(positions, cfg.head_dim, cfg.rope_theta, *factors), device)
+        merge, key_rope = None, rope
+        if context_drop_ratio > 1:
+            merge = ((height, width), context_drop_ratio)
+            key_positions = merge_tokens(positions, *merge)  # the centroid of each merged window
+            key_rope = _to(rope_2d(key_positions, cfg.head_dim, cfg.rope_theta, *factors), device)
+        scale = None
+        if proportional_attention:
+            scale = math.sqrt(math.log(n_tokens) / math.log(trained_tokens) / cfg.head_dim)
+
+        image = self.x_embedder(self._patchify(x.to(dtype)))  # (B, N, D)
+        for block in self.layers:
+            image = block(image, context, caption_mask, cond, rope=rope, key_rope=key_rope, scale=scale, merge=merge)
+        out = self._unpatchify(self.final_layer(image, cond), height, width)
+        return out[:, : cfg.in_channels].to(x.dtype)  # learn-sigma: the second half is the unused variance
+
+    def _patchify(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, C, H, W) -> (B, H/p * W/p, C*p*p): feature order (channel, patch row, patch col).
+        p = self.config.patch_size
+        x = x.unflatten(2, (-1, p)).unflatten(4, (-1, p))  # (B, C, h, p, w, p)
+        return x.permute(0, 2, 4, 1, 3, 5).flatten(3).flatten(1, 2)
+
+    def _unpatchify(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        # (B, h*w, p*p*C_out) -> (B, C_out, h*p, w*p): the output features are ordered (patch row, patch
+        # col, channel), not like the input's (lumina_next.md §3.3).
+        p = self.config.patch_size
+        x = x.unflatten(1, (height, width)).unflatten(-1, (p, p, -1))  # (B, h, w, p, p, C)
+        return x.permute(0, 5, 1, 3, 2, 4).flatten(4).flatten(2, 3)
+
+    def _check_inputs(self, x, t, context, context_mask) -> None:
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise InvalidInputError(
+                f"Lumina-Next expects a latent (B, {cfg.in_channels}, H, W) from the SDXL VAE; got {tuple(x.shape)}."
+            )
+        if x.shape[-2] % cfg.patch_size or x.shape[-1] % cfg.patch_size:
+            raise InvalidInputError(
+                f"latent height and width must be multiples of {cfg.patch_size}; got {tuple(x.shape)}."
+            )
+        if context.ndim != 3 or context.shape[-1] != cfg.cap_feat_dim:
+            found = {
+                GEMMA2_WIDTH: ", the width of Gemma-2-2B features, which Lumina-Image 2.0 uses",
+                GEMMA_WIDTH: ", the width of Gemma-2B (Gemma 1) features, which the released Lumina-Next uses",
+            }.get(context.shape[-1] if context.ndim == 3 else None, "")
+            raise InvalidInputError(
+                f"this Lumina-Next model expects text features of width {cfg.cap_feat_dim} (Gemma-2B, Gemma 1 for "
+                f"the released model; Lumina-Image 2.0 uses Gemma-2-2B, width {GEMMA2_WIDTH}); got "
+                f"{tuple(context.shape)}{found}. Encode the prompt with the text encoder made for this model."
+            )
+        if context.shape[0] != x.shape[0] or context_mask.shape != context.shape[:2] or t.shape != (x.shape[0],):
+            raise InvalidInputError(
+                f"batch mismatch: latent {tuple(x.shape)}, time {tuple(t.shape)}, text {tuple(context.shape)}, "
+                f"mask {tuple(context_mask.shape)}."
+            )
+        check_right_padded(context_mask)
+
+
+def _check_options(rope_scaling, rope_scale, base_resolution, context_drop_ratio, patch_size) -> None:
+    if rope_scaling not in ROPE_SCALINGS:
+        raise InvalidInputError(f"rope_scaling must be one of {ROPE_SCALINGS}; got {rope_scaling!r}.")
+    if rope_scale is not None and not rope_scale > 0:
+        raise InvalidInputError(f"rope_scale must be a positive number, or None to derive it; got {rope_scale!r}.")
+    if base_resolution < 2 * VAE_DOWNSCALE * patch_size:
+        raise InvalidInputError(
+            f"base_resolution is the training image side in pixels (1024 for the released model); got "
+            f"{base_resolution!r}, which leaves fewer than 2x2 training tokens."
+        )
+    if not isinstance(context_drop_ratio, int) or context_drop_ratio < 1:
+        raise InvalidInputError(
+            f"context_drop_ratio must be a whole number >= 1 (1 = off, 2 merges 2x2 key/value windows); "
+            f"got {context_drop_ratio!r}."
+        )
+
+
+def _rope_factors(rope_scaling: str | None, scale: float, t0: float, watershed: float) -> tuple[float, float]:
+    """(linear_factor, ntk_factor) for rope_angles.
+
+    The time-aware branch follows the first sample's t, as the references do (a CFG batch shares one t).
+    """
+    if rope_scaling == "linear" or (rope_scaling == "time_aware" and t0 < watershed):
+        return scale, 1.0
+    if rope_scaling in ("ntk", "time_aware"):
+        return 1.0, scale
+    return 1.0, 1.0
+
+
+def _to(cos_sin: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return cos_sin[0].to(device), cos_sin[1].to(device)
+
+
+def _nearest(size: int, multiple: int) -> int:
+    return max(multiple, round(size / multiple) * multiple)
