@@ -9,7 +9,7 @@ from .errors import LuminaCoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .sampling import SOLVERS
+    from .sampling import SCHEDULES, SOLVERS
     from .text.prompts import SYSTEM_PROMPTS
 
     parser = argparse.ArgumentParser(prog="python -m lumina_core", description="Lumina-Image 2.0 in plain PyTorch.")
@@ -28,10 +28,20 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--steps", type=int, default=30)
     gen.add_argument("--cfg", type=float, default=4.0)
-    gen.add_argument("--shift", type=float, default=6.0)
+    gen.add_argument("--shift", type=float, help="time shift (default: the model's: 6 Lumina 2, 4 Lumina-Next)")
     gen.add_argument("--solver", default="euler", choices=sorted(SOLVERS))
+    gen.add_argument(
+        "--schedule",
+        default="shifted_linear",
+        choices=sorted(SCHEDULES),
+        help="sigmoid: Lumina-Next's few-step schedule",
+    )
     gen.add_argument("--cfg-trunc", type=float, default=1.0, help="guide while Lumina time t < this (1 = always)")
-    gen.add_argument("--renorm-cfg", type=float, default=1.0, help="clamp guided norm to this x cond norm (0 = off)")
+    gen.add_argument(
+        "--renorm-cfg",
+        type=float,
+        help="clamp guided norm to this x cond norm (0 = off; default: 1 Lumina 2, 0 Lumina-Next)",
+    )
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     gen.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     gen.add_argument("--out", default="lumina.png", help="a .png/.jpg/.webp path (none: .png); batches add _0, _1 ...")
@@ -55,7 +65,8 @@ def generate(args: argparse.Namespace) -> None:
     request = ImageRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, system_prompt=args.system_prompt,
         width=args.width, height=args.height, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
-        cfg=args.cfg, shift=args.shift, solver=args.solver, cfg_trunc=args.cfg_trunc, renorm_cfg=args.renorm_cfg,
+        cfg=args.cfg, shift=args.shift, solver=args.solver, schedule=args.schedule, cfg_trunc=args.cfg_trunc,
+        renorm_cfg=args.renorm_cfg,
     )  # fmt: skip
     bar = None
 

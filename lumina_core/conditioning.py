@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from .errors import InvalidInputError
+
+# Family id -> (model name, text encoder name), for messages about a miswired graph.
+FAMILY_NAMES = {
+    "lumina2": ("Lumina-Image 2.0", "Gemma-2-2B"),
+    "lumina_next": ("Lumina-Next", "Gemma-2B (Gemma 1)"),
+    "ltxv": ("LTX-Video", "T5-XXL"),
+}
 
 
 @dataclass(frozen=True)
@@ -15,10 +22,13 @@ class Conditioning:
 
     embeds: (B, L, D) float hidden states, right padded.
     mask:   (B, L) bool, True for real tokens. Every row has at least one True.
+    family: the model family the encoder made it for ("lumina2", "lumina_next", "ltxv"), so a sampler can name
+            both sides of a miswired graph; None for features from elsewhere (checked by width only).
     """
 
     embeds: torch.Tensor
     mask: torch.Tensor
+    family: str | None = None
 
     def __post_init__(self) -> None:
         if self.embeds.ndim != 3 or self.mask.shape != self.embeds.shape[:2]:
@@ -33,7 +43,9 @@ class Conditioning:
         return self.embeds.shape[0]
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Conditioning:
-        return Conditioning(self.embeds.to(device=device, dtype=dtype), self.mask.to(device=device, dtype=torch.bool))
+        return replace(
+            self, embeds=self.embeds.to(device=device, dtype=dtype), mask=self.mask.to(device=device, dtype=torch.bool)
+        )
 
     def repeat_to(self, batch_size: int) -> Conditioning:
         """Tile a batch of 1 (or of a divisor of batch_size) up to batch_size, sample by sample."""
@@ -43,7 +55,9 @@ class Conditioning:
                 "a multiple of the number of prompts."
             )
         repeats = batch_size // self.batch_size
-        return Conditioning(self.embeds.repeat_interleave(repeats, 0), self.mask.repeat_interleave(repeats, 0))
+        return replace(
+            self, embeds=self.embeds.repeat_interleave(repeats, 0), mask=self.mask.repeat_interleave(repeats, 0)
+        )
 
     def padded_to(self, length: int) -> Conditioning:
         """Right-pad with zero features and False mask up to `length` tokens."""
@@ -52,7 +66,7 @@ class Conditioning:
             return self
         embeds = torch.nn.functional.pad(self.embeds, (0, 0, 0, extra))
         mask = torch.nn.functional.pad(self.mask, (0, extra), value=False)
-        return Conditioning(embeds, mask)
+        return replace(self, embeds=embeds, mask=mask)
 
 
 def check_right_padded(mask: torch.Tensor) -> None:
@@ -74,6 +88,22 @@ def check_right_padded(mask: torch.Tensor) -> None:
 
 def concat_conditionings(parts: list[Conditioning]) -> Conditioning:
     """Stack conditionings along the batch, padding them to the longest token count."""
+    families = {p.family for p in parts} - {None}
+    if len(families) > 1:
+        raise InvalidInputError(f"cannot batch text features made for different models: {', '.join(sorted(families))}.")
     length = max(p.embeds.shape[1] for p in parts)
     padded = [p.padded_to(length) for p in parts]
-    return Conditioning(torch.cat([p.embeds for p in padded]), torch.cat([p.mask for p in padded]))
+    family = families.pop() if families else None
+    return Conditioning(torch.cat([p.embeds for p in padded]), torch.cat([p.mask for p in padded]), family)
+
+
+def check_family(model_family: str, conditioning: Conditioning, role: str = "positive") -> None:
+    """Raise when a conditioning was encoded for another model family, naming both sides and the fix."""
+    if conditioning.family is None or conditioning.family == model_family:
+        return
+    model_name, wanted_encoder = FAMILY_NAMES.get(model_family, (model_family, "its own text encoder"))
+    other_model, other_encoder = FAMILY_NAMES.get(conditioning.family, (conditioning.family, "another encoder"))
+    raise InvalidInputError(
+        f"the {role} text features come from a {other_encoder} encoder, made for {other_model}, but the model is "
+        f"{model_name}, which needs {wanted_encoder} features: load the text encoder that belongs to this model."
+    )

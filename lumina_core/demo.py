@@ -4,6 +4,8 @@ The same random weights are saved in each layout a user may download (original s
 .pth, ComfyUI bf16 and all-in-one, diffusers folder and single file; Gemma-2 as a ComfyUI file and a
 Hugging Face folder; the VAE as FLUX `ae.safetensors` and a diffusers folder). Text-to-image runs from
 each, and the pictures must agree: the same weights give the same image whatever the file layout.
+Lumina-Next (with Gemma and the SDXL VAE) then renders with its reference settings and with the few-step
+sigmoid schedule and context drop.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ def build_checkpoints(folder: Path, seed: int = 0) -> dict[str, Path]:
     for layout in ("ae.safetensors", "diffusers_vae"):
         paths[f"vae/{layout}"] = tiny.write_vae(vae, layout, folder)
     paths["all_in_one"] = tiny.write_all_in_one(transformer, gemma, spm_model, vae, folder / "all_in_one.safetensors")
+    next_folder = folder / "lumina_next"
+    next_folder.mkdir(exist_ok=True)
+    paths["lumina_next/transformer"] = tiny.write_transformer(
+        tiny.make_lumina_next(seed), "original.safetensors", next_folder
+    )
+    paths["lumina_next/text_encoder"] = tiny.write_text_encoder(
+        tiny.make_gemma1(seed), spm_model, "comfy.safetensors", next_folder
+    )
+    paths["lumina_next/vae"] = tiny.write_vae(tiny.make_vae(seed, tiny.TINY_SDXL_VAE), "ae.safetensors", next_folder)
     return paths
 
 
@@ -67,7 +78,23 @@ def run_demo(out: Path, steps: int = 4, width: int = 128, height: int = 96) -> l
     written += save_images(text_to_image(*runs["t2i_all_in_one"], batch), out / "t2i_batch.png")
     print(f"{'t2i_batch (2 images, cfg truncation 0.5)':40s} -> {written[-2]}, {written[-1]}")
     _report_agreement(pixels)
+    written += _run_lumina_next(paths, request, out)
     print("text-to-video: LTX-Video is not built yet; the demo will render a clip once it lands.")
+    return written
+
+
+def _run_lumina_next(paths: dict[str, Path], request: ImageRequest, out: Path) -> list[Path]:
+    files = [paths[f"lumina_next/{part}"] for part in ("transformer", "text_encoder", "vae")]
+    few_step = {"schedule": "sigmoid", "steps": 3, "model_options": {"context_drop_ratio": 2}}
+    runs = {
+        "t2i_lumina_next": request,  # shift 4 and no renormalisation: the family's defaults
+        "t2i_lumina_next_sigmoid_context_drop": ImageRequest(**{**request.__dict__, **few_step}),
+    }
+    written = []
+    for name, settings in runs.items():
+        start = time.perf_counter()
+        written += save_images(text_to_image(*files, settings), out / f"{name}.png")
+        print(f"{name:40s} {time.perf_counter() - start:5.2f} s  -> {written[-1]}")
     return written
 
 

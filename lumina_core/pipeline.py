@@ -9,7 +9,7 @@ import gc
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +27,20 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # file suffix -> PIL format
 
 
+# Settings whose best value depends on the model family, used where an ImageRequest leaves them None: the
+# reference recipes (Lumina-Image 2.0's sample.py: shift 6 with renormalisation; Lumina-Next's demo: shift 4 and
+# no renormalisation, lumina_next.md §7.1).
+FAMILY_DEFAULTS = {
+    "lumina2": {"shift": 6.0, "renorm_cfg": 1.0},
+    "lumina_next": {"shift": 4.0, "renorm_cfg": 0.0},
+}
+
+
 @dataclass
 class ImageRequest:
-    """Everything `text_to_image` needs; defaults follow `lumina_core.sample`."""
+    """Everything `text_to_image` needs; defaults follow `lumina_core.sample`, and None takes the family's
+    default (FAMILY_DEFAULTS). system_prompt applies to Lumina-Image 2.0 only (Lumina-Next has no template).
+    model_options: the model's own keywords (Lumina-Next's rope_scaling, context_drop_ratio...)."""
 
     prompt: str
     negative_prompt: str = ""
@@ -40,10 +51,17 @@ class ImageRequest:
     seed: int = 0
     steps: int = 30
     cfg: float = 4.0
-    shift: float = 6.0
+    shift: float | None = None
     solver: str = "euler"
+    schedule: str = "shifted_linear"
     cfg_trunc: float = 1.0
-    renorm_cfg: float = 1.0
+    renorm_cfg: float | None = None
+    model_options: dict | None = None
+
+    def for_family(self, family: str) -> ImageRequest:
+        """A copy with the settings left None filled in from the family's defaults."""
+        defaults = FAMILY_DEFAULTS.get(family, FAMILY_DEFAULTS["lumina2"])
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -90,11 +108,13 @@ def text_to_image(
     Sizes are checked against the transformer's rule before any weights are read, and each model is
     released before the next one loads, so peak memory is that of the largest model.
     """
+    model = inspect_transformer(transformer)
+    request = request.for_family(model.family)
     check_settings(
         steps=request.steps, cfg=request.cfg, batch_size=request.batch_size, solver=request.solver,
-        shift=request.shift, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg,
+        schedule=request.schedule, shift=request.shift, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg,
     )  # fmt: skip
-    inspect_transformer(transformer).latent_shape(request.batch_size, request.height, request.width)
+    model.latent_shape(request.batch_size, request.height, request.width)
     positive, negative = _encode(text_encoder, request, dtype, device)
     _free_memory()
     latent = _sample(transformer, positive, negative, request, dtype, device, on_step)
@@ -106,8 +126,9 @@ def text_to_image(
 
 def _encode(path, request: ImageRequest, dtype, device) -> tuple[Conditioning, Conditioning]:
     encoder = load_text_encoder(path, dtype=dtype, device=device)
-    positive = encoder.encode([request.prompt], system_prompt=request.system_prompt)
-    negative = encoder.encode([request.negative_prompt], system_prompt=request.system_prompt, negative=True)
+    template = request.system_prompt if encoder.family == "lumina2" else None
+    positive = encoder.encode([request.prompt], system_prompt=template)
+    negative = encoder.encode([request.negative_prompt], system_prompt=template, negative=True)
     return positive, negative
 
 
@@ -117,7 +138,8 @@ def _sample(path, positive, negative, request: ImageRequest, dtype, device, on_s
     return sample(
         model, positive, negative, width=request.width, height=request.height, batch_size=request.batch_size,
         seed=request.seed, steps=request.steps, cfg=request.cfg, shift=request.shift, solver=request.solver,
-        cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg, callback=callback,
+        schedule=request.schedule, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg, callback=callback,
+        model_options=request.model_options,
     )  # fmt: skip
 
 

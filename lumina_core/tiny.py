@@ -19,6 +19,7 @@ from torch import nn
 from .loading.keymaps import ldm_vae
 from .loading.keymaps.lumina2 import to_diffusers
 from .models.lumina2 import Lumina2Config, Lumina2Transformer
+from .models.lumina_next import LuminaNextConfig, LuminaNextTransformer
 from .text.prompts import PROMPT_START, SYSTEM_PROMPTS
 from .vae.autoencoder import Autoencoder, AutoencoderConfig
 
@@ -38,9 +39,18 @@ TINY_GEMMA1 = {
     "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
     "num_key_value_heads": 1, "head_dim": 16,
 }  # fmt: skip
+# Lumina-Next with GQA, learn-sigma output and the tiny Gemma (v1) width.
+TINY_LUMINA_NEXT = LuminaNextConfig(
+    dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=96, cap_feat_dim=32,
+)  # fmt: skip
 TINY_VOCAB = 384  # byte fallback alone takes 256 pieces
 # Four levels give the 8x downscale Lumina-Image 2.0 expects; widths divide the 32 GroupNorm groups.
 TINY_VAE = AutoencoderConfig(channels=32, channel_mult=(1, 1, 2, 2), num_res_blocks=1, z_channels=16)
+# The SDXL autoencoder's shape (Lumina-Next): 4 latent channels, quant convs, scale 0.13025.
+TINY_SDXL_VAE = AutoencoderConfig(
+    channels=32, channel_mult=(1, 1, 2, 2), num_res_blocks=1, z_channels=4, use_quant_conv=True,
+    use_post_quant_conv=True, scale=0.13025, shift=0.0,
+)  # fmt: skip
 
 TOKENIZER_CORPUS = [
     *(text for text in SYSTEM_PROMPTS.values() if text),
@@ -100,6 +110,11 @@ def make_transformer(seed: int = 0, config: Lumina2Config = TINY_TRANSFORMER) ->
     return randomise_parameters(Lumina2Transformer(config), seed)
 
 
+def make_lumina_next(seed: int = 0, config: LuminaNextConfig = TINY_LUMINA_NEXT) -> LuminaNextTransformer:
+    torch.manual_seed(seed)
+    return randomise_parameters(LuminaNextTransformer(config), seed)
+
+
 def make_gemma(seed: int = 0, **overrides):
     """A random Gemma2Model; norm weights near 0 because Gemma's RMSNorm scales by (1 + w)."""
     from transformers import Gemma2Config, Gemma2Model
@@ -121,9 +136,11 @@ def make_vae(seed: int = 0, config: AutoencoderConfig = TINY_VAE) -> Autoencoder
     return randomise_parameters(Autoencoder(config), seed)
 
 
-def transformer_tensors(model: Lumina2Transformer, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Original / ComfyUI names, with the unused `norm_final.weight` the released files carry."""
-    state = {**_contiguous(model.state_dict()), "norm_final.weight": torch.ones(model.config.dim)}
+def transformer_tensors(model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Original / ComfyUI names, with the unused tensor the released files carry (Lumina 2's `norm_final.weight`,
+    Lumina-Next's `pad_token`)."""
+    unused = "norm_final.weight" if model.family == "lumina2" else "pad_token"
+    state = {**_contiguous(model.state_dict()), unused: torch.ones(model.config.dim)}
     return {prefix + k: v for k, v in state.items()}
 
 
@@ -131,11 +148,14 @@ def gemma_tensors(model, prefix: str = "model.") -> dict[str, torch.Tensor]:
     return {prefix + k: v for k, v in _contiguous(model.state_dict()).items()}
 
 
-def write_transformer(model: Lumina2Transformer, layout: str, folder: Path) -> Path:
+def write_transformer(model: nn.Module, layout: str, folder: Path) -> Path:
     """Layouts: original.safetensors, original.pth, comfy_bf16.safetensors, diffusers_single.safetensors,
-    diffusers_pipeline (a folder with transformer/config.json and weights). Returns the path to load."""
+    diffusers_pipeline (a folder with transformer/config.json and weights). Returns the path to load.
+    A Lumina-Next model takes the first three (the diffusers ones need diffusers' converter: see the tests)."""
     path = Path(folder) / layout
     original = transformer_tensors(model)
+    if model.family != "lumina2" and layout.startswith("diffusers"):
+        raise ValueError(f"tiny writes diffusers layouts for Lumina-Image 2.0 only, not {model.family}")
     if layout == "original.safetensors":
         save_file(original, path)
     elif layout == "original.pth":

@@ -48,7 +48,8 @@ class _FileLoader:
 
 class LoadLuminaTransformer(_FileLoader):
     DISPLAY_NAME = "Load Lumina Transformer"
-    DESCRIPTION = "Loads a Lumina-Image 2.0 diffusion transformer from any layout (original, ComfyUI, diffusers)."
+    DESCRIPTION = ("Loads a Lumina-Image 2.0 or Lumina-Next diffusion transformer from any layout (original, "
+                   "ComfyUI, diffusers).")  # fmt: skip
     RETURN_TYPES = ("LUMINA_MODEL",)
     RETURN_NAMES = ("model",)
     FOLDER = "lumina_diffusion_models"
@@ -62,8 +63,10 @@ class LoadLuminaTransformer(_FileLoader):
 
 
 class LoadGemma(_FileLoader):
-    DISPLAY_NAME = "Load Gemma-2 Text Encoder"
-    DESCRIPTION = "Loads Gemma-2-2B (ComfyUI gemma_2_2b_fp16, an HF folder's file, or an all-in-one checkpoint)."
+    DISPLAY_NAME = "Load Gemma Text Encoder (Lumina)"
+    DESCRIPTION = ("Loads Gemma-2-2B for Lumina-Image 2.0 (ComfyUI gemma_2_2b_fp16, an HF folder's file, or an "
+                   "all-in-one checkpoint) or Gemma-2B for Lumina-Next; the generation is detected from the "
+                   "tensors.")  # fmt: skip
     RETURN_TYPES = ("LUMINA_TEXT_ENCODER",)
     RETURN_NAMES = ("text_encoder",)
     FOLDER = "lumina_text_encoders"
@@ -71,12 +74,13 @@ class LoadGemma(_FileLoader):
 
     def _load(self, path, dtype, policy):
         encoder = lumina_core.load_text_encoder(path, dtype=dtype, device=home_device(policy))
-        return Handle(encoder, "text_encoder", "lumina2", policy, path)
+        return Handle(encoder, "text_encoder", encoder.family, policy, path)
 
 
 class LoadLuminaVAE(_FileLoader):
     DISPLAY_NAME = "Load Lumina VAE"
-    DESCRIPTION = "Loads the FLUX autoencoder (ae.safetensors, a diffusers VAE, or the VAE of an all-in-one file)."
+    DESCRIPTION = ("Loads the FLUX autoencoder (Lumina-Image 2.0) or the SDXL one (Lumina-Next): ae.safetensors, "
+                   "sdxl_vae.safetensors, a diffusers VAE, or the VAE of an all-in-one file.")  # fmt: skip
     RETURN_TYPES = ("LUMINA_VAE",)
     RETURN_NAMES = ("vae",)
     FOLDER = "lumina_vae"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 import lumina_core
+from lumina_core.conditioning import check_family
+from lumina_core.models.lumina_next import ROPE_SCALINGS
 from lumina_core.sampling import SCHEDULES, SOLVERS, check_settings
 from lumina_core.text.prompts import SYSTEM_PROMPTS
 
@@ -15,10 +17,32 @@ CATEGORY = "Lumina"
 SIZE_MULTIPLE = 16  # 8x VAE downscale x patch 2 (Lumina-Image 2.0); the model re-checks its own rule
 
 
+NEXT_ONLY = " Lumina-Next only; other models ignore it."
+# Lumina-Next's inference options (lumina_core.models.lumina_next), optional so older graphs keep working.
+NEXT_OPTIONS = {
+    "rope_scaling": (["time_aware", *(s for s in ROPE_SCALINGS if s not in (None, "time_aware")), "none"], {
+        "default": "time_aware", "tooltip": "Resolution extrapolation beyond 1024x1024: time_aware (the paper's: "
+        "linear RoPE scaling for the early steps, NTK after the watershed), linear, ntk, or none." + NEXT_ONLY}),
+    "scaling_watershed": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
+                          "Time-aware scaling switches from linear to NTK at this Lumina time t = 1 - sigma "
+                          "(0.3 in the original demo; 1 = always linear, as diffusers)." + NEXT_ONLY}),
+    "proportional_attention": ("BOOLEAN", {"default": True, "tooltip": "Scale attention by the token count so large "
+                               "images keep the trained attention entropy." + NEXT_ONLY}),
+    "context_drop_ratio": ("INT", {"default": 1, "min": 1, "max": 4, "tooltip": "Merge r x r windows of image "
+                           "keys/values in attention: faster at high resolution, slightly softer detail; 1 = "
+                           "off." + NEXT_ONLY}),
+    "next_guide_first_3_channels": ("BOOLEAN", {"default": True, "tooltip": "Guide only the first 3 of the 4 "
+                                    "latent channels, as the reference code does (on = identical images); off "
+                                    "guides all four." + NEXT_ONLY}),
+}  # fmt: skip
+
+
 class GemmaEncode:
     DISPLAY_NAME = "Gemma Encode (Lumina)"
-    DESCRIPTION = ("Encodes a prompt with Lumina-Image 2.0's system prompt template. An empty prompt is encoded "
-                   "as '' without a template, as the original code does for negative prompts.")  # fmt: skip
+    DESCRIPTION = ("Encodes a prompt for the model its text encoder belongs to. For Lumina-Image 2.0 (Gemma-2) the "
+                   "prompt gets the chosen system prompt template, and an empty prompt is encoded as '' without "
+                   "one, as the original code does for negative prompts. Lumina-Next (Gemma) takes the bare "
+                   "prompt.")  # fmt: skip
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LUMINA_CONDITIONING",)
     RETURN_NAMES = ("conditioning",)
@@ -27,22 +51,26 @@ class GemmaEncode:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "text_encoder": ("LUMINA_TEXT_ENCODER", {"tooltip": "From Load Gemma-2 Text Encoder."}),
+            "text_encoder": ("LUMINA_TEXT_ENCODER", {"tooltip": "From Load Gemma Text Encoder."}),
             "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Long, detailed prompts work best."}),
             "system_prompt": (list(SYSTEM_PROMPTS), {
-                "default": "real", "tooltip": "The original sample.py presets; 'real' is its default."}),
+                "default": "real", "tooltip": "Lumina-Image 2.0's sample.py presets; 'real' is its default. "
+                                              "Ignored for Lumina-Next, which was trained without one."}),
         }}  # fmt: skip
 
     def encode(self, text_encoder: Handle, prompt: str, system_prompt: str):
+        template = system_prompt if text_encoder.family == "lumina2" else None
         with text_encoder.placed() as encoder:
-            conditioning = encoder.encode([prompt], system_prompt=system_prompt, negative=not prompt.strip())
+            conditioning = encoder.encode([prompt], system_prompt=template, negative=not prompt.strip())
         return (conditioning.to(bridge.intermediate_device()),)
 
 
 class FlowSampler:
     DISPLAY_NAME = "Flow Sampler (Lumina)"
-    DESCRIPTION = ("Flow-matching sampler with Lumina-Image 2.0's CFG truncation and renormalisation (original "
-                   "semantics). Outputs a standard LATENT that core VAE Decode nodes accept.")  # fmt: skip
+    DESCRIPTION = ("Flow-matching sampler for every Lumina family: Lumina-Image 2.0's CFG truncation and "
+                   "renormalisation (original semantics), Lumina-Next's resolution extrapolation, context drop and "
+                   "few-step sigmoid schedule. Outputs a standard LATENT that core VAE Decode nodes "
+                   "accept.")  # fmt: skip
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "sample"
@@ -66,21 +94,28 @@ class FlowSampler:
                 "cfg": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
                                   "tooltip": "Guidance scale; 1 turns guidance (and the uncond pass) off."}),
                 "shift": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip":
-                                    "Schedule shift. 6 is the model's (18 midpoint or 30 euler steps); use less "
-                                    "for very few steps (e.g. 3 for 20 euler steps)."}),
+                                    "Schedule shift. 6 for Lumina-Image 2.0 (18 midpoint or 30 euler steps; less "
+                                    "for very few steps, e.g. 3 for 20 euler steps); 4 for Lumina-Next."}),
                 "solver": (sorted(SOLVERS), {"default": "midpoint", "tooltip":
-                           "Model calls per step: euler 1, midpoint 2, heun 2 (1 on the last), rk4 4."}),
-                "schedule": (sorted(SCHEDULES), {"default": "shifted_linear",
-                                                 "tooltip": "shifted_linear: the Lumina / SD3 time shift."}),
+                           "Model calls per step: euler 1, midpoint 2, heun 2 (1 on the last), rk4 4; dopri5 is "
+                           "adaptive (its calls depend on the model; steps only set where previews are taken)."}),
+                "schedule": (sorted(SCHEDULES), {"default": "shifted_linear", "tooltip":
+                             "shifted_linear: the Lumina / SD3 time shift. sigmoid: Lumina-Next's few-step "
+                             "discretisation (dense at both ends), for good images in 5-10 steps."}),
                 "cfg_trunc": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
                               "Guide while Lumina time t = 1 - sigma is below this; after, the uncond pass is "
-                              "skipped (faster). 1 = always guide; the official demo uses 0.25."}),
+                              "skipped (faster). 1 = always guide; Lumina-Image 2.0's demo uses 0.25, "
+                              "Lumina-Next's reference never truncates."}),
                 "cfg_renorm": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip":
-                               "Clamp the guided velocity's norm to this times the conditional one; 0 = off."}),
+                               "Clamp the guided velocity's norm to this times the conditional one; 0 = off "
+                               "(Lumina-Next's reference has no renormalisation: use 0)."}),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
                                       "tooltip": "Below 1, start from the input latent (img2img)."}),
             },
-            "optional": {"latent": ("LATENT", {"tooltip": "Start latent for denoise < 1; sets the size."})},
+            "optional": {
+                "latent": ("LATENT", {"tooltip": "Start latent for denoise < 1; sets the size."}),
+                **NEXT_OPTIONS,
+            },
         }  # fmt: skip
 
     @classmethod
@@ -97,7 +132,7 @@ class FlowSampler:
         return True
 
     def sample(self, model: Handle, positive, negative, width, height, batch_size, seed, steps, cfg, shift, solver,
-               schedule, cfg_trunc, cfg_renorm, denoise, latent=None):  # fmt: skip
+               schedule, cfg_trunc, cfg_renorm, denoise, latent=None, **next_options):  # fmt: skip
         check_settings(steps=steps, cfg=cfg, batch_size=batch_size, solver=solver, schedule=schedule, shift=shift,
                        denoise=denoise, cfg_trunc=cfg_trunc, renorm_cfg=cfg_renorm)  # fmt: skip
         _check_pair(model, positive, negative)
@@ -116,6 +151,7 @@ class FlowSampler:
                     module, positive, negative, width=width, height=height, batch_size=batch_size, seed=seed,
                     steps=steps, cfg=cfg, shift=shift, solver=solver, schedule=schedule, cfg_trunc=cfg_trunc,
                     renorm_cfg=cfg_renorm, denoise=denoise, init_latent=init, callback=on_step,
+                    **_family_options(model.family, next_options),
                 )  # fmt: skip
         finally:
             progress.close()
@@ -132,7 +168,26 @@ def out_of_range(specs: dict, values: dict) -> str | None:
     return None
 
 
+def _family_options(family: str, chosen: dict) -> dict:
+    """sample() keywords from the Lumina-Next widgets: for Lumina-Next models only, every other family ignores them."""
+    if family != "lumina_next":
+        return {}
+    options = {name: spec[1]["default"] for name, spec in NEXT_OPTIONS.items()} | chosen
+    rope_scaling = None if options["rope_scaling"] == "none" else options["rope_scaling"]
+    return {
+        "cfg_channels": None if options["next_guide_first_3_channels"] else 4,
+        "model_options": {
+            "rope_scaling": rope_scaling,
+            "scaling_watershed": options["scaling_watershed"],
+            "proportional_attention": options["proportional_attention"],
+            "context_drop_ratio": options["context_drop_ratio"],
+        },
+    }
+
+
 def _check_pair(model: Handle, positive, negative) -> None:
+    for role, conditioning in (("positive", positive), ("negative", negative)):
+        check_family(model.family, conditioning, role)
     width = model.model.config.cap_feat_dim
     for name, conditioning in (("positive", positive), ("negative", negative)):
         if conditioning.embeds.shape[-1] != width:

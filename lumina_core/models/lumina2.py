@@ -300,7 +300,7 @@ class Lumina2Transformer(nn.Module):
         if context.ndim != 3 or context.shape[-1] != cfg.cap_feat_dim:
             raise InvalidInputError(
                 f"this Lumina-Image 2.0 model expects text features of width {cfg.cap_feat_dim} (Gemma-2-2B); got "
-                f"{tuple(context.shape)}: is the text encoder the one made for this model?"
+                f"{tuple(context.shape)}{_foreign_width(context)}: is the text encoder the one made for this model?"
             )
         if context.shape[0] != x.shape[0] or context_mask.shape != context.shape[:2] or t.shape != (x.shape[0],):
             raise InvalidInputError(
@@ -308,6 +308,13 @@ class Lumina2Transformer(nn.Module):
                 f"mask {tuple(context_mask.shape)}."
             )
         check_right_padded(context_mask)
+
+
+def _foreign_width(context: torch.Tensor) -> str:
+    # Name the model a known feature width belongs to; 2048 is Gemma-2B's, the encoder of Lumina-Next.
+    if context.ndim == 3 and context.shape[-1] == 2048:
+        return ", the width of Gemma-2B (Gemma 1) features, which Lumina-Next uses"
+    return ""
 
 
 def _nearest(size: int, multiple: int) -> int:

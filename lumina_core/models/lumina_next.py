@@ -289,6 +289,8 @@ class LuminaNextTransformer(nn.Module):
     """
 
     family = FAMILY
+    # Guidance touches only the first 3 of the 4 latent channels, as the reference sampler does (lumina_next.md §7).
+    cfg_channels = 3
     # The model works in the scaled SDXL VAE latent: z_model = z_vae * 0.13025 (lumina_next.md §6).
     latent_scale, latent_shift = latents.SDXL
 

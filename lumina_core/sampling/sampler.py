@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from ..conditioning import Conditioning, concat_conditionings
+from ..conditioning import Conditioning, check_family, concat_conditionings
 from ..errors import InvalidInputError, SamplingError
 from .cfg import Guidance, make_guidance
 from .schedules import build_sigmas
@@ -290,6 +290,11 @@ def sample(
         x = (1 - sigmas[0]) * init_latent.to(device=device, dtype=torch.float32) + sigmas[0] * x
     else:
         x = sigmas[0] * x
+    family = getattr(model, "family", None)
+    if family is not None:
+        for role, conditioning in (("positive", positive), ("negative", negative)):
+            if conditioning is not None:
+                check_family(family, conditioning, role)
     positive = positive.repeat_to(batch_size).to(device, dtype)
     guided = negative is not None and cfg != 1.0
     negative = negative.repeat_to(batch_size).to(device, dtype) if guided else None

@@ -380,7 +380,7 @@ class GemmaTextEncoder:
         # hidden_states = (embeddings, layer 0 out, ..., last layer out after the final norm)
         features = output.hidden_states[-2].float()
         features = torch.where(mask[..., None], features, 0.0)
-        return Conditioning(features, mask)
+        return Conditioning(features, mask, self.family)
 
 
 @dataclass(frozen=True)

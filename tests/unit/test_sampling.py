@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lumina_core.conditioning import Conditioning
+from lumina_core.conditioning import Conditioning, concat_conditionings
 from lumina_core.errors import InvalidInputError, SamplingError
 from lumina_core.sampling import (
     SCHEDULES,
@@ -700,3 +700,31 @@ def test_sample_input_errors(kwargs, match):
     options = {**SMALL, **kwargs}
     with pytest.raises(InvalidInputError, match=match):
         sample(FakeModel(), POS, NEG, **options)
+
+
+def tagged(family: str | None) -> Conditioning:
+    return Conditioning(torch.ones(1, 3, 8), torch.ones(1, 3, dtype=torch.bool), family)
+
+
+@pytest.mark.parametrize("role", ["positive", "negative"])
+def test_features_from_another_familys_encoder_name_both_families(role):
+    model = FakeModel()
+    model.family = "lumina_next"
+    pair = {"positive": tagged("lumina_next"), "negative": tagged("lumina_next"), role: tagged("lumina2")}
+    with pytest.raises(InvalidInputError) as err:
+        sample(model, pair["positive"], pair["negative"], width=16, height=16, steps=1)
+    message = str(err.value)
+    assert role in message and "Lumina-Next" in message and "Lumina-Image 2.0" in message and "Gemma-2-2B" in message
+
+
+def test_untagged_and_matching_features_pass_the_family_check():
+    model = FakeModel()
+    model.family = "lumina2"
+    sample(model, tagged(None), tagged("lumina2"), width=16, height=16, steps=1)
+
+
+def test_family_survives_batching_and_mixed_families_do_not_batch():
+    assert tagged("ltxv").repeat_to(2).padded_to(5).to("cpu").family == "ltxv"
+    assert concat_conditionings([tagged("ltxv"), tagged(None)]).family == "ltxv"
+    with pytest.raises(InvalidInputError, match="different models"):
+        concat_conditionings([tagged("ltxv"), tagged("lumina2")])

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import nodes
-from lumina_core import tiny
+from lumina_core import InvalidInputError, tiny
 from nodes import comfy_bridge
 from tests.workflows.graph import (
     CORE_NODES,
@@ -44,6 +44,13 @@ def model_dirs(tmp_path_factory):
     )
     gemma.rename(gemma.with_name("gemma_2_2b_fp16.safetensors"))
     tiny.write_vae(tiny.make_vae(0), "ae.safetensors", folders["lumina_vae"])
+    # Lumina-Next: Next-DiT, Gemma (v1) and the SDXL VAE.
+    next_dit = tiny.write_transformer(tiny.make_lumina_next(0), "original.safetensors", root)
+    next_dit.rename(folders["lumina_diffusion_models"] / "lumina_next_sft.safetensors")
+    gemma1 = tiny.write_text_encoder(tiny.make_gemma1(0), tiny.train_tokenizer(), "comfy.safetensors", root)
+    gemma1.rename(folders["lumina_text_encoders"] / "gemma_2b.safetensors")
+    sdxl = tiny.write_vae(tiny.make_vae(0, tiny.TINY_SDXL_VAE), "ae.safetensors", root)
+    sdxl.rename(folders["lumina_vae"] / "sdxl_vae.safetensors")
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("LUMINA_MODEL_DIRS", raising=False)
         yield root
@@ -58,7 +65,7 @@ def shrink(api: dict) -> dict:
 
 
 def test_workflows_are_shipped():
-    assert "lumina2_t2i.json" in [p.name for p in UI_FILES]
+    assert {"lumina2_t2i.json", "lumina_next_t2i.json"} <= {p.name for p in UI_FILES}
 
 
 @pytest.mark.parametrize("path", UI_FILES + API_FILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -126,8 +133,43 @@ def test_size_off_the_grid_fails_validation(model_dirs, tmp_path):
     assert not list(tmp_path.iterdir())  # validation runs before any node
 
 
+@pytest.mark.parametrize("encoder", ["gemma_2_2b_fp16.safetensors", "gemma_2b.safetensors"])
+def test_a_text_encoder_of_the_other_family_names_both(encoder, model_dirs, tmp_path):
+    """Gemma-2 features into Lumina-Next, or Gemma features into Lumina 2: one line naming both models."""
+    workflow = "lumina_next_t2i.json" if encoder.startswith("gemma_2_2b") else "lumina2_t2i.json"
+    api = shrink(load_api(ROOT / "api" / workflow))
+    next(n for n in api.values() if n["class_type"] == "LoadGemma")["inputs"]["file"] = encoder
+    with pytest.raises(InvalidInputError) as failure:
+        run_api_workflow(api, N, tmp_path)
+    message = str(failure.value)
+    assert "Lumina-Next" in message and "Lumina-Image 2.0" in message and "\n" not in message
+
+
 def test_save_image_counts_on_from_existing_files(tmp_path):
     (tmp_path / "x_00007_.png").touch()
     save = type("SaveImage", (CORE_NODES["SaveImage"],), {"output_dir": tmp_path})
     paths = save().save_images(torch.rand(2, 8, 8, 3), "x")["ui"]["images"]
     assert [p.name for p in paths] == ["x_00008_.png", "x_00009_.png"]
+
+
+def _render(workflow: str, sampler_inputs: dict, folder: Path) -> np.ndarray:
+    api = shrink(load_api(ROOT / "api" / workflow))
+    next(n for n in api.values() if n["class_type"] == "FlowSampler")["inputs"].update(sampler_inputs)
+    folder.mkdir()
+    outputs = run_api_workflow(api, N, folder)
+    with Image.open(next(p for ui in outputs.values() for p in ui["images"])) as image:
+        return np.asarray(image, dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    "option", [{"context_drop_ratio": 2}, {"rope_scaling": "none", "proportional_attention": False},
+               {"next_guide_first_3_channels": False}],
+    ids=lambda o: next(iter(o)),
+)  # fmt: skip
+def test_lumina_next_options_reach_lumina_next_and_lumina2_ignores_them(option, model_dirs, tmp_path):
+    # At 64x48, far below the 1024 px training size, proportional attention changes the softmax scale.
+    for workflow, should_change in (("lumina_next_t2i.json", True), ("lumina2_t2i.json", False)):
+        name = workflow.removesuffix(".json")
+        base = _render(workflow, {}, tmp_path / f"{name}_base")
+        changed = _render(workflow, option, tmp_path / f"{name}_changed")
+        assert (np.abs(base - changed).max() > 0) == should_change, workflow
