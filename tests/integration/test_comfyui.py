@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lumina_core import tiny
 from scripts import run_workflow as rw
+from tests.fixtures.workflow_models import WORKFLOW_FILES, write_workflow_models
 
 REPO = Path(__file__).resolve().parents[2]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
@@ -71,13 +71,7 @@ def write_models(root: Path) -> Path:
     models = root / "models"
     for sub in ("diffusion_models", "text_encoders", "vae", "checkpoints"):
         (models / sub).mkdir(parents=True)
-    scratch = root / "scratch"
-    scratch.mkdir()
-    written = tiny.write_transformer(tiny.make_transformer(0), "original.safetensors", scratch)
-    written.rename(models / "diffusion_models" / TRANSFORMER)
-    written = tiny.write_text_encoder(tiny.make_gemma(0), tiny.train_tokenizer(), "comfy.safetensors", scratch)
-    written.rename(models / "text_encoders" / TEXT_ENCODER)
-    tiny.write_vae(tiny.make_vae(0), "ae.safetensors", models / "vae")
+    write_workflow_models({sub: models / sub for sub in WORKFLOW_FILES})
     shutil.copy(models / "vae" / VAE, models / "checkpoints" / VAE_AS_CHECKPOINT)
     config = root / "extra_model_paths.yaml"
     folders = "".join(f"    {sub}: {sub}\n" for sub in ("diffusion_models", "text_encoders", "vae", "checkpoints"))

@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 import nodes
-from lumina_core import InvalidInputError, tiny
+from lumina_core import InvalidInputError
 from nodes import comfy_bridge
+from tests.fixtures.workflow_models import write_workflow_models
 from tests.workflows.graph import (
     CORE_NODES,
     WorkflowError,
@@ -37,20 +38,8 @@ def model_dirs(tmp_path_factory):
     for key, folder in folders.items():
         folder.mkdir()
         comfy_bridge.register_folder(key, folder)
-    dit = tiny.write_transformer(tiny.make_transformer(0), "original.safetensors", folders["lumina_diffusion_models"])
-    dit.rename(dit.with_name("lumina_2_model_bf16.safetensors"))
-    gemma = tiny.write_text_encoder(
-        tiny.make_gemma(0), tiny.train_tokenizer(), "comfy.safetensors", folders["lumina_text_encoders"]
-    )
-    gemma.rename(gemma.with_name("gemma_2_2b_fp16.safetensors"))
-    tiny.write_vae(tiny.make_vae(0), "ae.safetensors", folders["lumina_vae"])
-    # Lumina-Next: Next-DiT, Gemma (v1) and the SDXL VAE.
-    next_dit = tiny.write_transformer(tiny.make_lumina_next(0), "original.safetensors", root)
-    next_dit.rename(folders["lumina_diffusion_models"] / "lumina_next_sft.safetensors")
-    gemma1 = tiny.write_text_encoder(tiny.make_gemma1(0), tiny.train_tokenizer(), "comfy.safetensors", root)
-    gemma1.rename(folders["lumina_text_encoders"] / "gemma_2b.safetensors")
-    sdxl = tiny.write_vae(tiny.make_vae(0, tiny.TINY_SDXL_VAE), "ae.safetensors", root)
-    sdxl.rename(folders["lumina_vae"] / "sdxl_vae.safetensors")
+    write_workflow_models({"diffusion_models": folders["lumina_diffusion_models"],
+                           "text_encoders": folders["lumina_text_encoders"], "vae": folders["lumina_vae"]})  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("LUMINA_MODEL_DIRS", raising=False)
         yield root
