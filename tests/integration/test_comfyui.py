@@ -354,3 +354,12 @@ def test_view_serves_the_output(server):
     files = assert_success(server, run_graph(server, small_graph(seed=6)))
     with urllib.request.urlopen(rw.view_url(server.address, files[0]), timeout=30) as response:
         assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_text_encoder_of_another_family_fails_naming_both(server):
+    graph = shrink(rw.load_graph(REPO / "workflows" / "api" / "lumina_next_t2i.json"))
+    run = run_graph(server, rw.apply_overrides(graph, text_encoder=TEXT_ENCODER))
+    assert run.status == "error", run.status
+    print(f"{run.data['node_type']}: {run.data['exception_message']}")
+    assert run.data["node_type"] == "FlowSampler"
+    assert "Lumina-Next" in run.data["exception_message"] and "Lumina-Image 2.0" in run.data["exception_message"]
