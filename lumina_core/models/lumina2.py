@@ -18,11 +18,11 @@ from torch import nn
 
 from .. import latents
 from ..common.attention import attention
-from ..common.embeddings import timestep_embedding
 from ..common.norms import RMSNorm
 from ..common.rope import apply_rope, rope_angles, rope_cos_sin
 from ..conditioning import check_right_padded
 from ..errors import InvalidInputError
+from .nextdit import FinalLayer, SandwichBlock, TimestepEmbedder
 
 FAMILY = "lumina2"
 VAE_DOWNSCALE = 8  # the FLUX autoencoder's spatial factor
@@ -122,66 +122,15 @@ class Attention(nn.Module):
         return self.out(attention(q, k, v.unflatten(-1, (self.n_kv_heads, -1)), key_mask))
 
 
-class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x), no biases."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, dim, bias=False)
-        self.w3 = nn.Linear(dim, hidden, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(nn.functional.silu(self.w1(x)) * self.w3(x))
-
-
-class TransformerBlock(nn.Module):
-    """Sandwich-normed attention + FFN; with `modulated`, scaled by (1 + s) and gated by tanh(g) from t."""
+class TransformerBlock(SandwichBlock):
+    """A Next-DiT block over the joint sequence; refiners of the caption are not modulated."""
 
     def __init__(self, cfg: Lumina2Config, modulated: bool):
-        super().__init__()
+        super().__init__(cfg.dim, cfg.ffn_hidden, cfg.norm_eps, cfg.t_emb_dim if modulated else None)
         self.attention = Attention(cfg)
-        self.feed_forward = FeedForward(cfg.dim, cfg.ffn_hidden)
-        self.attention_norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attention_norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.ffn_norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.ffn_norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
-        if modulated:
-            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.t_emb_dim, 4 * cfg.dim))
 
     def forward(self, x, rope, key_mask, t_emb=None):
-        if t_emb is None:
-            x = x + self.attention_norm2(self.attention(self.attention_norm1(x), rope, key_mask))
-            return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
-        scale_attn, gate_attn, scale_ffn, gate_ffn = self.adaLN_modulation(t_emb)[:, None].chunk(4, dim=-1)
-        attn_out = self.attention(self.attention_norm1(x) * (1 + scale_attn), rope, key_mask)
-        x = x + gate_attn.tanh() * self.attention_norm2(attn_out)
-        ffn_out = self.feed_forward(self.ffn_norm1(x) * (1 + scale_ffn))
-        return x + gate_ffn.tanh() * self.ffn_norm2(ffn_out)
-
-
-class TimestepEmbedder(nn.Module):
-    def __init__(self, out_dim: int, frequency_dim: int = 256):
-        super().__init__()
-        self.frequency_dim = frequency_dim
-        self.mlp = nn.Sequential(nn.Linear(frequency_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.frequency_dim).to(self.mlp[0].weight.dtype))
-
-
-class FinalLayer(nn.Module):
-    """LayerNorm without affine, scaled by (1 + s(t)), then projected back to patches."""
-
-    def __init__(self, cfg: Lumina2Config):
-        super().__init__()
-        self.norm_final = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(cfg.dim, cfg.patch_size**2 * cfg.in_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.t_emb_dim, cfg.dim))
-
-    def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
-        scale = self.adaLN_modulation(t_emb)[:, None]
-        return self.linear(self.norm_final(x) * (1 + scale))
+        return self.run(x, t_emb, lambda h: self.attention(h, rope, key_mask))
 
 
 class Lumina2Transformer(nn.Module):
@@ -205,7 +154,7 @@ class Lumina2Transformer(nn.Module):
         self.context_refiner = nn.ModuleList(TransformerBlock(cfg, False) for _ in range(cfg.n_refiner_layers))
         self.noise_refiner = nn.ModuleList(TransformerBlock(cfg, True) for _ in range(cfg.n_refiner_layers))
         self.layers = nn.ModuleList(TransformerBlock(cfg, True) for _ in range(cfg.n_layers))
-        self.final_layer = FinalLayer(cfg)
+        self.final_layer = FinalLayer(cfg.dim, cfg.patch_size**2 * cfg.in_channels, cfg.t_emb_dim)
 
     @property
     def dtype(self) -> torch.dtype:

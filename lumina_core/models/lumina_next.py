@@ -54,11 +54,11 @@ from torch import nn
 
 from .. import latents
 from ..common.attention import attention
-from ..common.embeddings import timestep_embedding
 from ..common.norms import RMSNorm
 from ..common.rope import apply_rope, rope_angles, rope_cos_sin
 from ..conditioning import check_right_padded
 from ..errors import InvalidInputError
+from .nextdit import FinalLayer, SandwichBlock, TimestepEmbedder
 
 FAMILY = "lumina_next"
 VAE_DOWNSCALE = 8  # the SDXL autoencoder's spatial factor
@@ -219,63 +219,17 @@ class Attention(nn.Module):
         return self.wo(image_out + gated.flatten(-2))
 
 
-class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x), no biases."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, dim, bias=False)
-        self.w3 = nn.Linear(dim, hidden, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-
-class TransformerBlock(nn.Module):
-    """Sandwich-normed attention + FFN, each input scaled by (1 + s) and output gated by tanh(g) from c."""
+class TransformerBlock(SandwichBlock):
+    """A Next-DiT block whose attention also reads the (normed) caption; modulated by c = t + pooled caption."""
 
     def __init__(self, cfg: LuminaNextConfig):
-        super().__init__()
+        super().__init__(cfg.dim, cfg.ffn_hidden, cfg.norm_eps, cfg.t_emb_dim)
         self.attention = Attention(cfg)
-        self.feed_forward = FeedForward(cfg.dim, cfg.ffn_hidden)
-        self.attention_norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attention_norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.ffn_norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.ffn_norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attention_y_norm = RMSNorm(cfg.cap_feat_dim, cfg.norm_eps)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.t_emb_dim, 4 * cfg.dim))
 
     def forward(self, x, caption, caption_mask, cond, **attention_args):
-        scale_attn, gate_attn, scale_ffn, gate_ffn = self.adaLN_modulation(cond)[:, None].chunk(4, dim=-1)
-        attn_in = self.attention_norm1(x) * (1 + scale_attn)
-        attn_out = self.attention(attn_in, self.attention_y_norm(caption), caption_mask, **attention_args)
-        x = x + gate_attn.tanh() * self.attention_norm2(attn_out)
-        ffn_out = self.feed_forward(self.ffn_norm1(x) * (1 + scale_ffn))
-        return x + gate_ffn.tanh() * self.ffn_norm2(ffn_out)
-
-
-class TimestepEmbedder(nn.Module):
-    def __init__(self, out_dim: int, frequency_dim: int = 256):
-        super().__init__()
-        self.frequency_dim = frequency_dim
-        self.mlp = nn.Sequential(nn.Linear(frequency_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.frequency_dim).to(self.mlp[0].weight.dtype))
-
-
-class FinalLayer(nn.Module):
-    """LayerNorm without affine, scaled by (1 + s(c)), then projected back to patches."""
-
-    def __init__(self, cfg: LuminaNextConfig):
-        super().__init__()
-        self.norm_final = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(cfg.dim, cfg.patch_size**2 * cfg.out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.t_emb_dim, cfg.dim))
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.norm_final(x) * (1 + self.adaLN_modulation(cond)[:, None]))
+        caption = self.attention_y_norm(caption)
+        return self.run(x, cond, lambda h: self.attention(h, caption, caption_mask, **attention_args))
 
 
 class LuminaNextTransformer(nn.Module):
@@ -303,7 +257,7 @@ class LuminaNextTransformer(nn.Module):
             nn.LayerNorm(cfg.cap_feat_dim, eps=1e-5), nn.Linear(cfg.cap_feat_dim, cfg.t_emb_dim)
         )
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
-        self.final_layer = FinalLayer(cfg)
+        self.final_layer = FinalLayer(cfg.dim, cfg.patch_size**2 * cfg.out_channels, cfg.t_emb_dim)
 
     @property
     def dtype(self) -> torch.dtype:

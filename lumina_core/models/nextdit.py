@@ -1,0 +1,87 @@
+"""Next-DiT building blocks shared by Lumina-Next and Lumina-Image 2.0.
+
+Both families descend from Alpha-VLLM's Next-DiT and keep its block: sandwich RMS norms around attention and
+a SwiGLU feed-forward, each branch input scaled by (1 + s) and its output gated by tanh(g), with s and g from
+an adaLN projection of the conditioning vector. They differ in what the attention sees (Lumina 2: a joint
+caption + image sequence; Lumina-Next: image tokens plus a gated cross-attention to the caption), so each
+family passes its own attention call to `SandwichBlock.run`. Attribute names equal the original checkpoint
+key segments of both families.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..common.embeddings import timestep_embedding
+from ..common.norms import RMSNorm
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x), no biases."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class SandwichBlock(nn.Module):
+    """Sandwich-normed attention + FFN; with a conditioning width, scaled by (1 + s) and gated by tanh(g).
+
+    Subclasses create `self.attention` and call `run` with a function applying it to the normed tokens.
+    """
+
+    def __init__(self, dim: int, ffn_hidden: int, norm_eps: float, cond_dim: int | None):
+        super().__init__()
+        self.feed_forward = FeedForward(dim, ffn_hidden)
+        self.attention_norm1 = RMSNorm(dim, norm_eps)
+        self.attention_norm2 = RMSNorm(dim, norm_eps)
+        self.ffn_norm1 = RMSNorm(dim, norm_eps)
+        self.ffn_norm2 = RMSNorm(dim, norm_eps)
+        if cond_dim is not None:
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 4 * dim))
+
+    def run(
+        self, x: torch.Tensor, cond: torch.Tensor | None, attend: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """x (B, N, D); cond (B, cond_dim), or None for an unmodulated block."""
+        if cond is None:
+            x = x + self.attention_norm2(attend(self.attention_norm1(x)))
+            return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
+        scale_attn, gate_attn, scale_ffn, gate_ffn = self.adaLN_modulation(cond)[:, None].chunk(4, dim=-1)
+        x = x + gate_attn.tanh() * self.attention_norm2(attend(self.attention_norm1(x) * (1 + scale_attn)))
+        ffn_out = self.feed_forward(self.ffn_norm1(x) * (1 + scale_ffn))
+        return x + gate_ffn.tanh() * self.ffn_norm2(ffn_out)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of t (256 wide) through a two-layer SiLU MLP."""
+
+    def __init__(self, out_dim: int, frequency_dim: int = 256):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.frequency_dim).to(self.mlp[0].weight.dtype))
+
+
+class FinalLayer(nn.Module):
+    """LayerNorm without affine, scaled by (1 + s(cond)), then projected to patch features."""
+
+    def __init__(self, dim: int, out_features: int, cond_dim: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, out_features)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, dim))
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm_final(x) * (1 + self.adaLN_modulation(cond)[:, None]))
