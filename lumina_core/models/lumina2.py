@@ -20,9 +20,8 @@ from .. import latents
 from ..common.attention import attention
 from ..common.norms import RMSNorm
 from ..common.rope import apply_rope, rope_angles, rope_cos_sin
-from ..conditioning import check_right_padded
 from ..errors import InvalidInputError
-from .nextdit import FinalLayer, SandwichBlock, TimestepEmbedder
+from .nextdit import FinalLayer, SandwichBlock, TimestepEmbedder, check_inputs, patchify, unpatchify
 
 FAMILY = "lumina2"
 VAE_DOWNSCALE = 8  # the FLUX autoencoder's spatial factor
@@ -180,7 +179,8 @@ class Lumina2Transformer(nn.Module):
 
     def predict_flow(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor):
         """The network in Lumina time: t (B,) in [0, 1] with 0 = noise; returns data - noise, shaped like x."""
-        self._check_inputs(x, t, context, context_mask)
+        cfg = self.config
+        check_inputs("Lumina-Image 2.0", cfg, x, t, context, context_mask, self._features_message)
         dtype = self.dtype
         context, context_mask = context.to(x.device), context_mask.to(x.device)
         cap_lens = context_mask.sum(dim=1)
@@ -191,8 +191,8 @@ class Lumina2Transformer(nn.Module):
 
         t_emb = self.t_embedder(t.to(x.device))
         caption = self.cap_embedder(context.to(dtype))  # (B, L, D)
-        image = self.x_embedder(self._patchify(x.to(dtype)))  # (B, N, D)
-        height, width = x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size
+        image = self.x_embedder(patchify(x.to(dtype), cfg.patch_size, channels_last=True))  # (B, N, D)
+        height, width = x.shape[-2] // cfg.patch_size, x.shape[-1] // cfg.patch_size
 
         # The joint sequence is [caption padded to L ; image] for every sample. Attention only sees
         # positions through RoPE, so this equals the original's per-sample [caption_b ; image] packing
@@ -210,7 +210,7 @@ class Lumina2Transformer(nn.Module):
         for block in self.layers:
             joint = block(joint, (cos, sin), joint_mask, t_emb)
         out = self.final_layer(joint[:, longest:], t_emb)
-        return self._unpatchify(out, height, width).to(x.dtype)
+        return unpatchify(out, height, width, cfg.patch_size).to(x.dtype)
 
     def _positions(self, cap_lens: torch.Tensor, longest: int, height: int, width: int) -> torch.Tensor:
         """(B, longest + height*width, 3) ids: caption token i -> (i, 0, 0); patch (r, c) -> (L_b, r, c)."""
@@ -224,39 +224,11 @@ class Lumina2Transformer(nn.Module):
         image[..., 0] = cap_lens[:, None]
         return torch.cat([caption, image], dim=1)
 
-    def _patchify(self, x: torch.Tensor) -> torch.Tensor:
-        # (B, C, H, W) -> (B, H/p * W/p, p*p*C): feature order (patch row, patch col, channel).
-        p = self.config.patch_size
-        x = x.unflatten(2, (-1, p)).unflatten(4, (-1, p))  # (B, C, h, p, w, p)
-        return x.permute(0, 2, 4, 3, 5, 1).flatten(3).flatten(1, 2)
-
-    def _unpatchify(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        # (B, h*w, p*p*C) -> (B, C, h*p, w*p)
-        p = self.config.patch_size
-        x = x.unflatten(1, (height, width)).unflatten(-1, (p, p, -1))  # (B, h, w, p, p, C)
-        return x.permute(0, 5, 1, 3, 2, 4).flatten(4).flatten(2, 3)
-
-    def _check_inputs(self, x, t, context, context_mask) -> None:
-        cfg = self.config
-        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
-            raise InvalidInputError(
-                f"Lumina-Image 2.0 expects a latent (B, {cfg.in_channels}, H, W); got {tuple(x.shape)}."
-            )
-        if x.shape[-2] % cfg.patch_size or x.shape[-1] % cfg.patch_size:
-            raise InvalidInputError(
-                f"latent height and width must be multiples of {cfg.patch_size}; got {tuple(x.shape)}."
-            )
-        if context.ndim != 3 or context.shape[-1] != cfg.cap_feat_dim:
-            raise InvalidInputError(
-                f"this Lumina-Image 2.0 model expects text features of width {cfg.cap_feat_dim} (Gemma-2-2B); got "
-                f"{tuple(context.shape)}{_foreign_width(context)}: is the text encoder the one made for this model?"
-            )
-        if context.shape[0] != x.shape[0] or context_mask.shape != context.shape[:2] or t.shape != (x.shape[0],):
-            raise InvalidInputError(
-                f"batch mismatch: latent {tuple(x.shape)}, time {tuple(t.shape)}, text {tuple(context.shape)}, "
-                f"mask {tuple(context_mask.shape)}."
-            )
-        check_right_padded(context_mask)
+    def _features_message(self, context: torch.Tensor) -> str:
+        return (
+            f"this Lumina-Image 2.0 model expects text features of width {self.config.cap_feat_dim} (Gemma-2-2B); got "
+            f"{tuple(context.shape)}{_foreign_width(context)}: is the text encoder the one made for this model?"
+        )
 
 
 def _foreign_width(context: torch.Tensor) -> str:

@@ -56,9 +56,8 @@ from .. import latents
 from ..common.attention import attention
 from ..common.norms import RMSNorm
 from ..common.rope import apply_rope, rope_angles, rope_cos_sin
-from ..conditioning import check_right_padded
 from ..errors import InvalidInputError
-from .nextdit import FinalLayer, SandwichBlock, TimestepEmbedder
+from .nextdit import FinalLayer, SandwichBlock, TimestepEmbedder, check_inputs, patchify, unpatchify
 
 FAMILY = "lumina_next"
 VAE_DOWNSCALE = 8  # the SDXL autoencoder's spatial factor
@@ -300,7 +299,7 @@ class LuminaNextTransformer(nn.Module):
     ) -> torch.Tensor:
         """The network in Lumina time: t (B,) in [0, 1] with 0 = noise; returns data - noise, shaped like x."""
         cfg = self.config
-        self._check_inputs(x, t, context, context_mask)
+        check_inputs("Lumina-Next", cfg, x, t, context, context_mask, self._features_message)
         if base_resolution is None:
             base_resolution = cfg.sample_size * VAE_DOWNSCALE
         _check_options(rope_scaling, rope_scale, base_resolution, context_drop_ratio, cfg.patch_size)
@@ -341,51 +340,23 @@ class LuminaNextTransformer(nn.Module):
         if proportional_attention:
             scale = math.sqrt(math.log(n_tokens) / math.log(trained_tokens) / cfg.head_dim)
 
-        image = self.x_embedder(self._patchify(x.to(dtype)))  # (B, N, D)
+        image = self.x_embedder(patchify(x.to(dtype), cfg.patch_size, channels_last=False))  # (B, N, D)
         for block in self.layers:
             image = block(image, context, caption_mask, cond, rope=rope, key_rope=key_rope, scale=scale, merge=merge)
-        out = self._unpatchify(self.final_layer(image, cond), height, width)
+        out = unpatchify(self.final_layer(image, cond), height, width, cfg.patch_size)
         return out[:, : cfg.in_channels].to(x.dtype)  # learn-sigma: the second half is the unused variance
 
-    def _patchify(self, x: torch.Tensor) -> torch.Tensor:
-        # (B, C, H, W) -> (B, H/p * W/p, C*p*p): feature order (channel, patch row, patch col).
-        p = self.config.patch_size
-        x = x.unflatten(2, (-1, p)).unflatten(4, (-1, p))  # (B, C, h, p, w, p)
-        return x.permute(0, 2, 4, 1, 3, 5).flatten(3).flatten(1, 2)
-
-    def _unpatchify(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        # (B, h*w, p*p*C_out) -> (B, C_out, h*p, w*p): the output features are ordered (patch row, patch
-        # col, channel), not like the input's (lumina_next.md §3.3).
-        p = self.config.patch_size
-        x = x.unflatten(1, (height, width)).unflatten(-1, (p, p, -1))  # (B, h, w, p, p, C)
-        return x.permute(0, 5, 1, 3, 2, 4).flatten(4).flatten(2, 3)
-
-    def _check_inputs(self, x, t, context, context_mask) -> None:
+    def _features_message(self, context: torch.Tensor) -> str:
         cfg = self.config
-        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
-            raise InvalidInputError(
-                f"Lumina-Next expects a latent (B, {cfg.in_channels}, H, W) from the SDXL VAE; got {tuple(x.shape)}."
-            )
-        if x.shape[-2] % cfg.patch_size or x.shape[-1] % cfg.patch_size:
-            raise InvalidInputError(
-                f"latent height and width must be multiples of {cfg.patch_size}; got {tuple(x.shape)}."
-            )
-        if context.ndim != 3 or context.shape[-1] != cfg.cap_feat_dim:
-            found = {
-                GEMMA2_WIDTH: ", the width of Gemma-2-2B features, which Lumina-Image 2.0 uses",
-                GEMMA_WIDTH: ", the width of Gemma-2B (Gemma 1) features, which the released Lumina-Next uses",
-            }.get(context.shape[-1] if context.ndim == 3 else None, "")
-            raise InvalidInputError(
-                f"this Lumina-Next model expects text features of width {cfg.cap_feat_dim} (Gemma-2B, Gemma 1 for "
-                f"the released model; Lumina-Image 2.0 uses Gemma-2-2B, width {GEMMA2_WIDTH}); got "
-                f"{tuple(context.shape)}{found}. Encode the prompt with the text encoder made for this model."
-            )
-        if context.shape[0] != x.shape[0] or context_mask.shape != context.shape[:2] or t.shape != (x.shape[0],):
-            raise InvalidInputError(
-                f"batch mismatch: latent {tuple(x.shape)}, time {tuple(t.shape)}, text {tuple(context.shape)}, "
-                f"mask {tuple(context_mask.shape)}."
-            )
-        check_right_padded(context_mask)
+        found = {
+            GEMMA2_WIDTH: ", the width of Gemma-2-2B features, which Lumina-Image 2.0 uses",
+            GEMMA_WIDTH: ", the width of Gemma-2B (Gemma 1) features, which the released Lumina-Next uses",
+        }.get(context.shape[-1] if context.ndim == 3 else None, "")
+        return (
+            f"this Lumina-Next model expects text features of width {cfg.cap_feat_dim} (Gemma-2B, Gemma 1 for "
+            f"the released model; Lumina-Image 2.0 uses Gemma-2-2B, width {GEMMA2_WIDTH}); got "
+            f"{tuple(context.shape)}{found}. Encode the prompt with the text encoder made for this model."
+        )
 
 
 def _check_options(rope_scaling, rope_scale, base_resolution, context_drop_ratio, patch_size) -> None:

@@ -18,6 +18,8 @@ from torch import nn
 
 from ..common.embeddings import timestep_embedding
 from ..common.norms import RMSNorm
+from ..conditioning import check_right_padded
+from ..errors import InvalidInputError
 
 
 class FeedForward(nn.Module):
@@ -85,3 +87,42 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.linear(self.norm_final(x) * (1 + self.adaLN_modulation(cond)[:, None]))
+
+
+def patchify(x: torch.Tensor, patch: int, channels_last: bool) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/p * W/p, C*p*p) tokens in row-major order.
+
+    The feature order within a token is (patch row, patch col, channel) with channels_last (Lumina 2), else
+    (channel, patch row, patch col) (Lumina-Next).
+    """
+    x = x.unflatten(2, (-1, patch)).unflatten(4, (-1, patch))  # (B, C, h, p, w, p)
+    order = (0, 2, 4, 3, 5, 1) if channels_last else (0, 2, 4, 1, 3, 5)
+    return x.permute(*order).flatten(3).flatten(1, 2)
+
+
+def unpatchify(x: torch.Tensor, height: int, width: int, patch: int) -> torch.Tensor:
+    """(B, h*w, p*p*C) with features ordered (patch row, patch col, channel) -> (B, C, h*p, w*p).
+
+    Both families order their output features this way, whatever their input order.
+    """
+    x = x.unflatten(1, (height, width)).unflatten(-1, (patch, patch, -1))  # (B, h, w, p, p, C)
+    return x.permute(0, 5, 1, 3, 2, 4).flatten(4).flatten(2, 3)
+
+
+def check_inputs(
+    model_name: str, cfg, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
+    features_message: Callable[[torch.Tensor], str],
+) -> None:  # fmt: skip
+    """Raise InvalidInputError for inputs a Next-DiT cannot take; features_message words a wrong text width."""
+    if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+        raise InvalidInputError(f"{model_name} expects a latent (B, {cfg.in_channels}, H, W); got {tuple(x.shape)}.")
+    if x.shape[-2] % cfg.patch_size or x.shape[-1] % cfg.patch_size:
+        raise InvalidInputError(f"latent height and width must be multiples of {cfg.patch_size}; got {tuple(x.shape)}.")
+    if context.ndim != 3 or context.shape[-1] != cfg.cap_feat_dim:
+        raise InvalidInputError(features_message(context))
+    if context.shape[0] != x.shape[0] or context_mask.shape != context.shape[:2] or t.shape != (x.shape[0],):
+        raise InvalidInputError(
+            f"batch mismatch: latent {tuple(x.shape)}, time {tuple(t.shape)}, text {tuple(context.shape)}, "
+            f"mask {tuple(context_mask.shape)}."
+        )
+    check_right_padded(context_mask)
