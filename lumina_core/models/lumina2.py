@@ -20,11 +20,17 @@ from .. import latents
 from ..common.attention import attention
 from ..common.norms import RMSNorm
 from ..common.rope import apply_rope, rope_angles, rope_cos_sin
-from ..errors import InvalidInputError
-from .nextdit import FinalLayer, SandwichBlock, TimestepEmbedder, check_inputs, patchify, unpatchify
+from .nextdit import (
+    FinalLayer,
+    NextDiT,
+    SandwichBlock,
+    TimestepEmbedder,
+    check_inputs,
+    patchify,
+    unpatchify,
+)
 
 FAMILY = "lumina2"
-VAE_DOWNSCALE = 8  # the FLUX autoencoder's spatial factor
 
 # Present in original and ComfyUI files but never used by the forward pass (diffusers drops it too).
 UNUSED_KEYS = frozenset({"norm_final.weight"})
@@ -132,7 +138,7 @@ class TransformerBlock(SandwichBlock):
         return self.run(x, t_emb, lambda h: self.attention(h, rope, key_mask))
 
 
-class Lumina2Transformer(nn.Module):
+class Lumina2Transformer(NextDiT):
     """The Lumina-Image 2.0 Next-DiT.
 
     Call: model(x, sigma, context, context_mask) -> velocity, with x (B, C, H, W) the normalised FLUX
@@ -141,6 +147,7 @@ class Lumina2Transformer(nn.Module):
     """
 
     family = FAMILY
+    model_name = "Lumina-Image 2.0"
     # The model works in the normalised FLUX VAE latent: z_model = (z_vae - shift) * scale (lumina2.md §6).
     latent_scale, latent_shift = latents.FLUX
 
@@ -154,25 +161,6 @@ class Lumina2Transformer(nn.Module):
         self.noise_refiner = nn.ModuleList(TransformerBlock(cfg, True) for _ in range(cfg.n_refiner_layers))
         self.layers = nn.ModuleList(TransformerBlock(cfg, True) for _ in range(cfg.n_layers))
         self.final_layer = FinalLayer(cfg.dim, cfg.patch_size**2 * cfg.in_channels, cfg.t_emb_dim)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.x_embedder.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.x_embedder.weight.device
-
-    def latent_shape(self, batch_size: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """Latent shape for an image of height x width pixels; both must be multiples of 16."""
-        multiple = VAE_DOWNSCALE * self.config.patch_size
-        for name, size in (("width", width), ("height", height)):
-            if size < multiple or size % multiple:
-                raise InvalidInputError(
-                    f"{name} {size} is not allowed: Lumina-Image 2.0 needs sizes that are positive multiples of "
-                    f"{multiple} (8x VAE downscale x patch {self.config.patch_size}); try {_nearest(size, multiple)}."
-                )
-        return (batch_size, self.config.in_channels, height // VAE_DOWNSCALE, width // VAE_DOWNSCALE)
 
     def forward(self, x, sigma, context, context_mask):
         return -self.predict_flow(x, 1 - sigma, context, context_mask)
@@ -236,7 +224,3 @@ def _foreign_width(context: torch.Tensor) -> str:
     if context.ndim == 3 and context.shape[-1] == 2048:
         return ", the width of Gemma-2B (Gemma 1) features, which Lumina-Next uses"
     return ""
-
-
-def _nearest(size: int, multiple: int) -> int:
-    return max(multiple, round(size / multiple) * multiple)

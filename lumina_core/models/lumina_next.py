@@ -57,10 +57,18 @@ from ..common.attention import attention
 from ..common.norms import RMSNorm
 from ..common.rope import apply_rope, rope_angles, rope_cos_sin
 from ..errors import InvalidInputError
-from .nextdit import FinalLayer, SandwichBlock, TimestepEmbedder, check_inputs, patchify, unpatchify
+from .nextdit import (
+    VAE_DOWNSCALE,
+    FinalLayer,
+    NextDiT,
+    SandwichBlock,
+    TimestepEmbedder,
+    check_inputs,
+    patchify,
+    unpatchify,
+)
 
 FAMILY = "lumina_next"
-VAE_DOWNSCALE = 8  # the SDXL autoencoder's spatial factor
 GEMMA_WIDTH, GEMMA2_WIDTH = 2048, 2304  # Gemma-2B (Lumina-Next) and Gemma-2-2B (Lumina-Image 2.0) features
 MAX_EXTRAPOLATION = 4  # image tokens over the training count before a warning (the paper goes to 4x)
 ROPE_SCALINGS = ("time_aware", "linear", "ntk", None)
@@ -231,7 +239,7 @@ class TransformerBlock(SandwichBlock):
         return self.run(x, cond, lambda h: self.attention(h, caption, caption_mask, **attention_args))
 
 
-class LuminaNextTransformer(nn.Module):
+class LuminaNextTransformer(NextDiT):
     """The Lumina-Next Next-DiT.
 
     Call: model(x, sigma, context, context_mask, **options) -> velocity, with x (B, in_channels, H, W) the
@@ -242,6 +250,7 @@ class LuminaNextTransformer(nn.Module):
     """
 
     family = FAMILY
+    model_name = "Lumina-Next"
     # Guidance touches only the first 3 of the 4 latent channels, as the reference sampler does (lumina_next.md §7).
     cfg_channels = 3
     # The model works in the scaled SDXL VAE latent: z_model = z_vae * 0.13025 (lumina_next.md §6).
@@ -257,25 +266,6 @@ class LuminaNextTransformer(nn.Module):
         )
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.final_layer = FinalLayer(cfg.dim, cfg.patch_size**2 * cfg.out_channels, cfg.t_emb_dim)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.x_embedder.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.x_embedder.weight.device
-
-    def latent_shape(self, batch_size: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """Latent shape for an image of height x width pixels; both must be multiples of 16."""
-        multiple = VAE_DOWNSCALE * self.config.patch_size
-        for name, size in (("width", width), ("height", height)):
-            if size < multiple or size % multiple:
-                raise InvalidInputError(
-                    f"{name} {size} is not allowed: Lumina-Next needs sizes that are positive multiples of "
-                    f"{multiple} (8x VAE downscale x patch {self.config.patch_size}); try {_nearest(size, multiple)}."
-                )
-        return (batch_size, self.config.in_channels, height // VAE_DOWNSCALE, width // VAE_DOWNSCALE)
 
     def forward(
         self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor, **options
@@ -390,7 +380,3 @@ def _rope_factors(rope_scaling: str | None, scale: float, t0: float, watershed: 
 
 def _to(cos_sin: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return cos_sin[0].to(device), cos_sin[1].to(device)
-
-
-def _nearest(size: int, multiple: int) -> int:
-    return max(multiple, round(size / multiple) * multiple)

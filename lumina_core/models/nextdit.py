@@ -21,6 +21,37 @@ from ..common.norms import RMSNorm
 from ..conditioning import check_right_padded
 from ..errors import InvalidInputError
 
+VAE_DOWNSCALE = 8  # both families' autoencoders (FLUX for Lumina 2, SDXL for Lumina-Next) downscale by 8
+
+
+class NextDiT(nn.Module):
+    """What both Lumina transformers expose besides their forward: dtype, device and the size rule.
+
+    Subclasses set `model_name` and `self.config` (with patch_size and in_channels) and create `x_embedder`.
+    """
+
+    model_name = ""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x_embedder.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_embedder.weight.device
+
+    def latent_shape(self, batch_size: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """Latent shape for an image of height x width pixels; both must be multiples of 16."""
+        multiple = VAE_DOWNSCALE * self.config.patch_size
+        for name, size in (("width", width), ("height", height)):
+            if size < multiple or size % multiple:
+                nearest = max(multiple, round(size / multiple) * multiple)
+                raise InvalidInputError(
+                    f"{name} {size} is not allowed: {self.model_name} needs sizes that are positive multiples of "
+                    f"{multiple} (8x VAE downscale x patch {self.config.patch_size}); try {nearest}."
+                )
+        return (batch_size, self.config.in_channels, height // VAE_DOWNSCALE, width // VAE_DOWNSCALE)
+
 
 class FeedForward(nn.Module):
     """SwiGLU: w2(silu(w1 x) * w3 x), no biases."""
