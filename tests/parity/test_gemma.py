@@ -20,6 +20,7 @@ from lumina_core.errors import CheckpointError, InvalidInputError, UnsupportedMo
 from lumina_core.text import GEMMA2_CONFIG_METADATA_KEY, GemmaTextEncoder, format_prompt, load_text_encoder
 from lumina_core.text.gemma import config_from_shapes
 from lumina_core.tiny import gemma_tensors, make_gemma, spm_tensor, train_tokenizer
+from tests.fixtures.metrics import masked_max_relative_error
 from tests.fixtures.tiny_gemma import (
     GEMMA2_NORMS,
     LAYOUTS,
@@ -73,10 +74,6 @@ def reference(tiny: Tiny, texts: list[str], max_length: int = 256, layer: int = 
     return batch["input_ids"], batch["attention_mask"].bool(), output.hidden_states[layer]
 
 
-def relative_error(ours: torch.Tensor, theirs: torch.Tensor, mask: torch.Tensor) -> float:
-    return ((ours - theirs)[mask].abs().max() / theirs[mask].abs().max()).item()
-
-
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_layout_loads_bit_identical_parameters(tiny, encoders, layout):
     loaded = encoders[layout].model.state_dict()
@@ -96,7 +93,7 @@ def test_encode_matches_transformers_eager(tiny, encoders, layout):
     assert torch.equal(encoders[layout].tokenize(texts)[0], ids)
     assert torch.equal(conditioning.mask, mask)
     assert conditioning.embeds.dtype == torch.float32
-    assert relative_error(conditioning.embeds, expected, mask) < TOLERANCE
+    assert masked_max_relative_error(conditioning.embeds, expected, mask) < TOLERANCE
     assert not conditioning.embeds[~mask].any()  # padding is zero, not the reference's padded-row values
 
 
@@ -120,7 +117,7 @@ def test_truncation_at_max_length(tiny, encoders):
     conditioning = encoders["hf_folder"].encode(PROMPTS, system_prompt="real", max_length=9)
     assert ids.shape == conditioning.mask.shape == (3, 9)
     assert conditioning.mask.all()
-    assert relative_error(conditioning.embeds, expected, mask) < TOLERANCE
+    assert masked_max_relative_error(conditioning.embeds, expected, mask) < TOLERANCE
 
 
 def test_a_prompt_gets_the_same_features_alone_and_in_a_mixed_batch(encoders):
@@ -129,7 +126,7 @@ def test_a_prompt_gets_the_same_features_alone_and_in_a_mixed_batch(encoders):
     alone = encoder.encode(PROMPTS[0])
     length = alone.mask.shape[1]
     assert length < batch.mask.shape[1]
-    assert relative_error(batch.embeds[:1, :length], alone.embeds, alone.mask) < TOLERANCE
+    assert masked_max_relative_error(batch.embeds[:1, :length], alone.embeds, alone.mask) < TOLERANCE
 
 
 @pytest.mark.parametrize("wrong", ["last hidden state", "third-to-last layer", "no BOS"])
@@ -143,13 +140,13 @@ def test_the_comparison_can_fail(tiny, encoders, wrong):
         ours, mask = ours[:, 1:], mask[:, 1:]  # the same tokens, without BOS before them
     else:
         _, mask, expected = reference(tiny, texts, layer=-1 if wrong == "last hidden state" else -3)
-    assert relative_error(ours, expected, mask) > 1000 * TOLERANCE
+    assert masked_max_relative_error(ours, expected, mask) > 1000 * TOLERANCE
 
 
 def test_bf16_file_stays_close_to_the_fp32_reference(tiny, encoders):
     texts = [format_prompt(p, "real") for p in PROMPTS]
     _, mask, expected = reference(tiny, texts)
-    assert relative_error(encoders["comfy_bf16.safetensors"].encode(PROMPTS).embeds, expected, mask) < 5e-2
+    assert masked_max_relative_error(encoders["comfy_bf16.safetensors"].encode(PROMPTS).embeds, expected, mask) < 5e-2
 
 
 def test_negative_rule(encoders):

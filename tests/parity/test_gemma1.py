@@ -31,6 +31,7 @@ from lumina_core.text import (
 )
 from lumina_core.text.gemma import config_from_shapes, detect_variant
 from lumina_core.tiny import TOKENIZER_CORPUS, gemma_tensors, make_gemma, make_gemma1, spm_tensor, train_tokenizer
+from tests.fixtures.metrics import masked_max_relative_error
 from tests.fixtures.tiny_gemma import (
     GEMMA1_NORMS,
     GEMMA2_NORMS,
@@ -82,10 +83,6 @@ def reference(tiny: Tiny, texts: list[str], max_length: int = 256, layer: int = 
     return batch["input_ids"], batch["attention_mask"].bool(), output.hidden_states[layer]
 
 
-def relative_error(ours: torch.Tensor, theirs: torch.Tensor, mask: torch.Tensor) -> float:
-    return ((ours - theirs)[mask].abs().max() / theirs[mask].abs().max()).item()
-
-
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_layout_loads_as_gemma_for_lumina_next(tiny, encoders, layout):
     encoder = encoders[layout]
@@ -105,7 +102,7 @@ def test_encode_matches_transformers_eager(tiny, encoders, layout):
     assert ids.shape[1] % 8 == 0 and len(set(mask.sum(1).tolist())) == len(PROMPTS)
     assert torch.equal(conditioning.mask, mask)
     assert conditioning.embeds.dtype == torch.float32
-    assert relative_error(conditioning.embeds, expected, mask) < TOLERANCE
+    assert masked_max_relative_error(conditioning.embeds, expected, mask) < TOLERANCE
     assert not conditioning.embeds[~mask].any()
 
 
@@ -121,7 +118,7 @@ def test_truncation_at_max_length(tiny, encoders):
     ids, mask, expected = reference(tiny, PROMPTS, max_length=16)
     conditioning = encoders["hf_folder"].encode(PROMPTS, max_length=16)
     assert torch.equal(conditioning.mask, mask) and mask.shape == (3, 16) and mask[1:].all()
-    assert relative_error(conditioning.embeds, expected, mask) < TOLERANCE
+    assert masked_max_relative_error(conditioning.embeds, expected, mask) < TOLERANCE
 
 
 def test_a_prompt_gets_the_same_features_alone_and_in_a_mixed_batch(encoders):
@@ -129,7 +126,7 @@ def test_a_prompt_gets_the_same_features_alone_and_in_a_mixed_batch(encoders):
     batch, alone = encoder.encode(PROMPTS), encoder.encode(PROMPTS[0])
     length = alone.mask.shape[1]
     assert length < batch.mask.shape[1]
-    assert relative_error(batch.embeds[:1, :length], alone.embeds, alone.mask) < TOLERANCE
+    assert masked_max_relative_error(batch.embeds[:1, :length], alone.embeds, alone.mask) < TOLERANCE
 
 
 @pytest.mark.parametrize("wrong", ["last hidden state", "third-to-last layer", "Lumina 2 system prompt"])
@@ -141,7 +138,7 @@ def test_the_comparison_can_fail(tiny, encoders, wrong):
         ours, expected, mask = ours[:, :length], expected[:, :length], mask[:, :length]
     else:
         _, mask, expected = reference(tiny, PROMPTS, layer=-1 if wrong == "last hidden state" else -3)
-    assert relative_error(ours, expected, mask) > 1000 * TOLERANCE
+    assert masked_max_relative_error(ours, expected, mask) > 1000 * TOLERANCE
 
 
 def test_no_system_prompt(encoders):
@@ -190,7 +187,7 @@ def test_a_google_gemma_2b_style_config_json(tiny, tmp_path):
     encoder = load_text_encoder(path)
     assert encoder.model.config.hidden_act == "gelu_pytorch_tanh" and encoder.dtype == torch.float32
     _, mask, expected = reference(tiny, PROMPTS)
-    assert relative_error(encoder.encode(PROMPTS).embeds, expected, mask) < TOLERANCE
+    assert masked_max_relative_error(encoder.encode(PROMPTS).embeds, expected, mask) < TOLERANCE
 
 
 def test_the_generation_comes_from_the_tensors_not_the_file_name(tiny, tmp_path):

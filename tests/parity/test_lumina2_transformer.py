@@ -6,12 +6,9 @@ import torch
 from lumina_core.errors import InvalidInputError
 from lumina_core.loading.transformer import load_transformer
 from tests.fixtures.lumina2_files import LAYOUTS, WIDE, make_reference, original_state_dict, write_layout
+from tests.fixtures.metrics import relative_error
 
 TOLERANCE = 1e-5
-
-
-def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours - ref).norm() / ref.norm()).item()
 
 
 @pytest.fixture(scope="module")

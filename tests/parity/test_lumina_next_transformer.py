@@ -21,15 +21,12 @@ from lumina_core.loading.transformer import inspect_transformer, load_transforme
 from lumina_core.models.lumina_next import grid_positions, merge_tokens
 from tests.fixtures import lumina2_files
 from tests.fixtures.lumina_next_files import LAYOUTS, WIDE, make_reference, original_state_dict, write_layout
+from tests.fixtures.metrics import relative_error
 
 TOLERANCE = 1e-5
 # Options that make ours compute exactly what diffusers computes with an identity RoPE table and no
 # proportional attention (diffusers' model has no defaults for these: the pipeline chooses them).
 PLAIN = dict(rope_scaling=None, proportional_attention=False)
-
-
-def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours - ref).norm() / ref.norm()).item()
 
 
 @pytest.fixture(scope="module")

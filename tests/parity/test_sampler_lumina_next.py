@@ -25,15 +25,12 @@ from torch import nn
 from lumina_core.conditioning import Conditioning
 from lumina_core.sampling import SamplingStats, sample, shift_sigmas, shifted_linear
 from tests.fixtures.diffusers_lumina_next import DiffusersLuminaNextVelocity, make_pipeline, make_reference, rope_table
+from tests.fixtures.metrics import relative_error
 
 SHIFT, STEPS, CFG = 4.0, 4, 4.0
 HEIGHT, WIDTH = 128, 192  # latent 16 x 24, 8 x 12 tokens: 1.5x the area of the tiny model's 128 x 128 default
 # RoPE: linear scaling while t < 0.1, NTK from then on; the 4 steps start at t = 0, 0.077, 0.2, 0.43.
 OPTIONS = {"scaling_watershed": 0.1, "proportional_attention": True}
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,10 @@ from lumina_core.loading.transformer import load_transformer
 from lumina_core.sampling import sample, shifted_linear
 from tests.fixtures.diffusers_lumina2 import DiffusersLumina2Velocity, make_pipeline
 from tests.fixtures.lumina2_files import make_reference, write_layout
+from tests.fixtures.metrics import relative_error
 
 SHIFT, STEPS, CFG = 6.0, 4, 4.0
 HEIGHT, WIDTH = 64, 96  # latent 8 x 12: non-square
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from torch import nn
 from lumina_core.loading.keymaps import ldm_vae
 from lumina_core.tiny import randomise_parameters
 from lumina_core.vae import Autoencoder, load_vae
+from tests.fixtures.metrics import relative_error
 
 TOLERANCE = 1e-5  # relative L2 error, float32
 LATENT_HW = (6, 10)  # non-square, so a swapped H/W cannot pass
@@ -107,11 +108,6 @@ def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         "pipeline folder": (root / "pipeline", {}),
     }
     return Case(reference, layouts)
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    assert actual.shape == expected.shape
-    return ((actual - expected).norm() / expected.norm()).item()
 
 
 def reference_decode(case: Case, latent: torch.Tensor) -> torch.Tensor:
