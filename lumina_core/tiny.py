@@ -253,3 +253,63 @@ def _diffusers_vae_config(cfg: AutoencoderConfig) -> dict:
         "layers_per_block": cfg.num_res_blocks, "norm_num_groups": cfg.num_groups, "scaling_factor": cfg.scale,
         "shift_factor": cfg.shift, "use_quant_conv": cfg.use_quant_conv, "use_post_quant_conv": cfg.use_post_quant_conv,
     }  # fmt: skip
+
+
+# T5 v1.1 (LTX-Video's text encoder) at toy size: gated GELU, one relative-bias table in block 0. d_kv is not
+# d_model / heads and there are 10 buckets, not the released 32, so loading must read both from the tensors.
+TINY_T5 = {
+    "d_model": 32, "d_ff": 48, "d_kv": 12, "num_layers": 3, "num_heads": 4, "relative_attention_num_buckets": 10,
+    "feed_forward_proj": "gated-gelu",
+}  # fmt: skip
+TINY_T5_PIECES = 100  # the SentencePiece vocabulary; T5's tokenizer appends 100 <extra_id_N> sentinels
+TINY_T5_VOCAB = 208  # embedding rows: the 200 tokens rounded up, as T5-XXL's 32128 rows hold 32100 tokens
+T5_TOKENIZER_CORPUS = [
+    *TOKENIZER_CORPUS,
+    "A woman walks through a busy street at night, neon lights reflect on the wet pavement as the camera follows.",
+    "worst quality, inconsistent motion, blurry, jittery, distorted",
+]
+
+
+def train_t5_tokenizer() -> bytes:
+    """A unigram SentencePiece model with T5's special pieces: <pad> 0, </s> 1, <unk> 2, no BOS."""
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(T5_TOKENIZER_CORPUS * 4), model_writer=model, vocab_size=TINY_T5_PIECES,
+        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>",
+        unk_piece="<unk>", character_coverage=1.0, num_threads=1, minloglevel=2,
+    )  # fmt: skip
+    return model.getvalue()
+
+
+def make_t5(seed: int = 0, **overrides):
+    """A random transformers T5EncoderModel (eager attention, eval mode); layer-norm gains near 1."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(**{"vocab_size": TINY_T5_VOCAB, **TINY_T5, **overrides}, attn_implementation="eager")
+    return randomise_parameters(T5EncoderModel(config), seed)
+
+
+def t5_tensors(model, prefix: str = "") -> dict[str, torch.Tensor]:
+    """ComfyUI's t5xxl_fp16.safetensors names: `shared.weight` and `encoder.*`, the tied copy left out."""
+    state = _contiguous(model.state_dict())
+    return {prefix + k: v for k, v in state.items() if k != "encoder.embed_tokens.weight"}
+
+
+def write_t5_text_encoder(model, spm_model: bytes, layout: str, folder: Path) -> Path:
+    """Layouts: comfy.safetensors (weights only, as ComfyUI's t5xxl files; the tokenizer goes to
+    t5_tokenizer/spiece.model beside it, to pass as `load_text_encoder(..., tokenizer_dirs=[...])` as ComfyUI's
+    bundled one is), diffusers_pipeline (model_index.json, text_encoder/ and tokenizer/). Returns the path."""
+    path = Path(folder) / layout
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if layout == "comfy.safetensors":
+        save_file(t5_tensors(model), path)
+        (path.parent / "t5_tokenizer").mkdir(exist_ok=True)
+        (path.parent / "t5_tokenizer" / "spiece.model").write_bytes(spm_model)
+    elif layout == "diffusers_pipeline":
+        (path / "tokenizer").mkdir(parents=True)
+        model.save_pretrained(path / "text_encoder")
+        (path / "tokenizer" / "spiece.model").write_bytes(spm_model)
+        (path / "model_index.json").write_text(json.dumps({"_class_name": "LTXPipeline"}))
+    else:
+        raise ValueError(f"unknown T5 layout {layout!r}")
+    return path

@@ -392,7 +392,7 @@ class _Source:
     where: str  # for messages
 
 
-def load_text_encoder(
+def load_gemma_text_encoder(
     path: str | os.PathLike, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
 ) -> GemmaTextEncoder:
     """Load Gemma (Lumina-Next) or Gemma-2 (Lumina 2) and its tokenizer from a folder, a file or an all-in-one file.
@@ -467,7 +467,7 @@ def config_from_shapes(
 
 
 def config_metadata(config: GemmaConfig | Gemma2Config) -> dict[str, str]:
-    """Safetensors metadata that lets `load_text_encoder` rebuild `config` without a config.json."""
+    """Safetensors metadata that lets `load_gemma_text_encoder` rebuild `config` without a config.json."""
     return {variant_of_config(config).metadata_key: config.to_json_string(use_diff=False)}
 
 

@@ -1,0 +1,36 @@
+"""`load_text_encoder`: pick the text-encoder loader from the tensor names, never from the file name."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from ..errors import InvalidInputError
+from ..loading.files import open_checkpoint
+from .gemma import GemmaTextEncoder, load_gemma_text_encoder
+from .t5 import T5TextEncoder, is_t5, load_t5_text_encoder, text_encoder_weights
+
+
+def load_text_encoder(
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    tokenizer=None,
+    tokenizer_dirs: Sequence[str | os.PathLike] = (),
+) -> GemmaTextEncoder | T5TextEncoder:
+    """Load the text encoder in a folder or file: T5 (LTX-Video), Gemma (Lumina-Next) or Gemma-2 (Lumina 2).
+
+    The returned encoder's `family` names the diffusion model it serves. dtype None keeps the stored dtype
+    (fp8 computes in bf16). tokenizer and tokenizer_dirs are for T5, whose files carry no tokenizer (see
+    `t5.load_t5_text_encoder`); tokenizer_dirs is ignored for Gemma, whose files carry theirs.
+    """
+    path = os.fspath(path)
+    if is_t5(open_checkpoint(text_encoder_weights(path)).keys):
+        return load_t5_text_encoder(path, dtype, device, tokenizer, tokenizer_dirs)
+    if tokenizer is not None:
+        raise InvalidInputError(
+            f"{path}: tokenizer= is for T5 encoders; this file is not one, and Gemma files carry their own tokenizer."
+        )
+    return load_gemma_text_encoder(path, dtype, device)
