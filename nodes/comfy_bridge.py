@@ -83,6 +83,15 @@ def resolve_file(key: str, name: str) -> str:
     raise ValueError(f"'{name}' vanished from the {key} folders.")
 
 
+def t5_tokenizer_dirs() -> list[str]:
+    """Inside ComfyUI, the T5 tokenizer ComfyUI itself ships (single-file T5 checkpoints carry none)."""
+    if not IN_COMFYUI:
+        return []
+    import comfy.text_encoders
+
+    return [os.path.join(os.path.dirname(comfy.text_encoders.__file__), "t5_tokenizer")]
+
+
 def compute_device() -> torch.device:
     return model_management.get_torch_device() if IN_COMFYUI else torch.device("cpu")
 

@@ -74,6 +74,30 @@ class LoadGemma(_FileLoader):
 
     def _load(self, path, dtype, policy):
         encoder = lumina_core.load_text_encoder(path, dtype=dtype, device=home_device(policy))
+        if encoder.family == "ltxv":
+            raise lumina_core.InvalidInputError(
+                f"{path} holds a T5 text encoder (LTX-Video): load it with Load T5 Text Encoder (LTX-Video)."
+            )
+        return Handle(encoder, "text_encoder", encoder.family, policy, path)
+
+
+class LoadT5(_FileLoader):
+    DISPLAY_NAME = "Load T5 Text Encoder (LTX-Video)"
+    DESCRIPTION = ("Loads T5-XXL for LTX-Video: ComfyUI's t5xxl_fp16 / t5xxl_fp8_e4m3fn(_scaled) files or an HF "
+                   "file; single files use the T5 tokenizer ComfyUI ships. fp8 files compute in bf16.")  # fmt: skip
+    RETURN_TYPES = ("LUMINA_TEXT_ENCODER",)
+    RETURN_NAMES = ("text_encoder",)
+    FOLDER = "lumina_text_encoders"
+    FILE_TOOLTIP = "From models/text_encoders, models/clip or models/checkpoints."
+
+    def _load(self, path, dtype, policy):
+        encoder = lumina_core.load_text_encoder(
+            path, dtype=dtype, device=home_device(policy), tokenizer_dirs=bridge.t5_tokenizer_dirs()
+        )
+        if encoder.family != "ltxv":
+            raise lumina_core.InvalidInputError(
+                f"{path} holds a Gemma text encoder ({encoder.family}): load it with Load Gemma Text Encoder (Lumina)."
+            )
         return Handle(encoder, "text_encoder", encoder.family, policy, path)
 
 

@@ -59,9 +59,41 @@ class GemmaEncode:
         }}  # fmt: skip
 
     def encode(self, text_encoder: Handle, prompt: str, system_prompt: str):
+        if text_encoder.family == "ltxv":
+            raise lumina_core.InvalidInputError(
+                "this is a T5 text encoder (LTX-Video): encode with T5 Encode (LTX-Video)."
+            )
         template = system_prompt if text_encoder.family == "lumina2" else None
         with text_encoder.placed() as encoder:
             conditioning = encoder.encode([prompt], system_prompt=template, negative=not prompt.strip())
+        return (conditioning.to(bridge.intermediate_device()),)
+
+
+class T5Encode:
+    DISPLAY_NAME = "T5 Encode (LTX-Video)"
+    DESCRIPTION = ("Encodes a prompt with T5-XXL for LTX-Video: detailed, chronological descriptions of the motion "
+                   "work best. Prompts longer than max_tokens are cut (with a warning in the console).")  # fmt: skip
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LUMINA_CONDITIONING",)
+    RETURN_NAMES = ("conditioning",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "text_encoder": ("LUMINA_TEXT_ENCODER", {"tooltip": "From Load T5 Text Encoder (LTX-Video)."}),
+            "prompt": ("STRING", {"multiline": True, "default": ""}),
+            "max_tokens": ("INT", {"default": 128, "min": 128, "max": 256, "step": 8, "tooltip":
+                           "128 as diffusers' LTXPipeline; up to 256, the length LTX-Video was trained with."}),
+        }}  # fmt: skip
+
+    def encode(self, text_encoder: Handle, prompt: str, max_tokens: int):
+        if text_encoder.family != "ltxv":
+            raise lumina_core.InvalidInputError(
+                f"this is a Gemma text encoder ({text_encoder.family}): encode with Gemma Encode (Lumina)."
+            )
+        with text_encoder.placed() as encoder:
+            conditioning = encoder.encode([prompt], max_tokens=max_tokens)
         return (conditioning.to(bridge.intermediate_device()),)
 
 
