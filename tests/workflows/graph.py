@@ -1,7 +1,7 @@
 """Workflow JSON helpers for the tests: read both formats, convert UI to API, check and run an API graph in-process.
 
-ComfyUI is not importable here, so its core `SaveImage` is described by a small stand-in with the same inputs
-that writes PNGs the way ComfyUI names them.
+ComfyUI is not importable here, so its core `SaveImage` and `SaveAnimatedWEBP` are described by small stand-ins
+with the same inputs that write files the way ComfyUI names them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,21 @@ class WorkflowError(ValueError):
     """A graph that does not convert, check or run; the message names the node."""
 
 
+def _to_pil(image) -> Image.Image:
+    """A float [H, W, 3] image in [0, 1] as 8-bit RGB."""
+    return Image.fromarray(np.clip(image.float().cpu().numpy() * 255.0, 0, 255).astype(np.uint8))
+
+
+def _next_paths(output_dir: Path, prefix: str, suffix: str, count: int) -> list[Path]:
+    """ComfyUI's naming: `{prefix}_00001_{suffix}`, counting on from the files already there."""
+    target = Path(output_dir) / prefix
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(re.escape(target.name) + r"_(\d{5})_" + re.escape(suffix))
+    taken = [int(m.group(1)) for p in target.parent.iterdir() if (m := pattern.fullmatch(p.name))]
+    first = max(taken, default=0) + 1
+    return [target.parent / f"{target.name}_{first + i:05}_{suffix}" for i in range(count)]
+
+
 class SaveImage:
     """Stand-in for ComfyUI's core SaveImage: the same inputs; writes `{prefix}_00001_.png`, ... into `output_dir`."""
 
@@ -38,22 +53,40 @@ class SaveImage:
 
     def save_images(self, images, filename_prefix: str = "ComfyUI"):
         """images: float [B, H, W, 3] in [0, 1]. Returns ComfyUI's {"ui": {"images": [...]}} with local paths."""
-        target = Path(self.output_dir) / filename_prefix
-        target.parent.mkdir(parents=True, exist_ok=True)
-        pattern = re.compile(re.escape(target.name) + r"_(\d{5})_\.png")
-        taken = [int(m.group(1)) for p in target.parent.iterdir() if (m := pattern.fullmatch(p.name))]
-        counter = max(taken, default=0) + 1
-        paths = []
-        for image in images:
-            pixels = np.clip(image.float().cpu().numpy() * 255.0, 0, 255).astype(np.uint8)
-            path = target.parent / f"{target.name}_{counter:05}_.png"
-            Image.fromarray(pixels).save(path)
-            paths.append(path)
-            counter += 1
+        paths = _next_paths(self.output_dir, filename_prefix, ".png", len(images))
+        for image, path in zip(images, paths, strict=True):
+            _to_pil(image).save(path)
         return {"ui": {"images": paths}}
 
 
-CORE_NODES = {"SaveImage": SaveImage}
+class SaveAnimatedWEBP:
+    """Stand-in for ComfyUI's core SaveAnimatedWEBP: the same inputs; all frames into one `{prefix}_00001_.webp`."""
+
+    DISPLAY_NAME = "SaveAnimatedWEBP"
+    RETURN_TYPES = ()
+    FUNCTION = "save_images"
+    OUTPUT_NODE = True
+    output_dir: Path | None = None
+    METHODS = {"default": 4, "fastest": 0, "slowest": 6}
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {}), "filename_prefix": ("STRING", {"default": "ComfyUI"}),
+            "fps": ("FLOAT", {"default": 6.0, "min": 0.01, "max": 1000.0, "step": 0.01}),
+            "lossless": ("BOOLEAN", {"default": True}), "quality": ("INT", {"default": 80, "min": 0, "max": 100}),
+            "method": (list(cls.METHODS), {}),
+        }}  # fmt: skip
+
+    def save_images(self, images, filename_prefix, fps, lossless, quality, method):
+        frames = [_to_pil(image) for image in images]
+        (path,) = _next_paths(self.output_dir, filename_prefix, ".webp", 1)
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=round(1000 / fps), lossless=lossless,
+                       quality=quality, method=self.METHODS[method])  # fmt: skip
+        return {"ui": {"images": [path], "animated": (True,)}}
+
+
+CORE_NODES = {"SaveImage": SaveImage, "SaveAnimatedWEBP": SaveAnimatedWEBP}
 
 
 def load_api(path: str | Path) -> dict:
@@ -204,10 +237,10 @@ def run_api_workflow(api: dict, node_classes: Mapping[str, type], save_dir: str 
 
     Every node's VALIDATE_INPUTS (if any) runs first, with the widget values it names; then each node runs in
     dependency order as `getattr(cls(), cls.FUNCTION)(**inputs)`, links resolved to earlier outputs.
-    The SaveImage stand-in writes into `save_dir` and reports {"images": [paths]}.
+    The save stand-ins write into `save_dir` and report {"images": [paths]}.
     """
-    save_image = type("SaveImage", (SaveImage,), {"output_dir": Path(save_dir)})
-    classes = {**node_classes, "SaveImage": save_image}
+    savers = {name: type(name, (cls,), {"output_dir": Path(save_dir)}) for name, cls in CORE_NODES.items()}
+    classes = {**node_classes, **savers}
     order = execution_order(api)
     for node_id in order:
         _validate(node_id, api[node_id], classes)
