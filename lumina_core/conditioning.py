@@ -91,6 +91,12 @@ def concat_conditionings(parts: list[Conditioning]) -> Conditioning:
     families = {p.family for p in parts} - {None}
     if len(families) > 1:
         raise InvalidInputError(f"cannot batch text features made for different models: {', '.join(sorted(families))}.")
+    widths = sorted({p.embeds.shape[-1] for p in parts})
+    if len(widths) > 1:
+        raise InvalidInputError(
+            f"cannot batch text features of different widths {widths}: the prompts were encoded by different text "
+            "encoders; encode both with the text encoder made for this model."
+        )
     length = max(p.embeds.shape[1] for p in parts)
     padded = [p.padded_to(length) for p in parts]
     family = families.pop() if families else None

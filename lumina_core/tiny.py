@@ -18,10 +18,12 @@ from torch import nn
 
 from .loading.keymaps import ldm_vae
 from .loading.keymaps.lumina2 import to_diffusers
+from .models.ltxv import LTXVideoConfig, LTXVideoTransformer
 from .models.lumina2 import Lumina2Config, Lumina2Transformer
 from .models.lumina_next import LuminaNextConfig, LuminaNextTransformer
 from .text.prompts import PROMPT_START, SYSTEM_PROMPTS
 from .vae.autoencoder import Autoencoder, AutoencoderConfig
+from .vae.ltx_video import BlockSpec, LTXVideoVAE, LTXVideoVAEConfig
 
 # cap_feat_dim equals the tiny Gemma's hidden size; 16 latent channels like the FLUX VAE.
 TINY_TRANSFORMER = Lumina2Config(
@@ -313,3 +315,73 @@ def write_t5_text_encoder(model, spm_model: bytes, layout: str, folder: Path) ->
     else:
         raise ValueError(f"unknown T5 layout {layout!r}")
     return path
+
+
+# LTX-Video VAE, 0.9.5 design (space-to-depth encoder; timestep-conditioned decoder with residual, width-halving
+# upsamplers) at toy widths, with the released 128 latent channels, patch 4 and 32x / 8x compression.
+TINY_LTX_VAE = LTXVideoVAEConfig(
+    encoder_blocks=(
+        BlockSpec("res_x"), BlockSpec("compress_space_res", multiplier=2), BlockSpec("res_x"),
+        BlockSpec("compress_time_res", multiplier=2), BlockSpec("res_x"), BlockSpec("compress_all_res", multiplier=2),
+        BlockSpec("res_x"), BlockSpec("compress_all_res", multiplier=2), BlockSpec("res_x"),
+    ),
+    decoder_blocks=(
+        BlockSpec("res_x"), BlockSpec("compress_all", multiplier=2, residual=True), BlockSpec("res_x"),
+        BlockSpec("compress_all", multiplier=2, residual=True), BlockSpec("res_x"),
+        BlockSpec("compress_all", multiplier=2, residual=True), BlockSpec("res_x"),
+    ),
+    encoder_base_channels=4, decoder_base_channels=8, timestep_conditioning=True,
+)  # fmt: skip
+
+
+def make_ltx_vae(seed: int = 0, config: LTXVideoVAEConfig = TINY_LTX_VAE) -> LTXVideoVAE:
+    """A random LTX video VAE: every parameter random, `timestep_scale_multiplier` about 1000 as released, latent
+    statistics with mean about 0 and std in [0.5, 1.5]."""
+    vae = randomise_parameters(LTXVideoVAE(config), seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        if vae.decoder.timestep_scale_multiplier is not None:
+            vae.decoder.timestep_scale_multiplier.fill_(1000.0)
+        statistics = vae.per_channel_statistics
+        statistics.get_buffer("mean-of-means").copy_(0.3 * torch.randn(config.latent_channels, generator=generator))
+        statistics.get_buffer("std-of-means").copy_(0.5 + torch.rand(config.latent_channels, generator=generator))
+    return vae
+
+
+# LTX-Video transformer at toy width: 4 heads x 16 = 64, which 6 does not divide (the RoPE's padding pairs), the
+# released 128 latent channels (TINY_LTX_VAE's), captions as wide as TINY_T5's d_model.
+TINY_LTXV = LTXVideoConfig(
+    in_channels=128, out_channels=128, dim=64, n_layers=2, n_heads=4, cross_attention_dim=64,
+    caption_channels=TINY_T5["d_model"], ffn_hidden=256,
+)  # fmt: skip
+
+
+def make_ltxv_transformer(seed: int = 0, config: LTXVideoConfig = TINY_LTXV) -> LTXVideoTransformer:
+    """A random LTX-Video transformer, scale-shift tables included (they start at zero)."""
+    torch.manual_seed(seed)
+    return randomise_parameters(LTXVideoTransformer(config), seed)
+
+
+def ltxv_config_metadata(config: LTXVideoConfig) -> dict[str, str]:
+    """The safetensors metadata of an original LTX-Video file (its JSON `config`), for what shapes cannot tell.
+
+    Write it with the `model.diffusion_model.`-prefixed weights: without it a loader assumes the release's 32 heads.
+    """
+    transformer = {
+        "num_attention_heads": config.n_heads, "attention_head_dim": config.head_dim, "norm_eps": config.norm_eps,
+        "positional_embedding_theta": config.rope_theta, "positional_embedding_max_pos": list(config.max_positions),
+        "causal_temporal_positioning": config.causal_temporal_positioning,
+        "timestep_scale_multiplier": config.timestep_scale,
+    }  # fmt: skip
+    return {"config": json.dumps({"transformer": transformer})}
+
+
+def write_ltxv_all_in_one(transformer: LTXVideoTransformer, vae: LTXVideoVAE, path: Path) -> Path:
+    """The Lightricks single-file layout (`ltx-video-2b-v0.9.5.safetensors`): transformer under
+    `model.diffusion_model.`, VAE under `vae.`, the transformer's JSON config in the metadata."""
+    tensors = {
+        **{f"model.diffusion_model.{k}": v for k, v in _contiguous(transformer.state_dict()).items()},
+        **{f"vae.{k}": v for k, v in _contiguous(vae.state_dict()).items()},
+    }
+    save_file(tensors, path, metadata=ltxv_config_metadata(transformer.config))
+    return Path(path)

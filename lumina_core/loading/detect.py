@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import CheckpointError
-from .files import Checkpoint
+from .files import Checkpoint, preview
 
 
 @dataclass(frozen=True)
@@ -57,13 +57,14 @@ SIGNATURES: tuple[Signature, ...] = (
         "ltxv",
         "original",
         "an LTX-Video transformer",
-        ("adaln_single.linear.weight", "transformer_blocks.0.attn1.to_q.weight"),
+        # patchify_proj tells it from diffusers-keyed PixArt / Allegro, which share adaln_single and the blocks.
+        ("patchify_proj.weight", "adaln_single.linear.weight", "transformer_blocks.0.attn1.to_q.weight"),
     ),
     Signature(
         "ltxv",
         "diffusers",
         "an LTX-Video transformer (diffusers layout)",
-        ("time_embed.linear.weight", "transformer_blocks.0.attn1.to_q.weight"),
+        ("proj_in.weight", "time_embed.linear.weight", "transformer_blocks.0.attn1.to_q.weight"),
     ),
     Signature("flux", "original", "a FLUX transformer", ("double_blocks.0.img_attn.qkv.weight",)),
     Signature("sd_unet", "original", "a Stable Diffusion / SDXL UNet", ("input_blocks.0.0.weight",)),
@@ -86,12 +87,26 @@ SIGNATURES: tuple[Signature, ...] = (
         "a VAE (autoencoder, diffusers layout)",
         ("decoder.conv_in.weight", "decoder.up_blocks.0.resnets.0.conv1.weight"),
     ),
+    # family "vae": load_vae reads these too (lumina_core.vae.load dispatches on loading/keymaps/ltx_vae.py).
+    Signature("vae", "original", "an LTX-Video VAE", ("decoder.up_blocks.0.res_blocks.0.conv1.conv.weight",)),
+    Signature(
+        "vae", "diffusers", "an LTX-Video VAE (diffusers layout)", ("decoder.mid_block.resnets.0.conv1.conv.weight",)
+    ),
     Signature("gemma2", "original", "a Gemma-2 text encoder", ("model.layers.0.post_feedforward_layernorm.weight",)),
     Signature("t5", "original", "a T5 text encoder", ("encoder.block.0.layer.0.SelfAttention.q.weight",)),
 )
 
 # Where each container puts a diffusion model, most specific first.
 MODEL_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "")
+
+# GGUF files name their model in `general.architecture`: city96's converter and patched llama.cpp write
+# "lumina2" and "ltxv"; lumina_core's converter writes "lumina_next" for the Lumina-Next layout. calcuis'
+# gguf-node writes the placeholder "pig"; other strings are language models (llama, gemma2, t5 ...).
+GGUF_ARCHITECTURE_KEY = "general.architecture"
+GGUF_ARCHITECTURES = {"lumina2": "lumina2", "ltxv": "ltxv", "lumina_next": "lumina_next"}
+GGUF_PLACEHOLDERS = frozenset({"", "pig", "none"})
+GGUF_TEXT_ENCODERS = {"gemma": "a Gemma text encoder", "gemma2": "a Gemma-2 text encoder", "t5": "a T5 text encoder",
+                      "t5encoder": "a T5 text encoder"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -105,12 +120,17 @@ def matching_signatures(keys: set[str]) -> list[Signature]:
 
 
 def detect_model(checkpoint: Checkpoint, prefixes: tuple[str, ...] = MODEL_PREFIXES) -> Detected | None:
-    """What the first prefix that holds a recognised model holds, or None if nothing is recognised."""
+    """What the first prefix that holds a recognised model holds, or None if nothing is recognised.
+
+    A GGUF file whose `general.architecture` names one of our families is that family: only its signatures
+    are tried (the layout still comes from the keys), and tensors that fit none of them are an error.
+    """
+    family = GGUF_ARCHITECTURES.get(checkpoint.metadata.get(GGUF_ARCHITECTURE_KEY, ""))
     for prefix in prefixes:
         if prefix and not checkpoint.has_prefix(prefix):
             continue
         part = checkpoint.subset(prefix) if prefix else checkpoint
-        hits = matching_signatures(set(part.keys))
+        hits = [s for s in matching_signatures(set(part.keys)) if family in (None, s.family)]
         if len(hits) > 1:
             raise CheckpointError(
                 f"{checkpoint.path}: the tensors under '{prefix}' look like several models at once "
@@ -118,6 +138,12 @@ def detect_model(checkpoint: Checkpoint, prefixes: tuple[str, ...] = MODEL_PREFI
             )
         if hits:
             return Detected(hits[0], part)
+    if family is not None:
+        raise CheckpointError(
+            f"{checkpoint.path}: its {GGUF_ARCHITECTURE_KEY} says '{family}' but its tensors are not such a "
+            f"transformer (found: {describe_contents(checkpoint)}; e.g. {preview(sorted(checkpoint.keys))}): "
+            "a mislabelled or incomplete file."
+        )
     return None
 
 
@@ -136,4 +162,9 @@ def describe_contents(checkpoint: Checkpoint) -> str:
             continue
         keys = set((checkpoint.subset(prefix) if prefix else checkpoint).keys)
         found += [s.description + (f" under '{prefix}'" if prefix else "") for s in matching_signatures(keys)]
+    architecture = checkpoint.metadata.get(GGUF_ARCHITECTURE_KEY, "")
+    if not found and architecture in GGUF_TEXT_ENCODERS:
+        found.append(f"{GGUF_TEXT_ENCODERS[architecture]} (GGUF, llama.cpp names)")
+    elif not found and architecture not in GGUF_PLACEHOLDERS and architecture not in GGUF_ARCHITECTURES:
+        found.append(f"a GGUF '{architecture}' model ({GGUF_ARCHITECTURE_KEY}), e.g. a language model")
     return "; ".join(dict.fromkeys(found)) or "no model this package recognises"

@@ -8,7 +8,8 @@ Containers, told apart by their first bytes, never by the file name: safetensors
 safetensors library), `torch.save` zip archives (`torch.load(weights_only=True, mmap=True)`), legacy
 `torch.save` pickles (the same without mmap, which they do not support), and a folder of safetensors
 shards (diffusers layout, with or without an `*.index.json`). `weights_only=True` refuses anything but
-tensors and plain containers.
+tensors and plain containers. GGUF files (memory-mapped by `lumina_core.gguf.reader`) give their block-quantized
+tensors as `QuantizedTensor`s, still packed; `assign_tensors` decides what stays packed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Protocol
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..errors import CheckpointError, UnsupportedModelError
+from ..errors import CheckpointError
+from ..gguf.reader import GGUFTensors
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -220,14 +222,14 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(path, entries, reader.metadata)
 
 
-def _open_file(path: str) -> _SafetensorsReader | _PickleReader:
+def _open_file(path: str) -> _SafetensorsReader | _PickleReader | GGUFTensors:
     size = os.path.getsize(path)
     if size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish.")
     with open(path, "rb") as handle:
         head = handle.read(32)
     if head.startswith(GGUF_MAGIC):
-        raise UnsupportedModelError(f"{path} is a GGUF file: this loader reads .safetensors and .pth files.")
+        return GGUFTensors(path)  # quantized tensors load as QuantizedTensor (still packed)
     if head.startswith(ZIP_MAGIC):
         return _PickleReader(path, mmap=True)
     if head.startswith(b"\x80") and LEGACY_TORCH_MAGIC in head:
@@ -241,6 +243,14 @@ def _unknown_start(head: bytes, size: int) -> str:
     if head[8:9] == b"{":
         return f"its safetensors header announces {int.from_bytes(head[:8], 'little') + 8} bytes, the file has {size}"
     return "its first bytes are neither a safetensors header nor a torch.save zip archive or pickle"
+
+
+def is_gguf(path: str | os.PathLike) -> bool:
+    """Whether `path` is a GGUF file, by its first bytes."""
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as handle:
+        return handle.read(4) == GGUF_MAGIC
 
 
 def read_json(path: str, what: str) -> dict:

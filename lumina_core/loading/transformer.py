@@ -8,7 +8,7 @@ memory map, so loading never holds a second full copy of the weights.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -16,9 +16,12 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, UnsupportedModelError
-from ..models import lumina2, lumina_next
+from ..gguf.policy import LOAD_FLOAT_MODULES
+from ..gguf.quantized import QuantizedTensor, concat_rows, same_values
+from ..models import ltxv, lumina2, lumina_next
 from .detect import describe_contents, detect_model
-from .files import Checkpoint, open_checkpoint, preview, read_json
+from .files import Checkpoint, is_gguf, open_checkpoint, preview, read_json
+from .keymaps import ltxv as ltxv_keys
 from .keymaps import lumina2 as lumina2_keys
 from .keymaps import lumina_next as lumina_next_keys
 from .modules import assign_tensors, build_on_meta
@@ -35,6 +38,8 @@ class TransformerFamily:
     # How a plan's diffusers sources form one original tensor: False, row blocks to concatenate (a split
     # qkv); True, identical copies (a duplicated projection) of which the first is read and the rest checked.
     diffusers_copies: bool = False
+    # (safetensors metadata, file path) -> config fields the file's own metadata states, for what shapes cannot tell.
+    metadata_config: Callable[[Mapping[str, str], str], dict] | None = None
 
 
 FAMILIES: dict[str, TransformerFamily] = {
@@ -55,6 +60,15 @@ FAMILIES: dict[str, TransformerFamily] = {
         unused_keys=lumina_next.UNUSED_KEYS,
         diffusers_copies=True,
     ),
+    "ltxv": TransformerFamily(
+        name="LTX-Video",
+        config_from_shapes=ltxv.config_from_shapes,
+        build=ltxv.LTXVideoTransformer,
+        map_diffusers_keys=ltxv_keys.map_diffusers_keys,
+        diffusers_config=ltxv_keys.DIFFUSERS_CONFIG,
+        unused_keys=ltxv.UNUSED_KEYS,
+        metadata_config=ltxv_keys.config_from_metadata,
+    ),
 }
 
 
@@ -62,7 +76,6 @@ FAMILIES: dict[str, TransformerFamily] = {
 NEXT_STEP = {
     "vae": " Load it with load_vae (the Load Lumina VAE node).",
     "gemma2": " Load it with load_text_encoder (the Load Gemma-2 Text Encoder node).",
-    "ltxv": " LTX-Video support is not built yet.",
 }
 
 
@@ -72,13 +85,26 @@ def load_transformer(
     """Load a diffusion transformer; returns a module with `.family` and `.config`.
 
     path: an original/ComfyUI `.safetensors` or `.pth` file (all-in-one files too), a diffusers
-    `transformer/` folder or pipeline folder, or a single diffusers-keyed file.
-    dtype: None keeps the stored dtype (fp8 becomes bf16); otherwise every tensor is cast while it is read.
+    `transformer/` folder or pipeline folder, a single diffusers-keyed file, or a `.gguf` file (its
+    quantized Linear weights stay packed in `QuantizedLinear`s and are dequantized layer by layer).
+    dtype: None keeps the stored dtype (fp8 becomes bf16; GGUF files, which mix types, load as float32);
+    otherwise every tensor is cast while it is read (quantized layers compute in their input's dtype).
     config: fields that tensor shapes cannot tell, for models that differ from the release (e.g.
     `axes_dims=(32, 48, 48)`); they override a diffusers config.json.
     """
     plan = _plan(path, config)
-    return assign_tensors(plan.model, plan.readers, plan.shapes, plan.source, dtype, device)
+    if dtype is None and is_gguf(path):  # GGUF files mix stored types; float32 holds every one exactly
+        dtype = torch.float32
+    keep_float = LOAD_FLOAT_MODULES.get(plan.model.family, ())
+    return assign_tensors(plan.model, plan.readers, plan.shapes, plan.source, dtype, device, keep_float)
+
+
+def original_tensors(
+    path: str | os.PathLike, **config
+) -> tuple[str, dict[str, Callable[[], torch.Tensor]], dict[str, tuple[int, ...]]]:
+    """A transformer file's family id and its tensors under original (ComfyUI) names, read lazily (for converters)."""
+    plan = _plan(path, config)
+    return plan.model.family, plan.readers, plan.shapes
 
 
 def inspect_transformer(path: str | os.PathLike, **config) -> nn.Module:
@@ -111,7 +137,7 @@ def _plan(path: str | os.PathLike, config: dict) -> _LoadPlan:
     family = FAMILIES[detected.signature.family]
     readers = _original_key_readers(detected.part, detected.signature.layout, family)
     shapes = {name: shape for name, (shape, _) in readers.items()}
-    stored = {**_diffusers_config(folder, family), **config}
+    stored = {**_diffusers_config(folder, family), **_metadata_config(checkpoint, family), **config}
     try:
         config = family.config_from_shapes(shapes, **stored)
     except (KeyError, ValueError, TypeError) as err:
@@ -131,6 +157,11 @@ def _diffusers_config(folder: str, family: TransformerFamily) -> dict:
         return {}
     stored = read_json(path, "a diffusers transformer config")
     return {ours: stored[theirs] for theirs, ours in family.diffusers_config.items() if stored.get(theirs) is not None}
+
+
+def _metadata_config(checkpoint: Checkpoint, family: TransformerFamily) -> dict:
+    """The fields a file's own metadata states (an original LTX-Video file's JSON `config`); {} for other families."""
+    return family.metadata_config(checkpoint.metadata, checkpoint.path) if family.metadata_config else {}
 
 
 def _transformer_folder(path: str) -> str:
@@ -167,15 +198,14 @@ def _original_key_readers(
     return readers
 
 
-def _concat_rows(part: Checkpoint, keys: list[str]) -> torch.Tensor:
-    tensors = [part.load(k) for k in keys]
-    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+def _concat_rows(part: Checkpoint, keys: list[str]) -> torch.Tensor | QuantizedTensor:
+    return concat_rows([part.load(k) for k in keys])
 
 
 def _identical_copies(part: Checkpoint, keys: list[str], target: str) -> torch.Tensor:
     first = part.load(keys[0])
     for key in keys[1:]:
-        if not torch.equal(part.load(key), first):
+        if not same_values(part.load(key), first):
             raise CheckpointError(
                 f"{part.path}: {keys[0]} and {key} must be identical (both are the original {target}, which "
                 "diffusers stores twice) but differ: the file was edited or merged after conversion. Re-convert it, "

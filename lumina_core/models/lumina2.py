@@ -23,6 +23,7 @@ from ..common.rope import apply_rope, rope_angles, rope_cos_sin
 from .nextdit import (
     FinalLayer,
     NextDiT,
+    NextDiTShape,
     SandwichBlock,
     TimestepEmbedder,
     check_inputs,
@@ -37,7 +38,7 @@ UNUSED_KEYS = frozenset({"norm_final.weight"})
 
 
 @dataclass(frozen=True)
-class Lumina2Config:
+class Lumina2Config(NextDiTShape):
     """Shapes of a Lumina-Image 2.0 transformer. Defaults are the released 2B model."""
 
     patch_size: int = 2
@@ -58,14 +59,6 @@ class Lumina2Config:
             raise ValueError(f"dim {self.dim}, heads {self.n_heads} and kv heads {self.n_kv_heads} do not divide.")
         if sum(self.axes_dims) != self.head_dim or any(d % 2 for d in self.axes_dims):
             raise ValueError(f"axes_dims {self.axes_dims} must be even and sum to the head dim {self.head_dim}.")
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    @property
-    def t_emb_dim(self) -> int:
-        return min(self.dim, 1024)
 
 
 def default_axes_dims(head_dim: int) -> tuple[int, int, int]:

@@ -61,6 +61,7 @@ from .nextdit import (
     VAE_DOWNSCALE,
     FinalLayer,
     NextDiT,
+    NextDiTShape,
     SandwichBlock,
     TimestepEmbedder,
     check_inputs,
@@ -79,7 +80,7 @@ UNUSED_KEYS = frozenset({"pad_token"})
 
 
 @dataclass(frozen=True)
-class LuminaNextConfig:
+class LuminaNextConfig(NextDiTShape):
     """Shapes of a Lumina-Next transformer. Defaults are the released 2B (`NextDiT_2B_GQA_patch2`)."""
 
     patch_size: int = 2
@@ -106,14 +107,6 @@ class LuminaNextConfig:
                 f"{self.out_channels} output channels for {self.in_channels} input channels: expected the same "
                 "number or twice as many (learn-sigma)."
             )
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    @property
-    def t_emb_dim(self) -> int:
-        return min(self.dim, 1024)
 
 
 def config_from_shapes(shapes: dict[str, tuple[int, ...]], **stored) -> LuminaNextConfig:

@@ -24,6 +24,19 @@ from ..errors import InvalidInputError
 VAE_DOWNSCALE = 8  # both families' autoencoders (FLUX for Lumina 2, SDXL for Lumina-Next) downscale by 8
 
 
+class NextDiTShape:
+    """Sizes both Lumina configs derive the same way (mixed into their dataclasses, which define dim and n_heads)."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def t_emb_dim(self) -> int:
+        # The timestep embedding and adaLN input are min(dim, 1024) wide in both families.
+        return min(self.dim, 1024)
+
+
 class NextDiT(nn.Module):
     """What both Lumina transformers expose besides their forward: dtype, device and the size rule.
 

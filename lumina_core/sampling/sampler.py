@@ -31,6 +31,27 @@ Lumina-Next (`lumina_next.md` §7) differs in three ways the caller chooses:
   - Model keywords (RoPE scaling, proportional attention...) reach every model call through `model_options`.
   - The paper's few-step recipe: the "sigmoid" schedule with a higher-order or adaptive ("dopri5") solver.
 
+Video models (LTX-Video, `ltx_video.md` §6) have `is_video = True`: latents are (B, C, F, H, W), `frames` is
+required (8k + 1) and reaches `model.latent_shape(batch_size, height, width, frames=frames)`, and the frame rate
+is a model keyword (`model_options={"frame_rate": 25.0}`). Their reference recipe is the "ltx" schedule with
+shift=None (the shift follows the latent's token count) and plain guidance: renorm_cfg=0. Cond and uncond are
+batched in one call as for images; diffusers orders its batch [uncond, cond], which changes nothing because
+every sample is computed on its own.
+
+Noise masks (image-to-video, `ltx_video.md` §7.1): `sample(init_latent=..., noise_mask=...)` generates where the
+mask is 1 and keeps init_latent where it is 0, for models that take one sigma per latent token
+(`per_token_sigma = True`: LTX-Video). Each token runs on its own clock, sigma_token = mask·sigma, which is the
+timestep ComfyUI gives its LTX model (denoise_mask·sigma):
+  - the start is x = (1 - s0)·init + s0·noise with s0 = mask·sigma0, token by token;
+  - the model sees every token's own sigma, so kept tokens are clean and told so (sigma 0);
+  - the ODE is dx/dsigma = mask·v(x, mask·sigma), the chain rule for that clock: kept tokens have zero velocity
+    and every solver leaves them bit for bit at init_latent, with no separate restoring step.
+For a 0/1 mask this is diffusers' LTXImageToVideoPipeline: its start mixes the conditioning latent in where the
+mask keeps it, its timestep is t·(1 - conditioning mask), and the scheduler step skips the conditioning frame.
+A value m in between is a partial strength 1 - m: that token is re-noised to m·sigma0 and denoised from there,
+like img2img. ComfyUI treats such values differently (it feeds the model m·x + (1 - m)·init and blends its
+clean-latent estimate with init by m); the two agree for masks of 0 and 1.
+
 Precision: x stays float32 between steps; the model sees x and the context in its own dtype (bf16 is fine) and
 its velocity is cast back to float32. Sigma is passed as float32 and the model casts it where it needs to.
 fp16 overflows on Lumina-Image 2.0; a non-finite latent raises SamplingError.
@@ -38,6 +59,7 @@ fp16 overflows on Lumina-Image 2.0; a non-finite latent raises SamplingError.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -79,7 +101,9 @@ class GuidedVelocity:
     With guidance, cond and uncond run as one model call on a doubled batch [x, x] with the prompts padded to a
     common length; once the guidance says the uncond pass is not needed, only the cond half runs. With
     `cfg_channels` = k, only channels [0, k) are guided and the others take the conditional prediction.
-    `model_options` are passed as keywords to every model call; `stats` counts the calls.
+    `model_options` are passed as keywords to every model call; `stats` counts the calls. With a `noise_mask`
+    (B, 1, *latent dims), the model gets one sigma per token, sigma·noise_mask, instead of one per sample; the
+    prediction is returned as the model made it (the sampler scales it by the mask for the ODE).
     """
 
     def __init__(
@@ -93,6 +117,7 @@ class GuidedVelocity:
         cfg_channels: int | None = None,
         model_options: dict[str, Any] | None = None,
         stats: SamplingStats | None = None,
+        noise_mask: torch.Tensor | None = None,
     ) -> None:
         self.model = model
         self.dtype = dtype
@@ -102,6 +127,7 @@ class GuidedVelocity:
         self.cfg_channels = cfg_channels
         self.model_options = model_options or {}
         self.stats = stats if stats is not None else SamplingStats()
+        self.noise_mask = noise_mask
 
     def __call__(self, x: torch.Tensor, sigma: float, *, step: int, total: int) -> torch.Tensor:
         if self.guidance is None or not self.guidance.needs_uncond(sigma, step, total):
@@ -116,9 +142,19 @@ class GuidedVelocity:
 
     def predict(self, x: torch.Tensor, sigma: float, context: Conditioning) -> torch.Tensor:
         self.stats.model_calls += 1
-        sigmas = torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)
+        if self.noise_mask is None:
+            sigmas = torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)
+        else:  # (B, 1, ...) per token; the cond and uncond halves of a guided batch share it
+            sigmas = (sigma * self.noise_mask).repeat(x.shape[0] // self.noise_mask.shape[0], *[1] * (x.ndim - 1))
         v = self.model(x.to(self.dtype), sigmas, context.embeds, context.mask, **self.model_options)
         return v.float()
+
+
+def _masked_velocity(
+    velocity: Callable[[torch.Tensor, float], torch.Tensor], mask: torch.Tensor, x: torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """mask·v(x, sigma): the velocity of a token whose own sigma is mask·sigma, per unit of the shared sigma."""
+    return mask * velocity(x, sigma)
 
 
 def model_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -156,7 +192,7 @@ def check_settings(
     batch_size: int = 1,
     solver: str = "euler",
     schedule: str = "shifted_linear",
-    shift: float = 6.0,
+    shift: float | None = 6.0,
     denoise: float = 1.0,
     cfg_mode: str = "original",
     cfg_trunc: float = 1.0,
@@ -167,11 +203,12 @@ def check_settings(
 ) -> None:
     """Raise InvalidInputError for any setting `sample` would refuse, before a model is loaded or run.
 
-    cfg_channels is only checked to be positive here; that it fits the latent needs the model.
+    cfg_channels is only checked to be positive here; that it fits the latent needs the model. shift None (the
+    schedule's default, which may depend on the latent size) is always accepted.
     """
     _check_options(steps, cfg, batch_size, solver, cfg_channels, atol, rtol)
     make_guidance(cfg_mode, cfg, cfg_trunc, renorm_cfg)
-    build_sigmas(schedule, steps, shift, denoise)
+    build_sigmas(schedule, steps, 1.0 if shift is None else shift, denoise)
 
 
 # A 1024 x 1024 image, valid for every model family: its latent shape tells the channels and dims of an init_latent.
@@ -179,11 +216,18 @@ EXAMPLE_SIZE = 1024
 
 
 def _latent_shape(
-    model: torch.nn.Module, batch_size: int, height: int, width: int, init: torch.Tensor | None
+    model: torch.nn.Module, batch_size: int, height: int, width: int, frames: int | None, init: torch.Tensor | None
 ) -> tuple[int, ...]:
-    """The latent shape: from the image size, or from init_latent (batch 1 or batch_size), ignoring the size."""
+    """The latent shape: from the image (video) size, or from init_latent (batch 1 or batch_size), ignoring the size."""
+    video = getattr(model, "is_video", False)
+    if frames is not None and not video:
+        raise InvalidInputError(f"frames={frames} was given, but this {_name(model)} model makes images, not videos.")
     if init is None:
-        return tuple(model.latent_shape(batch_size, height, width))
+        if video and frames is None:
+            raise InvalidInputError(
+                f"this {_name(model)} model makes videos: pass frames, the number of frames (8k + 1, e.g. 97)."
+            )
+        return tuple(model.latent_shape(batch_size, height, width, **({"frames": frames} if video else {})))
     example = tuple(model.latent_shape(batch_size, EXAMPLE_SIZE, EXAMPLE_SIZE))
     if init.ndim != len(example) or init.shape[1] != example[1] or init.shape[0] not in (1, batch_size):
         raise InvalidInputError(
@@ -192,6 +236,10 @@ def _latent_shape(
             "Encode the image with this model's VAE."
         )
     return (batch_size, *init.shape[1:])
+
+
+def _name(model: torch.nn.Module) -> str:
+    return getattr(model, "family", None) or type(model).__name__
 
 
 def _guided_channels(model: torch.nn.Module, cfg_channels: int | None, channels: int) -> int | None:
@@ -206,6 +254,48 @@ def _guided_channels(model: torch.nn.Module, cfg_channels: int | None, channels:
             f"(the model's default is {default}; None uses it)."
         )
     return None if k == channels else k
+
+
+def _expand_noise_mask(
+    model: torch.nn.Module,
+    noise_mask: torch.Tensor,
+    init: torch.Tensor | None,
+    shape: tuple[int, ...],
+    device: torch.device,
+) -> torch.Tensor:
+    """Check a noise_mask against the model and the latent; returns it float32 on device, shaped (B, 1, *dims)."""
+    if not getattr(model, "per_token_sigma", False):
+        raise InvalidInputError(
+            f"a noise_mask was given, but this {_name(model)} model takes one sigma per sample, not one per latent "
+            "token, so it cannot keep part of the latent while generating the rest. Use a model that supports it "
+            "(LTX-Video), or sample without noise_mask."
+        )
+    if init is None:
+        raise InvalidInputError(
+            "a noise_mask keeps init_latent where it is below 1, but no init_latent was given: pass the latent to "
+            "keep (e.g. from first_frame_conditioning) as init_latent."
+        )
+    batch, _, *dims = shape
+    full = (batch, 1, *dims)
+    fits = (
+        noise_mask.ndim == len(shape)
+        and noise_mask.shape[0] in (1, batch)
+        and noise_mask.shape[1] == 1
+        and all(m in (1, d) for m, d in zip(noise_mask.shape[2:], dims, strict=True))
+    )
+    if not fits:
+        raise InvalidInputError(
+            f"noise_mask has shape {tuple(noise_mask.shape)}; for the latent {shape} it must be {full} or broadcast "
+            f"to it: batch 1 or {batch}, one channel, and each of the last {len(dims)} dims 1 or the latent's "
+            f"(e.g. {(batch, 1, dims[0], *[1] * (len(dims) - 1))} for one value per frame)."
+        )
+    mask = noise_mask.to(device=device, dtype=torch.float32)
+    if not bool(((mask >= 0) & (mask <= 1)).all()):  # NaN fails both comparisons
+        raise InvalidInputError(
+            f"noise_mask values must lie in [0, 1] (1 = generate, 0 = keep init_latent, between = partial "
+            f"strength); got values from {mask.min().item()} to {mask.max().item()}."
+        )
+    return mask.expand(full).contiguous()
 
 
 def initial_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -233,14 +323,16 @@ def sample(
     seed: int = 0,
     steps: int = 30,
     cfg: float = 4.0,
-    shift: float = 6.0,
+    shift: float | None = None,
     solver: str = "euler",
     schedule: str = "shifted_linear",
     cfg_trunc: float = 1.0,
     renorm_cfg: float = 1.0,
     cfg_mode: str = "original",
     denoise: float = 1.0,
+    frames: int | None = None,
     init_latent: torch.Tensor | None = None,
+    noise_mask: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     callback: StepCallback | None = None,
     cfg_channels: int | None = None,
@@ -258,26 +350,38 @@ def sample(
     cfg_channels: guide only the first k latent channels, the rest take the conditional prediction (Lumina-Next
         uses 3 of 4). None (the default) takes `model.cfg_channels` when the model has one, else every channel.
     steps, shift, schedule, solver, denoise: `steps` solver steps over `build_sigmas(schedule, steps, shift,
-        denoise)`; with denoise < 1 they start at the lower sigma0 of that tail. For "dopri5" the sigmas are only
-        where each adaptive run ends and the callback fires (the result hardly depends on them); its accuracy is
-        set by atol / rtol (ignored by the other solvers), and `stats` reports what it cost.
-    init_latent: (1 or B, C, H, W) in model space. The start is x = (1 - sigma0)·init + sigma0·noise, like
-        ComfyUI's KSampler; with denoise 1 (sigma0 = 1) that is pure noise and init_latent only sets the shape.
-        It replaces width and height, which are then neither used nor checked. Without it, init is zero
-        (ComfyUI's empty latent).
+        denoise, tokens)`; with denoise < 1 they start at the lower sigma0 of that tail. shift None takes the
+        schedule's default: 6 (Lumina-Image 2.0's), or for "ltx" LTX-Video's rule from the latent's token count
+        (frames x rows x columns of the latent). For "dopri5" the sigmas are only where each adaptive run ends
+        and the callback fires (the result hardly depends on them); its accuracy is set by atol / rtol (ignored
+        by the other solvers), and `stats` reports what it cost.
+    frames: the frame count of a video model (8k + 1 for LTX-Video); must be None for image models.
+    init_latent: (1 or B, C, H, W), or (1 or B, C, F, H, W) for video models, in model space. The start is
+        x = (1 - sigma0)·init + sigma0·noise, like ComfyUI's KSampler; with denoise 1 (sigma0 = 1) that is pure
+        noise and init_latent only sets the shape. It replaces width, height and frames, which are then neither
+        used nor checked. Without it, init is zero (ComfyUI's empty latent).
+    noise_mask: where to generate (1) and where to keep init_latent (0), values between giving a partial strength;
+        float, shaped like the latent with one channel, (1 or B, 1, F, H, W), or with 1 in any of the last dims
+        to broadcast, e.g. (B, 1, F, 1, 1) for one value per frame. Each token runs at sigma·mask (see
+        the module docstring); kept tokens come back exactly as in init_latent. It needs init_latent and a model
+        with `per_token_sigma` (LTX-Video), else InvalidInputError; it works with every solver, guidance and
+        denoise. Image-to-video (ComfyUI's LTXVImgToVideo) is:
+            latent, mask = first_frame_conditioning(vae, image, model.latent_shape(B, height, width, frames))
+            video = sample(model, positive, negative, init_latent=latent, noise_mask=mask, schedule="ltx",
+                           renorm_cfg=0, model_options={"frame_rate": 25.0}, ...)
     seed / noise: the noise is drawn on the CPU from `seed` (see `initial_noise`) unless given, with the latent
         shape.
     callback(step, total, x, denoised): after each step; step is the 0-based index of the step just taken, x the
         new latent, denoised = x_step - sigma_step·v the clean-image estimate at that step's start (for previews).
         Exceptions it raises (e.g. to cancel) propagate unchanged.
     model_options: keywords passed to every model call (e.g. Lumina-Next's RoPE scaling and proportional
-        attention); none at all when empty, as Lumina 2 takes none.
+        attention, LTX-Video's frame_rate); none at all when empty, as Lumina 2 takes none.
     stats: a `SamplingStats` to fill in with the run's model calls and solver steps.
     """
     solver_step = _check_options(steps, cfg, batch_size, solver, cfg_channels, atol, rtol)
     guidance = make_guidance(cfg_mode, cfg, cfg_trunc, renorm_cfg)
-    sigmas = build_sigmas(schedule, steps, shift, denoise).tolist()
-    shape = _latent_shape(model, batch_size, height, width, init_latent)
+    shape = _latent_shape(model, batch_size, height, width, frames, init_latent)
+    sigmas = build_sigmas(schedule, steps, shift, denoise, tokens=math.prod(shape[2:])).tolist()
     guided_channels = _guided_channels(model, cfg_channels, shape[1])
     if noise is None:
         noise = initial_noise(shape, seed)
@@ -285,8 +389,12 @@ def sample(
         raise InvalidInputError(f"noise has shape {tuple(noise.shape)}, the latent is {shape}.")
 
     dtype, device = model_dtype_device(model)
+    mask = None if noise_mask is None else _expand_noise_mask(model, noise_mask, init_latent, shape, device)
     x = noise.to(device=device, dtype=torch.float32)
-    if init_latent is not None:
+    if mask is not None:
+        start = sigmas[0] * mask  # each token's own sigma0: 0 where init_latent is kept
+        x = (1 - start) * init_latent.to(device=device, dtype=torch.float32) + start * x
+    elif init_latent is not None:
         x = (1 - sigmas[0]) * init_latent.to(device=device, dtype=torch.float32) + sigmas[0] * x
     else:
         x = sigmas[0] * x
@@ -304,11 +412,14 @@ def sample(
         stats.model_calls = stats.uncond_calls = stats.solver_steps = stats.rejected_steps = 0
     velocity = GuidedVelocity(
         model, positive, negative, guidance, dtype,
-        cfg_channels=guided_channels, model_options=model_options, stats=stats,
+        cfg_channels=guided_channels, model_options=model_options, stats=stats, noise_mask=mask,
     )  # fmt: skip
 
     for i in range(steps):
-        x_next, v = solver_step(partial(velocity, step=i, total=steps), x, sigmas[i], sigmas[i + 1])
+        step_velocity = partial(velocity, step=i, total=steps)
+        if mask is not None:  # dx/dsigma on each token's clock sigma·mask: kept tokens stand still
+            step_velocity = partial(_masked_velocity, step_velocity, mask)
+        x_next, v = solver_step(step_velocity, x, sigmas[i], sigmas[i + 1])
         if isinstance(solver_step, Dopri5):
             stats.solver_steps, stats.rejected_steps = solver_step.accepted, solver_step.rejected
         else:

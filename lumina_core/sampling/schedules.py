@@ -8,11 +8,14 @@ Lumina samplers count grid points instead (30 points = 29 intervals, see `lumina
 Every schedule takes the static time shift (`shift_sigmas`) as its last stage, as the original code shifts its
 grid after building it: shift 1 leaves a schedule's own spacing, and s > 1 moves every point towards the noise end.
 The Lumina-Next paper compares "uniform", "rational" and "sigmoid" schedules; the first two are, as we read them,
-`shifted_linear` with shift 1 and with s > 1 (the time shift is a rational function of t).
+`shifted_linear` with shift 1 and with s > 1 (the time shift is a rational function of t). LTX-Video's `ltx`
+stretches the shifted schedule afterwards, and its shift depends on the latent size (`ltx_shift`), so `sample`
+derives it from the latent when given shift=None.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -84,17 +87,79 @@ def sigmoid(steps: int, shift: float, steepness: float = SIGMOID_STEEPNESS) -> t
     return shift_sigmas(1 - t, shift)
 
 
+# LTX-Video's resolution-dependent shift (ltx_video.md §6.2: the original rf.py, diffusers' LTXPipeline scheduler
+# config, ComfyUI's LTXVScheduler): mu is linear in the latent token count through these two points, and the
+# exponential time shift with mu is the static shift with s = e^mu. The schedule ends at a last non-zero sigma of 0.1.
+LTX_SHIFT_POINTS = ((1024, 0.95), (4096, 2.05))  # (tokens, mu)
+LTX_TERMINAL = 0.1
+
+
+def ltx_shift(tokens: int) -> float:
+    """The static shift e^mu that LTX-Video uses for a latent of `tokens` tokens (frames x rows x columns).
+
+    mu = 0.95 at 1024 tokens and 2.05 at 4096, linear in between and extrapolated outside (as every reference
+    does): 768 x 512 x 97 frames is 24 x 16 x 13 = 4992 tokens, mu 2.37, shift 10.7.
+    """
+    if tokens < 1:
+        raise InvalidInputError(f"the ltx schedule needs the latent's token count (at least 1), got {tokens}.")
+    (t0, mu0), (t1, mu1) = LTX_SHIFT_POINTS
+    return math.exp(mu0 + (tokens - t0) * (mu1 - mu0) / (t1 - t0))
+
+
+def stretch_to_terminal(sigmas: torch.Tensor, terminal: float) -> torch.Tensor:
+    """Stretch a schedule so its last non-zero sigma is `terminal`, keeping the first at 1 and the final 0.
+
+    The distances 1 - sigma of the non-zero sigmas are scaled by one factor (Lightricks rf.py, diffusers'
+    shift_terminal, ComfyUI's LTXVScheduler stretch). A schedule with a single non-zero sigma (one step from 1)
+    has nothing to stretch and is returned as it is, where the references would divide by zero.
+    """
+    nonzero = sigmas[:-1]
+    if len(nonzero) < 2:
+        return sigmas
+    distances = 1 - nonzero
+    stretched = 1 - distances * ((1 - terminal) / distances[-1])
+    return torch.cat([stretched, sigmas[-1:]])
+
+
+def ltx(steps: int, shift: float) -> torch.Tensor:
+    """LTX-Video's schedule: shifted_linear stretched so its last non-zero sigma is 0.1 (LTX_TERMINAL).
+
+    With shift = ltx_shift(tokens), which `sample` uses when it is given shift=None, these are the sigmas of
+    diffusers' LTXPipeline with the released scheduler config and of ComfyUI's LTXVScheduler (stretch on).
+    """
+    return stretch_to_terminal(shifted_linear(steps, shift), LTX_TERMINAL)
+
+
 # name -> (steps, shift) -> sigmas. Every schedule must use `shift` (an unshifted linear schedule is
 # shifted_linear with shift 1), because the sampler node shows the shift input next to the schedule.
 SCHEDULES: dict[str, Callable[[int, float], torch.Tensor]] = {
     "shifted_linear": shifted_linear,
     "sigmoid": sigmoid,
+    "ltx": ltx,
 }
+# The shift a schedule takes when none is given: Lumina-Image 2.0's 6, or LTX-Video's token-count rule.
+DEFAULT_SHIFT = 6.0
+TOKEN_SHIFTS: dict[str, Callable[[int], float]] = {"ltx": ltx_shift}
 
 
-def build_sigmas(schedule: str, steps: int, shift: float, denoise: float = 1.0) -> torch.Tensor:
+def default_shift(schedule: str, tokens: int | None) -> float:
+    """The shift `build_sigmas` uses for shift=None: from the latent's token count for "ltx", else DEFAULT_SHIFT."""
+    if schedule not in TOKEN_SHIFTS:
+        return DEFAULT_SHIFT
+    if tokens is None:
+        raise InvalidInputError(
+            f"the {schedule} schedule derives its shift from the latent's token count: pass tokens, or a shift."
+        )
+    return TOKEN_SHIFTS[schedule](tokens)
+
+
+def build_sigmas(
+    schedule: str, steps: int, shift: float | None, denoise: float = 1.0, tokens: int | None = None
+) -> torch.Tensor:
     """Sigmas for `steps` steps of the named schedule, starting part-way down when denoise < 1.
 
+    shift None takes `default_shift(schedule, tokens)`; tokens is the latent's token count (frames x rows x
+    columns for LTX-Video), used only then.
     With denoise < 1 this follows ComfyUI's KSampler.set_steps: build the schedule for int(steps / denoise) steps
     and keep its last steps + 1 sigmas, so `steps` solver steps still run but start at a lower noise level.
     Returns a float64 CPU tensor of length steps + 1 ending at 0.
@@ -104,6 +169,8 @@ def build_sigmas(schedule: str, steps: int, shift: float, denoise: float = 1.0) 
     _check_steps(steps)
     if not 0.0 < denoise <= 1.0:
         raise InvalidInputError(f"denoise must be in (0, 1], got {denoise}.")
+    if shift is None:
+        shift = default_shift(schedule, tokens)
     if denoise == 1.0:
         return SCHEDULES[schedule](steps, shift)
     full_steps = int(steps / denoise)

@@ -55,7 +55,10 @@ from transformers.models.gemma2.modeling_gemma2 import Gemma2RotaryEmbedding
 
 from ..conditioning import Conditioning
 from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
-from ..loading.files import Checkpoint, open_checkpoint, preview, read_json
+from ..gguf.reader import read_metadata
+from ..gguf.text import config_fields as gguf_config_fields
+from ..gguf.text import sentencepiece_model
+from ..loading.files import Checkpoint, is_gguf, open_checkpoint, preview, read_json
 from ..loading.modules import assign_tensors, build_on_meta
 from .prompts import format_negative_prompt, format_prompt, resolve_system_prompt
 
@@ -513,6 +516,8 @@ def _open_file(path: str) -> _Source:
         tokenizer = _tokenizer_from_tensor(checkpoint, ALL_IN_ONE_TOKENIZER_KEY)
         return _Source(weights, variant, _metadata_config(checkpoint, variant), tokenizer, where)
     weights, variant = _gemma_weights(checkpoint, checkpoint.describe())
+    if is_gguf(path):  # a llama.cpp file: the reader already renamed its tensors (lumina_core/gguf/text.py)
+        return _gguf_source(path, weights, variant)
     if SINGLE_FILE_TOKENIZER_KEY in checkpoint:
         tokenizer = _tokenizer_from_tensor(checkpoint, SINGLE_FILE_TOKENIZER_KEY)
     else:
@@ -522,6 +527,19 @@ def _open_file(path: str) -> _Source:
         )
         tokenizer = _tokenizer_from_folders([os.path.dirname(os.path.abspath(path))], failure)
     return _Source(weights, variant, _metadata_config(checkpoint, variant), tokenizer, path)
+
+
+def _gguf_source(path: str, weights: Checkpoint, variant: GemmaVariant) -> _Source:
+    """A llama.cpp Gemma GGUF: the tokenizer from its metadata (else beside it), head_dim from its metadata
+    unless the hidden size is a released one (whose table also knows 27B's query scale)."""
+    metadata = read_metadata(path)
+    if "tokenizer.ggml.tokens" in metadata:
+        model_proto = sentencepiece_model(metadata, path)
+        tokenizer = _SentencePieceTokenizer(model_proto, f"{path} (tokenizer.ggml.* metadata)")
+    else:
+        tokenizer = _tokenizer_from_folders([os.path.dirname(os.path.abspath(path))], f"{path}: no tokenizer")
+    released = weights.shape("embed_tokens.weight")[1] in variant.release_attention
+    return _Source(weights, variant, None if released else gguf_config_fields(metadata), tokenizer, path)
 
 
 def _open_folder(path: str) -> _Source:

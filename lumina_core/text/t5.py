@@ -35,6 +35,7 @@ scaled-fp8 files have one. In fp16 the feed-forward output projections `wo` stay
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -50,7 +51,10 @@ from transformers import PreTrainedTokenizerBase, T5Config, T5EncoderModel, T5To
 
 from ..conditioning import Conditioning
 from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
-from ..loading.files import Checkpoint, open_checkpoint, preview, read_json
+from ..gguf.quantized import QuantizedTensor
+from ..gguf.reader import read_metadata
+from ..gguf.text import sentencepiece_model
+from ..loading.files import Checkpoint, is_gguf, open_checkpoint, preview, read_json
 from ..loading.modules import FP8_DTYPES, assign_tensors, build_on_meta
 
 logger = logging.getLogger(__name__)
@@ -188,7 +192,13 @@ def _load_tokenizer(
     try:
         return factory(location, **kwargs)
     except Exception as err:  # noqa: BLE001 - transformers and tokenizers raise many types on bad files
-        raise CheckpointError(f"{source} is not a readable T5 tokenizer ({type(err).__name__}: {err}).") from None
+        # transformers turns a bare spiece.model into its fast tokenizer with protobuf; without it the error it
+        # raises is about tiktoken, which says nothing useful.
+        hint = "" if importlib.util.find_spec("google.protobuf") else (
+            " Reading a SentencePiece spiece.model needs the protobuf package (pip install protobuf), or give a "
+            "folder with tokenizer.json (ComfyUI's own T5 tokenizer is one)."
+        )  # fmt: skip
+        raise CheckpointError(f"{source} is not a readable T5 tokenizer ({type(err).__name__}: {err}).{hint}") from None
 
 
 class T5TextEncoder:
@@ -295,6 +305,8 @@ def load_t5_text_encoder(
         stored = read_json(config_path, "a T5 config.json")
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     nearby = [folder, os.path.join(os.path.dirname(folder), "tokenizer")]
+    if tokenizer is None and is_gguf(path):  # a llama.cpp T5 GGUF carries its tokenizer in its metadata
+        tokenizer = gguf_tokenizer(path)
     t5_tokenizer = _resolve_tokenizer(tokenizer, [*nearby, *map(os.fspath, tokenizer_dirs)], path)
     model = _build_model(weights, stored, dtype, torch.device(device))
     return T5TextEncoder(model, t5_tokenizer)
@@ -435,6 +447,14 @@ def _dequantised(checkpoint: Checkpoint, key: str) -> torch.Tensor:
     return tensor.float() * checkpoint.load(scale_key).float()
 
 
+def gguf_tokenizer(path: str) -> T5PromptTokenizer | None:
+    """The tokenizer rebuilt from a GGUF's tokenizer.ggml.* metadata; None when it has none."""
+    metadata = read_metadata(path)
+    if "tokenizer.ggml.tokens" not in metadata:
+        return None
+    return T5PromptTokenizer.from_sentencepiece(sentencepiece_model(metadata, path), f"{path} (tokenizer.ggml.*)")
+
+
 def _resolve_tokenizer(
     tokenizer: str | os.PathLike | T5PromptTokenizer | PreTrainedTokenizerBase | tokenizers.Tokenizer | None,
     search: list[str],
@@ -484,5 +504,6 @@ def _target_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float16 and name.endswith(".DenseReluDense.wo.weight") else dtype
 
 
-def _cast(read: Callable[[], torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    return read().to(dtype)
+def _cast(read: Callable[[], torch.Tensor], dtype: torch.dtype) -> torch.Tensor | QuantizedTensor:
+    tensor = read()  # GGUF weights stay packed; assign_tensors makes QuantizedLinears of them
+    return tensor if isinstance(tensor, QuantizedTensor) else tensor.to(dtype)

@@ -1,5 +1,11 @@
-"""The LDM/FLUX KL autoencoder and its loader."""
+"""VAEs and their loader: the LDM/FLUX KL autoencoder, and the LTX-Video causal video VAE."""
 
-from .autoencoder import Autoencoder, AutoencoderConfig, config_from_state_dict, load_vae
+from .autoencoder import Autoencoder, AutoencoderConfig, config_from_state_dict
+from .load import load_vae
+from .ltx_video import LTXVideoVAE, LTXVideoVAEConfig, first_frame_conditioning, load_ltx_vae
+from .ltx_video_tiling import TileSettings
 
-__all__ = ["Autoencoder", "AutoencoderConfig", "config_from_state_dict", "load_vae"]
+__all__ = [
+    "Autoencoder", "AutoencoderConfig", "LTXVideoVAE", "LTXVideoVAEConfig", "TileSettings", "config_from_state_dict",
+    "first_frame_conditioning", "load_ltx_vae", "load_vae",
+]  # fmt: skip

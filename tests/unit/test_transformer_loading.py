@@ -49,8 +49,7 @@ def save(tmp_path, name, tensors):
 
 
 FOREIGN = {
-    "ltx": ({"adaln_single.linear.weight": torch.zeros(6, 1),
-             "transformer_blocks.0.attn1.to_q.weight": torch.zeros(1, 1)}, "LTX-Video"),
+    "flux": ({"double_blocks.0.img_attn.qkv.weight": torch.zeros(6, 2)}, "FLUX"),
     "sdxl": ({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)}, "SDXL UNet"),
     "vae": ({"decoder.conv_in.weight": torch.zeros(4, 4, 3, 3)}, "a VAE"),
     "gemma": ({"model.layers.0.post_feedforward_layernorm.weight": torch.zeros(4)}, "Gemma-2 text encoder"),

@@ -1,0 +1,106 @@
+"""Convert a diffusion transformer checkpoint to a GGUF file that the ComfyUI GGUF ecosystem reads.
+
+The output follows city96/ComfyUI-GGUF's conventions, so its UnetLoaderGGUF, diffusers' GGUF path and our
+own loader all read it: original (Alpha-VLLM / Lightricks / ComfyUI) tensor names without a prefix,
+`general.architecture` set to the family ("lumina2", "ltxv"; "lumina_next" for Lumina-Next, which city96's
+list lacks), the quantization version and the file type, and an original LTX-Video file's JSON `config`.
+Tensors are written one at a time (tensor infos first, then each tensor's bytes), so converting never holds
+more than one tensor in memory.
+
+Per-tensor policy (`policy.keeps_float`): 1-D and small tensors (norms, biases, pad tokens, tables) in F32,
+the family's sensitive layers (embedders, output layers, LTX's adaLN) in F16 (BF16 when the source is
+BF16), rows that are not whole blocks of the requested type in F16/BF16 as well, everything else in the
+requested type.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFileType
+
+from ..errors import InvalidInputError
+from .policy import MIN_QUANTIZED_ELEMENTS, keeps_float
+from .quantize import quantize
+from .quantized import QuantizedTensor
+
+Q = GGMLQuantizationType
+CONFIG_KEY = "config"  # safetensors metadata of original LTX-Video files, kept under the same GGUF key
+# --type choices -> ggml type and the file type ComfyUI-GGUF and llama.cpp tools show.
+TARGETS = {
+    "Q8_0": (Q.Q8_0, LlamaFileType.MOSTLY_Q8_0),
+    "Q5_0": (Q.Q5_0, LlamaFileType.MOSTLY_Q5_0),
+    "Q4_0": (Q.Q4_0, LlamaFileType.MOSTLY_Q4_0),
+    "Q4_K": (Q.Q4_K, LlamaFileType.MOSTLY_Q4_K_S),
+    "Q5_K": (Q.Q5_K, LlamaFileType.MOSTLY_Q5_K_S),
+    "Q6_K": (Q.Q6_K, LlamaFileType.MOSTLY_Q6_K),
+    "F16": (Q.F16, LlamaFileType.MOSTLY_F16),
+    "BF16": (Q.BF16, LlamaFileType.MOSTLY_BF16),
+}
+
+
+def choose_type(family: str, name: str, shape: tuple[int, ...], target: Q, source_dtype: torch.dtype) -> Q:
+    """The ggml type one tensor is written in."""
+    # Float-kept tensors: the requested float type, else the source's half type (city96 keeps BF16 as BF16).
+    half = target if target in (Q.F16, Q.BF16) else (Q.BF16 if source_dtype == torch.bfloat16 else Q.F16)
+    if len(shape) != 2 or shape[0] * shape[1] <= MIN_QUANTIZED_ELEMENTS:
+        return Q.F32
+    if keeps_float(family, name, shape):
+        return half
+    if shape[-1] % GGML_QUANT_SIZES[target][0]:
+        return half  # e.g. LTX's 128-wide patchify_proj input under a K-quant (city96 does the same)
+    return target
+
+
+def convert(source: str | os.PathLike, output: str | os.PathLike, type_name: str = "Q8_0") -> dict[str, int]:
+    """Write `source` (any transformer file or folder load_transformer reads) to `output` as GGUF.
+
+    Returns how many tensors were written in each ggml type.
+    """
+    from ..loading.files import open_checkpoint  # the loading package imports this one's modules
+    from ..loading.transformer import original_tensors
+
+    if type_name not in TARGETS:
+        raise InvalidInputError(f"unknown --type '{type_name}'; choose one of {', '.join(TARGETS)}.")
+    target, file_type = TARGETS[type_name]
+    family, readers, shapes = original_tensors(source)
+    writer = GGUFWriter(os.fspath(output), arch=family)
+    writer.add_quantization_version(GGML_QUANT_VERSION)
+    writer.add_file_type(file_type)
+    stored_config = open_checkpoint(source).metadata.get(CONFIG_KEY) if os.path.isfile(source) else None
+    if stored_config:  # an original LTX-Video file's JSON config (heads, RoPE ...): the loader reads it back
+        writer.add_string(CONFIG_KEY, stored_config)
+    plan: list[tuple[Q, Callable[[], torch.Tensor]]] = []
+    counts: dict[str, int] = {}
+    for name in sorted(readers):
+        tensor = readers[name]()
+        stored = torch.float32 if isinstance(tensor, QuantizedTensor) else tensor.dtype
+        qtype = choose_type(family, name, shapes[name], target, stored)
+        plan.append((qtype, readers[name]))
+        counts[qtype.name] = counts.get(qtype.name, 0) + 1
+        _add_info(writer, name, shapes[name], qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for qtype, read in plan:  # in the order of the tensor infos
+        writer.write_tensor_data(_encode(read(), qtype))
+    writer.close()
+    return counts
+
+
+def _add_info(writer: GGUFWriter, name: str, shape: tuple[int, ...], qtype: Q) -> None:
+    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    n_bytes = int(np.prod(shape)) // block_size * type_size
+    if qtype in (Q.F32, Q.F16):
+        writer.add_tensor_info(name, shape, np.dtype(np.float32 if qtype == Q.F32 else np.float16), n_bytes)
+    else:
+        byte_shape = (*shape[:-1], shape[-1] // block_size * type_size)
+        writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), n_bytes, raw_dtype=qtype)
+
+
+def _encode(tensor: torch.Tensor | QuantizedTensor, qtype: Q) -> np.ndarray:
+    values = tensor.dequantize() if isinstance(tensor, QuantizedTensor) else tensor.detach().float()
+    return np.ascontiguousarray(quantize(values.numpy(), qtype))
