@@ -12,29 +12,36 @@ def build_parser() -> argparse.ArgumentParser:
     from .sampling import SCHEDULES, SOLVERS
     from .text.prompts import SYSTEM_PROMPTS
 
-    parser = argparse.ArgumentParser(prog="python -m lumina_core", description="Lumina-Image 2.0 in plain PyTorch.")
+    parser = argparse.ArgumentParser(
+        prog="python -m lumina_core", description="Lumina-Image 2.0, Lumina-Next and LTX-Video in plain PyTorch."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    gen = commands.add_parser("generate", help="text to image from checkpoint files")
+    gen = commands.add_parser("generate", help="text to image (or video, with an LTX-Video model) from checkpoints")
     gen.add_argument("--transformer", required=True, help="DiT file or folder (an all-in-one file works for all three)")
-    gen.add_argument("--text-encoder", help="Gemma-2 file or folder (default: the --transformer file)")
+    gen.add_argument("--text-encoder", help="Gemma / Gemma-2 / T5 file or folder (default: the --transformer file)")
+    gen.add_argument("--tokenizer", help="T5 tokenizer folder or file, for a single-file T5 without one beside it")
     gen.add_argument("--vae", help="VAE file or folder (default: the --transformer file)")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--system-prompt", default="real", help=f"preset ({', '.join(SYSTEM_PROMPTS)}) or custom text")
-    gen.add_argument("--width", type=int, default=1024)
-    gen.add_argument("--height", type=int, default=1024)
+    gen.add_argument("--width", type=int, help="pixels (default: 1024; 768 for video)")
+    gen.add_argument("--height", type=int, help="pixels (default: 1024; 512 for video)")
+    gen.add_argument("--frames", type=int, default=97, help="video models: frame count, 8k + 1")
+    gen.add_argument("--frame-rate", type=float, default=25.0, help="video models: frames per second")
+    gen.add_argument("--max-tokens", type=int, default=128, help="T5 prompt length, 128 to 256")
     gen.add_argument("--batch-size", type=int, default=1)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--steps", type=int, default=30)
-    gen.add_argument("--cfg", type=float, default=4.0)
-    gen.add_argument("--shift", type=float, help="time shift (default: the model's: 6 Lumina 2, 4 Lumina-Next)")
+    gen.add_argument("--cfg", type=float, help="guidance scale (default: the model's: 4 Lumina, 3 LTX-Video)")
+    gen.add_argument(
+        "--shift", type=float, help="time shift (default: the model's: 6 Lumina 2, 4 Lumina-Next, LTX from the size)"
+    )
     gen.add_argument("--solver", default="euler", choices=sorted(SOLVERS))
     gen.add_argument(
         "--schedule",
-        default="shifted_linear",
         choices=sorted(SCHEDULES),
-        help="sigmoid: Lumina-Next's few-step schedule",
+        help="default: the model's (ltx for LTX-Video, else shifted_linear); sigmoid: Lumina-Next's few-step one",
     )
     gen.add_argument("--cfg-trunc", type=float, default=1.0, help="guide while Lumina time t < this (1 = always)")
     gen.add_argument(
@@ -44,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     gen.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    gen.add_argument("--out", default="lumina.png", help="a .png/.jpg/.webp path (none: .png); batches add _0, _1 ...")
+    gen.add_argument(
+        "--out",
+        help="images: .png/.jpg/.webp (default lumina.png); video: .mp4 (needs PyAV) or .webp (default "
+        "ltxv.webp); batches add _0, _1 ...",
+    )
 
     info = commands.add_parser("inspect", help="what a checkpoint holds: family, layout, config")
     info.add_argument("path")
@@ -58,16 +69,25 @@ def build_parser() -> argparse.ArgumentParser:
 def generate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from .pipeline import ImageRequest, output_paths, resolve_device, resolve_dtype, save_images, text_to_image
+    from .loading.transformer import inspect_transformer
+    from .outputs import output_paths, save_images, save_videos
+    from .pipeline import ImageRequest, VideoRequest, resolve_device, resolve_dtype, text_to_image, text_to_video
 
     device = resolve_device(args.device)
-    output_paths(args.out, args.batch_size)  # a bad --out fails now, not after sampling
-    request = ImageRequest(
+    video = getattr(inspect_transformer(args.transformer), "is_video", False)
+    out = args.out or ("ltxv.webp" if video else "lumina.png")
+    output_paths(out, args.batch_size, video)  # a bad --out fails now, not after sampling
+    settings = dict(
         prompt=args.prompt, negative_prompt=args.negative_prompt, system_prompt=args.system_prompt,
-        width=args.width, height=args.height, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
-        cfg=args.cfg, shift=args.shift, solver=args.solver, schedule=args.schedule, cfg_trunc=args.cfg_trunc,
-        renorm_cfg=args.renorm_cfg,
+        batch_size=args.batch_size, seed=args.seed, steps=args.steps, cfg=args.cfg, shift=args.shift,
+        solver=args.solver, schedule=args.schedule, cfg_trunc=args.cfg_trunc, renorm_cfg=args.renorm_cfg,
+        **{k: v for k, v in (("width", args.width), ("height", args.height)) if v is not None},
     )  # fmt: skip
+    if video:
+        request = VideoRequest(**settings, frames=args.frames, frame_rate=args.frame_rate, max_tokens=args.max_tokens,
+                               tokenizer=args.tokenizer)  # fmt: skip
+    else:
+        request = ImageRequest(**settings)
     bar = None
 
     def on_step(done: int, total: int) -> None:
@@ -75,15 +95,17 @@ def generate(args: argparse.Namespace) -> None:
         bar = bar or tqdm(total=total, unit="step", desc="sampling")
         bar.update(1)
 
+    files = (args.transformer, args.text_encoder or args.transformer, args.vae or args.transformer)
+    run = dict(device=device, dtype=resolve_dtype(args.dtype, device), on_step=on_step)
     try:
-        images = text_to_image(
-            args.transformer, args.text_encoder or args.transformer, args.vae or args.transformer, request,
-            device=device, dtype=resolve_dtype(args.dtype, device), on_step=on_step,
-        )  # fmt: skip
+        if video:
+            paths = save_videos(text_to_video(*files, request, **run), out, request.frame_rate)
+        else:
+            paths = save_images(text_to_image(*files, request, **run), out)
     finally:
         if bar is not None:
             bar.close()
-    for path in save_images(images, args.out):
+    for path in paths:
         print(path)
 
 

@@ -5,11 +5,13 @@ The same random weights are saved in each layout a user may download (original s
 Hugging Face folder; the VAE as FLUX `ae.safetensors` and a diffusers folder). Text-to-image runs from
 each, and the pictures must agree: the same weights give the same image whatever the file layout.
 Lumina-Next (with Gemma and the SDXL VAE) then renders with its reference settings and with the few-step
-sigmoid schedule and context drop.
+sigmoid schedule and context drop, and LTX-Video (its single file with the VAE inside, and T5) renders a short
+clip as an animated WEBP and, with PyAV installed, an MP4.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -17,7 +19,9 @@ import numpy as np
 import torch
 
 from . import tiny
-from .pipeline import ImageRequest, save_images, text_to_image
+from .errors import InvalidInputError
+from .outputs import save_images, save_videos
+from .pipeline import ImageRequest, VideoRequest, text_to_image, text_to_video
 
 TRANSFORMER_LAYOUTS = (
     "original.safetensors", "original.pth", "comfy_bf16.safetensors", "diffusers_single.safetensors",
@@ -26,8 +30,9 @@ TRANSFORMER_LAYOUTS = (
 
 
 def build_checkpoints(folder: Path, seed: int = 0) -> dict[str, Path]:
-    """Write every layout under folder; returns name -> path."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write every layout under folder, replacing what an earlier run left there; returns name -> path."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     transformer, gemma, vae = tiny.make_transformer(seed), tiny.make_gemma(seed), tiny.make_vae(seed)
     spm_model = tiny.train_tokenizer()
     paths = {f"transformer/{layout}": tiny.write_transformer(transformer, layout, folder) for layout in
@@ -46,6 +51,14 @@ def build_checkpoints(folder: Path, seed: int = 0) -> dict[str, Path]:
         tiny.make_gemma1(seed), spm_model, "comfy.safetensors", next_folder
     )
     paths["lumina_next/vae"] = tiny.write_vae(tiny.make_vae(seed, tiny.TINY_SDXL_VAE), "ae.safetensors", next_folder)
+    ltxv_folder = folder / "ltxv"
+    ltxv_folder.mkdir(exist_ok=True)
+    paths["ltxv/checkpoint"] = tiny.write_ltxv_all_in_one(
+        tiny.make_ltxv_transformer(seed), tiny.make_ltx_vae(seed), ltxv_folder / "ltx-video.safetensors"
+    )
+    paths["ltxv/text_encoder"] = tiny.write_t5_text_encoder(
+        tiny.make_t5(seed), tiny.train_t5_tokenizer(), "comfy.safetensors", ltxv_folder
+    )
     return paths
 
 
@@ -79,7 +92,7 @@ def run_demo(out: Path, steps: int = 4, width: int = 128, height: int = 96) -> l
     print(f"{'t2i_batch (2 images, cfg truncation 0.5)':40s} -> {written[-2]}, {written[-1]}")
     _report_agreement(pixels)
     written += _run_lumina_next(paths, request, out)
-    print("text-to-video: LTX-Video is not built yet; the demo will render a clip once it lands.")
+    written += _run_ltxv(paths, steps, out)
     return written
 
 
@@ -95,6 +108,26 @@ def _run_lumina_next(paths: dict[str, Path], request: ImageRequest, out: Path) -
         start = time.perf_counter()
         written += save_images(text_to_image(*files, settings), out / f"{name}.png")
         print(f"{name:40s} {time.perf_counter() - start:5.2f} s  -> {written[-1]}")
+    return written
+
+
+def _run_ltxv(paths: dict[str, Path], steps: int, out: Path) -> list[Path]:
+    """Text-to-video with LTX-Video (the Lightricks single file, T5 with its tokenizer beside it)."""
+    checkpoint, text_encoder = paths["ltxv/checkpoint"], paths["ltxv/text_encoder"]
+    request = VideoRequest(
+        prompt="a red fox trots through fresh snow, the camera follows", negative_prompt="worst quality, blurry",
+        width=128, height=96, frames=17, frame_rate=12.0, steps=steps, seed=42,
+        tokenizer=str(text_encoder.parent / "t5_tokenizer"),
+    )  # fmt: skip
+    start = time.perf_counter()
+    video = text_to_video(checkpoint, text_encoder, checkpoint, request)
+    written = save_videos(video, out / "t2v_ltxv.webp", request.frame_rate)
+    try:
+        written += save_videos(video, out / "t2v_ltxv.mp4", request.frame_rate)
+    except InvalidInputError as err:  # PyAV is optional
+        print(f"  (no .mp4: {err})")
+    seconds = time.perf_counter() - start
+    print(f"{'t2v_ltxv (17 frames, 12 fps)':40s} {seconds:5.2f} s  -> {', '.join(map(str, written))}")
     return written
 
 
@@ -117,4 +150,4 @@ def _report_agreement(pixels: dict[str, np.ndarray]) -> None:
 def main(out: str = "demo_out", steps: int = 4) -> None:
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     written = run_demo(Path(out), steps=steps)
-    print(f"wrote {len(written)} images under {out}/")
+    print(f"wrote {len(written)} files under {out}/")

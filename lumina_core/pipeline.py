@@ -1,4 +1,4 @@
-"""Prompt to pictures from checkpoint files, one model in memory at a time (text encoder, then DiT, then VAE).
+"""Prompt to pictures or video from checkpoint files, one model in memory at a time (text encoder, DiT, VAE).
 
 This is what the CLI and the demo run; ComfyUI users wire the same steps as nodes.
 """
@@ -7,32 +7,30 @@ from __future__ import annotations
 
 import gc
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from .conditioning import Conditioning
 from .errors import InvalidInputError
 from .loading.transformer import inspect_transformer, load_transformer
+from .outputs import to_pil
 from .sampling import check_settings, sample
 from .text import load_text_encoder
 from .vae import load_vae
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # file suffix -> PIL format
 
-
-# Settings whose best value depends on the model family, used where an ImageRequest leaves them None: the
-# reference recipes (Lumina-Image 2.0's sample.py: shift 6 with renormalisation; Lumina-Next's demo: shift 4 and
-# no renormalisation, lumina_next.md §7.1).
+# Settings whose best value depends on the model family, used where a request leaves them None: the reference
+# recipes (Lumina-Image 2.0's sample.py: shift 6 with renormalisation; Lumina-Next's demo: shift 4, no
+# renormalisation, lumina_next.md §7.1; LTX-Video: its resolution-dependent "ltx" schedule, whose shift None
+# follows the token count, cfg 3 and plain guidance, ltx_video.md §6.3).
 FAMILY_DEFAULTS = {
-    "lumina2": {"shift": 6.0, "renorm_cfg": 1.0},
-    "lumina_next": {"shift": 4.0, "renorm_cfg": 0.0},
+    "lumina2": {"cfg": 4.0, "shift": 6.0, "schedule": "shifted_linear", "renorm_cfg": 1.0},
+    "lumina_next": {"cfg": 4.0, "shift": 4.0, "schedule": "shifted_linear", "renorm_cfg": 0.0},
+    "ltxv": {"cfg": 3.0, "shift": None, "schedule": "ltx", "renorm_cfg": 0.0},
 }
 
 
@@ -50,10 +48,10 @@ class ImageRequest:
     batch_size: int = 1
     seed: int = 0
     steps: int = 30
-    cfg: float = 4.0
+    cfg: float | None = None
     shift: float | None = None
     solver: str = "euler"
-    schedule: str = "shifted_linear"
+    schedule: str | None = None
     cfg_trunc: float = 1.0
     renorm_cfg: float | None = None
     model_options: dict | None = None
@@ -62,6 +60,25 @@ class ImageRequest:
         """A copy with the settings left None filled in from the family's defaults."""
         defaults = FAMILY_DEFAULTS.get(family, FAMILY_DEFAULTS["lumina2"])
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+
+@dataclass
+class VideoRequest(ImageRequest):
+    """An ImageRequest for a video model (LTX-Video): 768x512, 97 frames at 25 fps by default.
+
+    max_tokens: the T5 prompt length (128 as diffusers' pipeline, up to 256). tokenizer: a T5 tokenizer folder
+    or file, for a single-file T5 with none beside it. decode_timestep and decode_noise_scale: the
+    timestep-conditioned VAE's decode settings (0.9.1 and later), seeded by `seed`.
+    """
+
+    width: int = 768
+    height: int = 512
+    frames: int = 97
+    frame_rate: float = 25.0
+    max_tokens: int = 128
+    tokenizer: str | None = None
+    decode_timestep: float = 0.05
+    decode_noise_scale: float = 0.025
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -108,84 +125,87 @@ def text_to_image(
     Sizes are checked against the transformer's rule before any weights are read, and each model is
     released before the next one loads, so peak memory is that of the largest model.
     """
+    return to_pil(_generate(transformer, text_encoder, vae, request, device, dtype, on_step, video=False))
+
+
+def text_to_video(
+    transformer: str | os.PathLike,
+    text_encoder: str | os.PathLike,
+    vae: str | os.PathLike,
+    request: VideoRequest,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    on_step: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """The text-to-video pipeline (LTX-Video); returns frames (B, 3, T, H, W) in [0, 1], e.g. for `save_videos`."""
+    return _generate(transformer, text_encoder, vae, request, device, dtype, on_step, video=True)
+
+
+def _generate(transformer, text_encoder, vae, request, device, dtype, on_step, video: bool) -> torch.Tensor:
     model = inspect_transformer(transformer)
+    is_video = getattr(model, "is_video", False)
+    if is_video != video:
+        wanted, other = ("text_to_video", "a video") if is_video else ("text_to_image", "an image")
+        raise InvalidInputError(f"{transformer} holds {other} model ({model.family}): use {wanted}.")
     request = request.for_family(model.family)
     check_settings(
         steps=request.steps, cfg=request.cfg, batch_size=request.batch_size, solver=request.solver,
         schedule=request.schedule, shift=request.shift, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg,
     )  # fmt: skip
-    model.latent_shape(request.batch_size, request.height, request.width)
+    model.latent_shape(request.batch_size, request.height, request.width, **_frames(request, is_video))
     positive, negative = _encode(text_encoder, request, dtype, device)
     _free_memory()
-    latent = _sample(transformer, positive, negative, request, dtype, device, on_step)
+    latent = _sample(transformer, positive, negative, request, dtype, device, on_step, is_video)
     _free_memory()
-    images = _decode(vae, latent, dtype, device)
+    decoded = _decode(vae, latent, request, dtype, device, is_video)
     _free_memory()
-    return to_pil(images)
+    return decoded
+
+
+def _frames(request: ImageRequest, is_video: bool) -> dict:
+    return {"frames": request.frames} if is_video else {}
 
 
 def _encode(path, request: ImageRequest, dtype, device) -> tuple[Conditioning, Conditioning]:
-    encoder = load_text_encoder(path, dtype=dtype, device=device)
+    tokenizer = {"tokenizer": request.tokenizer} if isinstance(request, VideoRequest) and request.tokenizer else {}
+    encoder = load_text_encoder(path, dtype=dtype, device=device, **tokenizer)
+    if encoder.family == "ltxv":
+        return tuple(
+            encoder.encode([text], max_tokens=request.max_tokens) for text in (request.prompt, request.negative_prompt)
+        )
     template = request.system_prompt if encoder.family == "lumina2" else None
     positive = encoder.encode([request.prompt], system_prompt=template)
     negative = encoder.encode([request.negative_prompt], system_prompt=template, negative=True)
     return positive, negative
 
 
-def _sample(path, positive, negative, request: ImageRequest, dtype, device, on_step) -> torch.Tensor:
+def _sample(path, positive, negative, request: ImageRequest, dtype, device, on_step, is_video) -> torch.Tensor:
     model = load_transformer(path, dtype=dtype, device=device)
     callback = None if on_step is None else (lambda i, total, x, denoised: on_step(i + 1, total))
+    options = dict(request.model_options or {})
+    if is_video:
+        options.setdefault("frame_rate", request.frame_rate)
     return sample(
         model, positive, negative, width=request.width, height=request.height, batch_size=request.batch_size,
         seed=request.seed, steps=request.steps, cfg=request.cfg, shift=request.shift, solver=request.solver,
         schedule=request.schedule, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg, callback=callback,
-        model_options=request.model_options,
+        model_options=options, **_frames(request, is_video),
     )  # fmt: skip
 
 
-def _decode(path, latent: torch.Tensor, dtype, device) -> torch.Tensor:
+def _decode(path, latent: torch.Tensor, request: ImageRequest, dtype, device, is_video) -> torch.Tensor:
     vae = load_vae(path, dtype=dtype, device=device)
+    if getattr(vae, "family", None) == "ltxv" and not is_video:
+        raise InvalidInputError(f"{path} holds LTX-Video's video VAE; image models need their own VAE.")
     with torch.inference_mode():
-        return vae.decode(latent)
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) floats in [0, 1] -> RGB PIL images."""
-    array = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
-
-
-def output_paths(out: str | os.PathLike, count: int) -> list[Path]:
-    """Where `save_images` puts `count` images: `out`, or `out` with _0, _1 ... before the suffix for a batch.
-
-    No suffix means .png; a suffix other than IMAGE_FORMATS raises InvalidInputError, so a caller can check
-    the name before spending time on the images.
-    """
-    out = Path(out)
-    if not out.suffix:
-        out = out.with_suffix(".png")
-    if out.suffix.lower() not in IMAGE_FORMATS:
-        raise InvalidInputError(
-            f"cannot save images as {out}: the extension {out.suffix!r} is not png, jpg or webp; name the output "
-            "e.g. picture.png (no extension saves a .png)."
-        )
-    return [out] if count == 1 else [out.with_stem(f"{out.stem}_{i}") for i in range(count)]
-
-
-def save_images(images: list[Image.Image], out: str | os.PathLike) -> list[Path]:
-    """Save to `output_paths(out, len(images))`; each file appears whole or not at all."""
-    paths = output_paths(out, len(images))
-    paths[0].parent.mkdir(parents=True, exist_ok=True)
-    for image, path in zip(images, paths):
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-        os.close(handle)
-        try:
-            image.save(tmp, format=IMAGE_FORMATS[path.suffix.lower()])
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    return paths
+        if not is_video:
+            return vae.decode(latent)
+        if getattr(vae, "family", None) != "ltxv":
+            raise InvalidInputError(
+                f"{path} holds an image VAE; LTX-Video needs its video VAE (its file's vae.* part)."
+            )
+        return vae.decode(latent, timestep=request.decode_timestep, noise_scale=request.decode_noise_scale,
+                          seed=request.seed)  # fmt: skip
 
 
 def _free_memory() -> None:

@@ -87,9 +87,7 @@ def t5_tokenizer_dirs() -> list[str]:
     """Inside ComfyUI, the T5 tokenizer ComfyUI itself ships (single-file T5 checkpoints carry none)."""
     if not IN_COMFYUI:
         return []
-    import comfy.text_encoders
-
-    return [os.path.join(os.path.dirname(comfy.text_encoders.__file__), "t5_tokenizer")]
+    return [os.path.join(folder_paths.base_path, "comfy", "text_encoders", "t5_tokenizer")]
 
 
 def compute_device() -> torch.device:
@@ -164,8 +162,9 @@ def latent_previewer(model):
     import comfy.latent_formats
     import latent_preview
 
-    formats = {16: comfy.latent_formats.Flux}
-    latent_format = formats.get(model.config.in_channels)
+    formats = {"lumina2": comfy.latent_formats.Flux, "lumina_next": comfy.latent_formats.SDXL,
+               "ltxv": comfy.latent_formats.LTXV}  # fmt: skip
+    latent_format = formats.get(model.family)
     previewer = latent_format and latent_preview.get_previewer(compute_device(), latent_format())
     if previewer is None:
         return None

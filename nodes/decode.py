@@ -1,8 +1,11 @@
-"""Decoding nodes: Lumina VAE decode to IMAGE, and the video decoder slot for LTX-Video."""
+"""Decoding nodes: Lumina VAE decode to IMAGE, LTX-Video decode to frames and their frame rate."""
 
 from __future__ import annotations
 
+import torch
+
 import lumina_core
+from lumina_core.vae import TileSettings
 
 from . import comfy_bridge as bridge
 from .handles import Handle
@@ -26,6 +29,10 @@ class LuminaVAEDecode:
 
     def decode(self, vae: Handle, samples: dict):
         latent = samples["samples"]
+        if vae.family == "ltxv":
+            raise lumina_core.InvalidInputError(
+                f"{vae.source} is the LTX-Video video VAE: decode video latents with LTX-Video Decode."
+            )
         if latent.ndim != 4 or latent.shape[1] != vae.model.latent_channels:
             raise lumina_core.InvalidInputError(
                 f"this VAE ({vae.source}) decodes {vae.model.latent_channels}-channel image latents; got a latent "
@@ -38,19 +45,69 @@ class LuminaVAEDecode:
 
 class LTXVideoDecode:
     DISPLAY_NAME = "LTX-Video Decode"
-    DESCRIPTION = "Decodes an LTX-Video latent to frames. Not built yet: it says so when run."
+    DESCRIPTION = ("Decodes an LTX-Video latent to frames (an IMAGE batch, one image per frame) and passes the frame "
+                   "rate on for the save node. Timestep-conditioned VAEs (0.9.1 and later) add a little seeded noise "
+                   "and decode at a small timestep, as the reference does; 0.9.0 VAEs ignore both.")  # fmt: skip
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE",)
+    RETURN_TYPES = ("IMAGE", "FLOAT")
+    RETURN_NAMES = ("frames", "frame_rate")
     FUNCTION = "decode"
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "vae": ("LUMINA_VAE", {"tooltip": "The LTX-Video causal video VAE."}),
-            "samples": ("LATENT", {"tooltip": "A video latent (B, 128, T, H, W)."}),
+            "vae": ("LUMINA_VAE", {"tooltip": "The LTX-Video VAE: Load Lumina VAE on the LTX-Video file (its vae.* "
+                                              "part) or a separate LTX VAE file."}),
+            "samples": ("LATENT", {"tooltip": "A video latent (B, 128, T, H, W) from Flow Sampler or core nodes."}),
+            "decode_timestep": ("FLOAT", {"default": 0.05, "min": 0.0, "max": 1.0, "step": 0.005}),
+            "decode_noise_scale": ("FLOAT", {"default": 0.025, "min": 0.0, "max": 1.0, "step": 0.005}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                             "tooltip": "For the decode noise, drawn on the CPU: the same video on any device."}),
+            "tile_size": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 32, "tooltip":
+                          "Decode in overlapping tiles of this many pixels (and tile_frames frames) to bound memory; "
+                          "0 = whole, falling back to 512 px / 57-frame tiles if memory runs out."}),
+            "tile_frames": ("INT", {"default": 57, "min": 17, "max": 1025, "step": 8,
+                                    "tooltip": "Frames per tile when tiling (8k + 1)."}),
         }}  # fmt: skip
 
-    def decode(self, vae: Handle, samples: dict):
-        raise lumina_core.UnsupportedModelError(
-            "LTX-Video decoding is not built yet in this pack; text-to-video arrives with the LTX-Video support."
-        )
+    def decode(self, vae: Handle, samples: dict, decode_timestep, decode_noise_scale, seed, tile_size, tile_frames):
+        latent = samples["samples"]
+        if vae.family != "ltxv":
+            raise lumina_core.InvalidInputError(
+                f"{vae.source} is not an LTX-Video VAE: decode image latents with Lumina VAE Decode, and load the "
+                "LTX-Video VAE (the LTX-Video checkpoint's vae.* part) for this node."
+            )
+        if latent.ndim != 5 or latent.shape[1] != vae.model.latent_channels:
+            raise lumina_core.InvalidInputError(
+                f"LTX-Video Decode takes a video latent (B, {vae.model.latent_channels}, T, H, W); got "
+                f"{tuple(latent.shape)}: is it from an image model?"
+            )
+        settings = {"timestep": decode_timestep, "noise_scale": decode_noise_scale, "seed": seed}
+        with vae.placed() as module:
+            video = _decode_video(module, latent, settings, _tiles(tile_size, tile_frames))  # (B, 3, T, H, W)
+        frames = video.permute(0, 2, 3, 4, 1).flatten(0, 1)  # (B*T, H, W, 3), ComfyUI's frame batch
+        return (frames.to(bridge.intermediate_device()), float(samples.get("frame_rate", DEFAULT_FRAME_RATE)))
+
+
+DEFAULT_FRAME_RATE = 25.0  # LTX-Video's own, for latents that do not say theirs
+FALLBACK_TILES = TileSettings(size=16, overlap=4, frames=7, frame_overlap=2)  # 512 px, 57 frames
+
+
+def _tiles(tile_size: int, tile_frames: int) -> TileSettings | None:
+    if tile_size == 0:
+        return None
+    size = max(2, tile_size // 32)
+    frames = max(2, (tile_frames - 1) // 8)
+    return TileSettings(size=size, overlap=size // 4, frames=frames, frame_overlap=max(1, frames // 4))
+
+
+def _decode_video(vae, latent: torch.Tensor, settings: dict, tiles: TileSettings | None) -> torch.Tensor:
+    """Decode whole or in the given tiles; a whole decode that runs out of memory is retried in tiles."""
+    latent = latent.to(vae.decoder.conv_in.conv.weight.device)
+    if tiles is not None:
+        return vae.decode(latent, tile=tiles, **settings)
+    try:
+        return vae.decode(latent, **settings)
+    except torch.OutOfMemoryError:
+        bridge.empty_cache()
+        return vae.decode(latent, tile=FALLBACK_TILES, **settings)

@@ -39,8 +39,9 @@ def home_device(policy: str) -> torch.device:
 
 
 def module_bytes(module) -> int:
-    params = module.parameters() if isinstance(module, torch.nn.Module) else module.model.parameters()
-    return sum(p.numel() * p.element_size() for p in params)
+    """Bytes the weights take, packed GGUF weights (buffers) included."""
+    module = module if isinstance(module, torch.nn.Module) else module.model
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
 @dataclass

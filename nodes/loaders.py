@@ -1,8 +1,10 @@
-"""Loader nodes: transformer, Gemma text encoder, VAE, and the GGUF loader (until GGUF lands, a clear refusal)."""
+"""Loader nodes: transformer, Gemma and T5 text encoders, VAE, and the GGUF loader (transformers and text encoders)."""
 
 from __future__ import annotations
 
 import lumina_core
+from lumina_core.gguf.reader import read_metadata
+from lumina_core.gguf.text import text_architecture
 from lumina_core.loading.transformer import inspect_transformer
 
 from . import comfy_bridge as bridge
@@ -48,8 +50,8 @@ class _FileLoader:
 
 class LoadLuminaTransformer(_FileLoader):
     DISPLAY_NAME = "Load Lumina Transformer"
-    DESCRIPTION = ("Loads a Lumina-Image 2.0 or Lumina-Next diffusion transformer from any layout (original, "
-                   "ComfyUI, diffusers).")  # fmt: skip
+    DESCRIPTION = ("Loads a Lumina-Image 2.0, Lumina-Next or LTX-Video diffusion transformer from any layout "
+                   "(original, ComfyUI, diffusers).")  # fmt: skip
     RETURN_TYPES = ("LUMINA_MODEL",)
     RETURN_NAMES = ("model",)
     FOLDER = "lumina_diffusion_models"
@@ -62,49 +64,51 @@ class LoadLuminaTransformer(_FileLoader):
         return Handle(model, "transformer", family, policy, path)
 
 
-class LoadGemma(_FileLoader):
+class _TextEncoderLoader(_FileLoader):
+    """Loads a text encoder and checks it serves one of SERVES; the other loader is named when it does not."""
+
+    RETURN_TYPES = ("LUMINA_TEXT_ENCODER",)
+    RETURN_NAMES = ("text_encoder",)
+    FOLDER = "lumina_text_encoders"
+    FILE_TOOLTIP = "From models/text_encoders, models/clip or models/checkpoints."
+    SERVES: tuple[str, ...] = ()
+
+    def _load(self, path, dtype, policy):
+        encoder = lumina_core.load_text_encoder(path, dtype=dtype, device=home_device(policy), **self._options())
+        if encoder.family not in self.SERVES:
+            other = next(cls for cls in _TextEncoderLoader.__subclasses__() if encoder.family in cls.SERVES)
+            raise lumina_core.InvalidInputError(
+                f"{path} holds the text encoder of {encoder.family}: load it with {other.DISPLAY_NAME}."
+            )
+        return Handle(encoder, "text_encoder", encoder.family, policy, path)
+
+    def _options(self) -> dict:
+        return {}
+
+
+class LoadGemma(_TextEncoderLoader):
     DISPLAY_NAME = "Load Gemma Text Encoder (Lumina)"
     DESCRIPTION = ("Loads Gemma-2-2B for Lumina-Image 2.0 (ComfyUI gemma_2_2b_fp16, an HF folder's file, or an "
                    "all-in-one checkpoint) or Gemma-2B for Lumina-Next; the generation is detected from the "
                    "tensors.")  # fmt: skip
-    RETURN_TYPES = ("LUMINA_TEXT_ENCODER",)
-    RETURN_NAMES = ("text_encoder",)
-    FOLDER = "lumina_text_encoders"
-    FILE_TOOLTIP = "From models/text_encoders, models/clip or models/checkpoints."
-
-    def _load(self, path, dtype, policy):
-        encoder = lumina_core.load_text_encoder(path, dtype=dtype, device=home_device(policy))
-        if encoder.family == "ltxv":
-            raise lumina_core.InvalidInputError(
-                f"{path} holds a T5 text encoder (LTX-Video): load it with Load T5 Text Encoder (LTX-Video)."
-            )
-        return Handle(encoder, "text_encoder", encoder.family, policy, path)
+    SERVES = ("lumina2", "lumina_next")
 
 
-class LoadT5(_FileLoader):
+class LoadT5(_TextEncoderLoader):
     DISPLAY_NAME = "Load T5 Text Encoder (LTX-Video)"
     DESCRIPTION = ("Loads T5-XXL for LTX-Video: ComfyUI's t5xxl_fp16 / t5xxl_fp8_e4m3fn(_scaled) files or an HF "
                    "file; single files use the T5 tokenizer ComfyUI ships. fp8 files compute in bf16.")  # fmt: skip
-    RETURN_TYPES = ("LUMINA_TEXT_ENCODER",)
-    RETURN_NAMES = ("text_encoder",)
-    FOLDER = "lumina_text_encoders"
-    FILE_TOOLTIP = "From models/text_encoders, models/clip or models/checkpoints."
+    SERVES = ("ltxv",)
 
-    def _load(self, path, dtype, policy):
-        encoder = lumina_core.load_text_encoder(
-            path, dtype=dtype, device=home_device(policy), tokenizer_dirs=bridge.t5_tokenizer_dirs()
-        )
-        if encoder.family != "ltxv":
-            raise lumina_core.InvalidInputError(
-                f"{path} holds a Gemma text encoder ({encoder.family}): load it with Load Gemma Text Encoder (Lumina)."
-            )
-        return Handle(encoder, "text_encoder", encoder.family, policy, path)
+    def _options(self) -> dict:
+        return {"tokenizer_dirs": bridge.t5_tokenizer_dirs()}
 
 
 class LoadLuminaVAE(_FileLoader):
     DISPLAY_NAME = "Load Lumina VAE"
-    DESCRIPTION = ("Loads the FLUX autoencoder (Lumina-Image 2.0) or the SDXL one (Lumina-Next): ae.safetensors, "
-                   "sdxl_vae.safetensors, a diffusers VAE, or the VAE of an all-in-one file.")  # fmt: skip
+    DESCRIPTION = ("Loads the FLUX autoencoder (Lumina-Image 2.0), the SDXL one (Lumina-Next) or LTX-Video's causal "
+                   "video VAE: ae.safetensors, sdxl_vae.safetensors, a diffusers VAE, or the VAE part of an "
+                   "all-in-one file such as ltx-video-2b-v0.9.5.safetensors.")  # fmt: skip
     RETURN_TYPES = ("LUMINA_VAE",)
     RETURN_NAMES = ("vae",)
     FOLDER = "lumina_vae"
@@ -112,35 +116,55 @@ class LoadLuminaVAE(_FileLoader):
     TAKES_DTYPE = False  # the VAE keeps its stored precision (fp16 files load as fp32: SDXL's overflows)
 
     def _load(self, path, dtype, policy):
-        return Handle(lumina_core.load_vae(path, device=home_device(policy)), "vae", "flux_vae", policy, path)
+        vae = lumina_core.load_vae(path, device=home_device(policy))
+        return Handle(vae, "vae", getattr(vae, "family", "kl_vae"), policy, path)
 
 
 class GGUFLoader:
     DISPLAY_NAME = "Load GGUF (Lumina)"
-    DESCRIPTION = "Loads a GGUF-quantized transformer or text encoder. Not built yet: it says so when run."
+    DESCRIPTION = ("Loads a GGUF file: a Lumina-Image 2.0, Lumina-Next or LTX-Video transformer (quantized layers stay "
+                   "packed and are dequantized one at a time) or a Gemma / Gemma-2 / T5 text encoder made by "
+                   "llama.cpp. The file's contents pick the output; connect that one.")  # fmt: skip
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LUMINA_MODEL", "LUMINA_TEXT_ENCODER")
     RETURN_NAMES = ("model", "text_encoder")
     FUNCTION = "load"
+    FOLDERS = ("lumina_diffusion_models", "lumina_text_encoders")
 
     @classmethod
     def INPUT_TYPES(cls):
-        files = sorted(set(bridge.list_files("lumina_diffusion_models", {".gguf"}))
-                       | set(bridge.list_files("lumina_text_encoders", {".gguf"})))  # fmt: skip
-        return {
-            "required": {
-                "file": (
-                    files,
-                    {
-                        "tooltip": ".gguf files from the diffusion model and text encoder "
-                        "folders; connect the output that matches the file."
-                    },
-                )
-            }
-        }
+        files = sorted({name for key in cls.FOLDERS for name in bridge.list_files(key, {".gguf"})})
+        tooltip = ".gguf files from the diffusion model and text encoder folders; connect the output that matches."
+        inputs = {"file": (files, {"tooltip": tooltip}), "weight_dtype": DTYPE_INPUT, "device": POLICY_INPUT}
+        return {"required": inputs}
 
-    def load(self, file: str):
-        raise lumina_core.UnsupportedModelError(
-            f"{file}: GGUF support is not built yet in this pack; use a .safetensors file with the "
-            "Load Lumina Transformer / Load Gemma-2 Text Encoder nodes meanwhile."
-        )
+    def load(self, file: str, device: str, weight_dtype: str = "auto"):
+        path = self._resolve(file)
+        dtype = weight_dtype_for(weight_dtype, device)
+        if text_architecture(str(read_metadata(path).get("general.architecture", ""))):
+            encoder = lumina_core.load_text_encoder(
+                path, dtype=dtype, device=home_device(device), tokenizer_dirs=bridge.t5_tokenizer_dirs()
+            )
+            unused = _Unconnected(f"{file} holds a text encoder: connect GGUFLoader's text_encoder output, not model.")
+            return (unused, Handle(encoder, "text_encoder", encoder.family, device, path))
+        family = inspect_transformer(path).family  # a wrong file fails here, before any weights are read
+        model = lumina_core.load_transformer(path, dtype=dtype, device=home_device(device))
+        unused = _Unconnected(f"{file} holds a diffusion transformer: connect GGUFLoader's model output.")
+        return (Handle(model, "transformer", family, device, path), unused)
+
+    def _resolve(self, file: str) -> str:
+        for key in self.FOLDERS:  # only .gguf files the dropdown lists (no path traversal)
+            if file in bridge.list_files(key, {".gguf"}):
+                return bridge.resolve_file(key, file)
+        raise ValueError(f"'{file}' is not a .gguf file in the diffusion model or text encoder folders: pick one from "
+                         "the list.")  # fmt: skip
+
+
+class _Unconnected:
+    """What GGUFLoader gives on the output its file does not fill: any use says which output to connect."""
+
+    def __init__(self, message: str):
+        self._message = message
+
+    def __getattr__(self, name: str):
+        raise lumina_core.InvalidInputError(self._message)

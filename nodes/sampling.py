@@ -9,6 +9,7 @@ from lumina_core.conditioning import check_family
 from lumina_core.models.lumina_next import ROPE_SCALINGS
 from lumina_core.sampling import SCHEDULES, SOLVERS, check_settings
 from lumina_core.text.prompts import SYSTEM_PROMPTS
+from lumina_core.vae import first_frame_conditioning
 
 from . import comfy_bridge as bridge
 from .handles import Handle
@@ -37,6 +38,16 @@ NEXT_OPTIONS = {
 }  # fmt: skip
 
 
+VIDEO_ONLY = " Video models (LTX-Video) only; image models ignore it."
+VIDEO_OPTIONS = {
+    "frames": ("INT", {"default": 97, "min": 1, "max": 1025, "step": 8, "tooltip": "Frames to generate, 8k + 1 "
+               "(97 is about 4 s at 25 fps); a connected latent sets the length instead." + VIDEO_ONLY}),
+    "frame_rate": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 1.0, "tooltip": "Frames per "
+                   "second the model is told (it shapes the motion); LTX-Video Decode passes it on to the save "
+                   "node." + VIDEO_ONLY}),
+}  # fmt: skip
+
+
 class GemmaEncode:
     DISPLAY_NAME = "Gemma Encode (Lumina)"
     DESCRIPTION = ("Encodes a prompt for the model its text encoder belongs to. For Lumina-Image 2.0 (Gemma-2) the "
@@ -47,6 +58,7 @@ class GemmaEncode:
     RETURN_TYPES = ("LUMINA_CONDITIONING",)
     RETURN_NAMES = ("conditioning",)
     FUNCTION = "encode"
+    SERVES = ("lumina2", "lumina_next")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -59,14 +71,8 @@ class GemmaEncode:
         }}  # fmt: skip
 
     def encode(self, text_encoder: Handle, prompt: str, system_prompt: str):
-        if text_encoder.family == "ltxv":
-            raise lumina_core.InvalidInputError(
-                "this is a T5 text encoder (LTX-Video): encode with T5 Encode (LTX-Video)."
-            )
         template = system_prompt if text_encoder.family == "lumina2" else None
-        with text_encoder.placed() as encoder:
-            conditioning = encoder.encode([prompt], system_prompt=template, negative=not prompt.strip())
-        return (conditioning.to(bridge.intermediate_device()),)
+        return _encode(self, text_encoder, [prompt], system_prompt=template, negative=not prompt.strip())
 
 
 class T5Encode:
@@ -77,6 +83,7 @@ class T5Encode:
     RETURN_TYPES = ("LUMINA_CONDITIONING",)
     RETURN_NAMES = ("conditioning",)
     FUNCTION = "encode"
+    SERVES = ("ltxv",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -88,13 +95,19 @@ class T5Encode:
         }}  # fmt: skip
 
     def encode(self, text_encoder: Handle, prompt: str, max_tokens: int):
-        if text_encoder.family != "ltxv":
-            raise lumina_core.InvalidInputError(
-                f"this is a Gemma text encoder ({text_encoder.family}): encode with Gemma Encode (Lumina)."
-            )
-        with text_encoder.placed() as encoder:
-            conditioning = encoder.encode([prompt], max_tokens=max_tokens)
-        return (conditioning.to(bridge.intermediate_device()),)
+        return _encode(self, text_encoder, [prompt], max_tokens=max_tokens)
+
+
+def _encode(node, text_encoder: Handle, prompts: list[str], **options) -> tuple:
+    """Encode with a text encoder of one of node.SERVES, naming the right encode node for any other."""
+    if text_encoder.family not in node.SERVES:
+        other = next(cls for cls in (GemmaEncode, T5Encode) if text_encoder.family in cls.SERVES)
+        raise lumina_core.InvalidInputError(
+            f"this text encoder serves {text_encoder.family}: encode with {other.DISPLAY_NAME} instead."
+        )
+    with text_encoder.placed() as encoder:
+        conditioning = encoder.encode(prompts, **options)
+    return (conditioning.to(bridge.intermediate_device()),)
 
 
 class FlowSampler:
@@ -127,13 +140,15 @@ class FlowSampler:
                                   "tooltip": "Guidance scale; 1 turns guidance (and the uncond pass) off."}),
                 "shift": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip":
                                     "Schedule shift. 6 for Lumina-Image 2.0 (18 midpoint or 30 euler steps; less "
-                                    "for very few steps, e.g. 3 for 20 euler steps); 4 for Lumina-Next."}),
+                                    "for very few steps, e.g. 3 for 20 euler steps); 4 for Lumina-Next; 0 = the "
+                                    "schedule's default (with ltx: from the video's token count, as LTX-Video)."}),
                 "solver": (sorted(SOLVERS), {"default": "midpoint", "tooltip":
                            "Model calls per step: euler 1, midpoint 2, heun 2 (1 on the last), rk4 4; dopri5 is "
                            "adaptive (its calls depend on the model; steps only set where previews are taken)."}),
                 "schedule": (sorted(SCHEDULES), {"default": "shifted_linear", "tooltip":
                              "shifted_linear: the Lumina / SD3 time shift. sigmoid: Lumina-Next's few-step "
-                             "discretisation (dense at both ends), for good images in 5-10 steps."}),
+                             "discretisation (dense at both ends), for good images in 5-10 steps. ltx: LTX-Video's "
+                             "(resolution-dependent shift, stretched to end at sigma 0.1)."}),
                 "cfg_trunc": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
                               "Guide while Lumina time t = 1 - sigma is below this; after, the uncond pass is "
                               "skipped (faster). 1 = always guide; Lumina-Image 2.0's demo uses 0.25, "
@@ -147,6 +162,13 @@ class FlowSampler:
             "optional": {
                 "latent": ("LATENT", {"tooltip": "Start latent for denoise < 1; sets the size."}),
                 **NEXT_OPTIONS,
+                **VIDEO_OPTIONS,
+                "first_frame": ("IMAGE", {"tooltip": "Image-to-video: the video starts from this image (cropped "
+                                "and resized to the video's size); needs the LTX-Video VAE below." + VIDEO_ONLY}),
+                "vae": ("LUMINA_VAE", {"tooltip": "The LTX-Video VAE, to encode first_frame." + VIDEO_ONLY}),
+                "first_frame_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
+                                         "1 keeps the first frame as given; lower lets the model repaint it."
+                                         + VIDEO_ONLY}),
             },
         }  # fmt: skip
 
@@ -164,12 +186,19 @@ class FlowSampler:
         return True
 
     def sample(self, model: Handle, positive, negative, width, height, batch_size, seed, steps, cfg, shift, solver,
-               schedule, cfg_trunc, cfg_renorm, denoise, latent=None, **next_options):  # fmt: skip
+               schedule, cfg_trunc, cfg_renorm, denoise, latent=None, frames=97, frame_rate=25.0, first_frame=None,
+               vae=None, first_frame_strength=1.0, **next_options):  # fmt: skip
+        shift = shift or None  # 0: the schedule's own default (LTX: from the latent's token count)
         check_settings(steps=steps, cfg=cfg, batch_size=batch_size, solver=solver, schedule=schedule, shift=shift,
                        denoise=denoise, cfg_trunc=cfg_trunc, renorm_cfg=cfg_renorm)  # fmt: skip
         _check_pair(model, positive, negative)
-        # With denoise 1 the start is pure noise and the input latent only sets the size.
+        # With denoise 1 the start is pure noise and the input latent only sets the size, except where a noise
+        # mask (a core image-to-video latent's, or first_frame's) keeps its tokens.
         init = None if latent is None else _to_model_space(latent["samples"], model.model)
+        noise_mask = None if latent is None else latent.get("noise_mask")
+        if first_frame is not None:
+            init, noise_mask = _first_frame(model, vae, first_frame, first_frame_strength, init,
+                                            (batch_size, height, width, frames))  # fmt: skip
         progress = bridge.Progress(steps)
         previewer = bridge.latent_previewer(model.model)
 
@@ -182,12 +211,15 @@ class FlowSampler:
                 samples = lumina_core.sample(
                     module, positive, negative, width=width, height=height, batch_size=batch_size, seed=seed,
                     steps=steps, cfg=cfg, shift=shift, solver=solver, schedule=schedule, cfg_trunc=cfg_trunc,
-                    renorm_cfg=cfg_renorm, denoise=denoise, init_latent=init, callback=on_step,
-                    **_family_options(model.family, next_options),
+                    renorm_cfg=cfg_renorm, denoise=denoise, init_latent=init, noise_mask=noise_mask, callback=on_step,
+                    **_family_options(model.family, next_options), **_video_options(module, frames, frame_rate),
                 )  # fmt: skip
         finally:
             progress.close()
-        return ({"samples": _to_vae_space(samples, model.model).to(bridge.intermediate_device())},)
+        out = {"samples": _to_vae_space(samples, model.model).to(bridge.intermediate_device())}
+        if getattr(model.model, "is_video", False):
+            out["frame_rate"] = frame_rate  # read by LTX-Video Decode, which hands it to the save node
+        return (out,)
 
 
 def out_of_range(specs: dict, values: dict) -> str | None:
@@ -217,16 +249,33 @@ def _family_options(family: str, chosen: dict) -> dict:
     }
 
 
+def _first_frame(model: Handle, vae: Handle | None, image: torch.Tensor, strength: float, init, size: tuple):
+    """(init_latent, noise_mask) that keep the encoded image as the video's first frame."""
+    if not getattr(model.model, "is_video", False):
+        raise lumina_core.InvalidInputError("first_frame is for video models (LTX-Video); this model makes images.")
+    if vae is None or vae.family != "ltxv":
+        raise lumina_core.InvalidInputError("first_frame needs the LTX-Video VAE connected to the sampler's vae input.")
+    batch_size, height, width, frames = size
+    if init is not None:
+        shape = tuple(init.shape)
+    else:
+        shape = model.model.latent_shape(batch_size, height, width, frames=frames)
+    with vae.placed() as module:
+        latent, mask = first_frame_conditioning(module, image.permute(0, 3, 1, 2), shape, strength)
+    return latent.cpu(), mask.cpu()
+
+
+def _video_options(model, frames: int, frame_rate: float) -> dict:
+    """sample() keywords for a video model: the frame count and the frame rate; none for image models."""
+    if not getattr(model, "is_video", False):
+        return {}
+    return {"frames": frames, "model_options": {"frame_rate": frame_rate}}
+
+
 def _check_pair(model: Handle, positive, negative) -> None:
+    # Before any step runs; a width that fits no model is reported by the model itself, naming both widths.
     for role, conditioning in (("positive", positive), ("negative", negative)):
         check_family(model.family, conditioning, role)
-    width = model.model.config.cap_feat_dim
-    for name, conditioning in (("positive", positive), ("negative", negative)):
-        if conditioning.embeds.shape[-1] != width:
-            raise lumina_core.InvalidInputError(
-                f"the {name} conditioning has width {conditioning.embeds.shape[-1]} but this {model.family} model "
-                f"expects {width}: encode it with the text encoder made for this model."
-            )
 
 
 def _to_model_space(samples: torch.Tensor, model) -> torch.Tensor:

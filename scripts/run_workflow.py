@@ -3,9 +3,9 @@
     python scripts/run_workflow.py workflows/api/lumina2_t2i.json --server 127.0.0.1:8188 \
         --prompt "a red fox in snow" --seed 7 --set 5.steps=20 --set 5.cfg=4.5
 
-Overrides: --prompt / --negative set `prompt` on the GemmaEncode node wired into FlowSampler's positive /
-negative input; --seed sets every FlowSampler's seed; --transformer / --text-encoder / --vae set `file`
-on every LoadLuminaTransformer / LoadGemma / LoadLuminaVAE; --set NODE_ID.INPUT=VALUE sets anything
+Overrides: --prompt / --negative set `prompt` on the GemmaEncode / T5Encode node wired into FlowSampler's
+positive / negative input; --seed sets every FlowSampler's seed; --transformer / --text-encoder / --vae set
+`file` on every LoadLuminaTransformer / LoadGemma or LoadT5 / LoadLuminaVAE; --set NODE_ID.INPUT=VALUE sets anything
 else (VALUE is read as JSON when it parses, so 20, 4.5, true and [1, 0] are typed; quote a string that
 looks like a number: --set '3.prompt="1984"').
 
@@ -35,7 +35,9 @@ import urllib.request
 import uuid
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_REJECTED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
-LOADER_FILE_OVERRIDES = {"transformer": "LoadLuminaTransformer", "text_encoder": "LoadGemma", "vae": "LoadLuminaVAE"}
+LOADER_FILE_OVERRIDES = {
+    "transformer": ("LoadLuminaTransformer",), "text_encoder": ("LoadGemma", "LoadT5"), "vae": ("LoadLuminaVAE",),
+}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -107,10 +109,10 @@ def apply_overrides(
     for option, file in files.items():
         if file is None:
             continue
-        class_type = LOADER_FILE_OVERRIDES[option]
-        loaders = nodes_of(graph, class_type)
+        class_types = LOADER_FILE_OVERRIDES[option]
+        loaders = [node for class_type in class_types for node in nodes_of(graph, class_type)]
         if not loaders:
-            raise ValueError(f"--{option.replace('_', '-')} needs a {class_type} node in the workflow")
+            raise ValueError(f"--{option.replace('_', '-')} needs a {' or '.join(class_types)} node in the workflow")
         for loader in loaders:
             graph[loader]["inputs"]["file"] = file
     for node_id, input_name, value in sets:
@@ -429,11 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workflow", help="API-format workflow JSON, e.g. workflows/api/lumina2_t2i.json")
     parser.add_argument("--server", default="127.0.0.1:8188", help="host:port of ComfyUI (default %(default)s)")
-    parser.add_argument("--prompt", help="text of the GemmaEncode node wired into FlowSampler.positive")
-    parser.add_argument("--negative", help="text of the GemmaEncode node wired into FlowSampler.negative")
+    parser.add_argument("--prompt", help="text of the encode node wired into FlowSampler.positive")
+    parser.add_argument("--negative", help="text of the encode node wired into FlowSampler.negative")
     parser.add_argument("--seed", type=int, help="seed of every FlowSampler")
     parser.add_argument("--transformer", help="file of every LoadLuminaTransformer")
-    parser.add_argument("--text-encoder", help="file of every LoadGemma")
+    parser.add_argument("--text-encoder", help="file of every LoadGemma / LoadT5")
     parser.add_argument("--vae", help="file of every LoadLuminaVAE")
     parser.add_argument("--set", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
                         help="set any input; VALUE is parsed as JSON when it can be (repeatable)")  # fmt: skip

@@ -32,12 +32,12 @@ COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
 WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
 PACK = "comfyui-lumina"
-OUR_NODES = ("LoadLuminaTransformer", "GGUFLoader", "LoadGemma", "GemmaEncode", "FlowSampler", "LoadLuminaVAE",
-             "LuminaVAEDecode", "LTXVideoDecode")  # fmt: skip
+OUR_NODES = ("LoadLuminaTransformer", "GGUFLoader", "LoadGemma", "GemmaEncode", "LoadT5", "T5Encode", "FlowSampler",
+             "LoadLuminaVAE", "LuminaVAEDecode", "LTXVideoDecode")  # fmt: skip
 # The file names the shipped workflows use, so they run unchanged apart from size and steps.
 TRANSFORMER, TEXT_ENCODER, VAE = "lumina_2_model_bf16.safetensors", "gemma_2_2b_fp16.safetensors", "ae.safetensors"
 VAE_AS_CHECKPOINT = "flux_vae_copy.safetensors"  # a VAE where the transformer loader will list it
-SMALL = {"width": 64, "height": 48, "steps": 2}
+SMALL = {"width": 96, "height": 64, "steps": 2, "frames": 9}  # valid for every family; 9 frames for video
 STARTUP_TIMEOUT, RUN_TIMEOUT = 120, 300
 
 pytestmark = [
@@ -197,7 +197,7 @@ def shrink(graph: dict, seed: int | None = None) -> dict:
     return rw.apply_overrides(graph, seed=seed, sets=sets)
 
 
-def assert_success(server: Server, run: Run, size: tuple[int, int] = (64, 48)) -> list[dict]:
+def assert_success(server: Server, run: Run, size: tuple[int, int] = (96, 64)) -> list[dict]:
     assert run.status == "success", f"{run.status}: {run.data}\n{server.log_tail()}"
     assert run.history["status"]["status_str"] == "success"
     files = [f for f in rw.output_files(run.history) if f["type"] == "output"]
@@ -206,7 +206,8 @@ def assert_success(server: Server, run: Run, size: tuple[int, int] = (64, 48)) -
         path = server.output_dir / file["path"]
         assert path.is_file(), path
         with Image.open(path) as image:
-            assert (image.format, image.size) == ("PNG", size)
+            frames = getattr(image, "n_frames", 1)
+            assert (image.format, image.size, frames) in {("PNG", size, 1), ("WEBP", size, SMALL["frames"])}
     return files
 
 

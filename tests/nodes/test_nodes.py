@@ -118,15 +118,8 @@ def test_conditioning_from_another_encoder_is_named(model_dirs):
     model, encoder, _ = load_all()
     positive = N["GemmaEncode"]().encode(encoder, "a fox", "real")[0]
     wrong = type(positive)(torch.zeros(1, 4, 48), torch.ones(1, 4, dtype=torch.bool))
-    with pytest.raises(InvalidInputError, match="width 48 .* expects 32"):
+    with pytest.raises(InvalidInputError, match="different widths \\[32, 48\\]"):
         N["FlowSampler"]().sample(model, positive, wrong, **SETTINGS)
-
-
-def test_gguf_and_video_nodes_say_they_are_not_built(model_dirs):
-    with pytest.raises(UnsupportedModelError, match="GGUF support is not built yet"):
-        N["GGUFLoader"]().load("x.gguf")
-    with pytest.raises(UnsupportedModelError, match="not built yet"):
-        N["LTXVideoDecode"]().decode(None, {"samples": torch.zeros(1, 128, 2, 4, 4)})
 
 
 def test_dropping_a_loader_output_frees_the_model(model_dirs):

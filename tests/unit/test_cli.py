@@ -5,7 +5,7 @@ from PIL import Image
 
 from lumina_core import tiny
 from lumina_core.__main__ import main
-from lumina_core.pipeline import save_images
+from lumina_core.outputs import save_images
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def one_line_error(capsys) -> str:
 def test_unsupported_out_suffix_fails_before_sampling(all_in_one, tmp_path, capsys):
     assert generate(all_in_one, tmp_path / "fox.tga") == 2
     err = one_line_error(capsys)
-    assert "'.tga'" in err and "png, jpg or webp" in err
+    assert "'.tga'" in err and ".png, .jpg, .jpeg, .webp" in err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -95,3 +95,49 @@ def test_cuda_without_cuda_fails_with_one_line(monkeypatch, tmp_path, capsys):
 def test_unknown_device_name_fails_with_one_line(tmp_path, capsys):
     assert generate(tmp_path / "never_read.safetensors", tmp_path / "x.png", "--device", "gpu0") == 2
     assert "'gpu0' is not a device name" in one_line_error(capsys)
+
+
+@pytest.fixture(scope="module")
+def ltxv_files(tmp_path_factory):
+    """The Lightricks single file (transformer + VAE) and a T5 file with its tokenizer beside it."""
+    folder = tmp_path_factory.mktemp("ltxv")
+    checkpoint = tiny.write_ltxv_all_in_one(tiny.make_ltxv_transformer(0), tiny.make_ltx_vae(0), folder / "ltx.sft")
+    t5 = tiny.write_t5_text_encoder(tiny.make_t5(0), tiny.train_t5_tokenizer(), "comfy.safetensors", folder)
+    return checkpoint, t5
+
+
+def generate_video(files, out, *extra):
+    checkpoint, t5 = files
+    return main(["generate", "--transformer", str(checkpoint), "--text-encoder", str(t5), "--tokenizer",
+                 str(t5.parent / "t5_tokenizer"), "--prompt", "a fox runs", "--steps", "2", "--width", "96",
+                 "--height", "64", "--frames", "9", "--frame-rate", "12", "--out", str(out), *extra])  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix", [".webp", ".mp4"])
+def test_generate_with_a_video_model_writes_a_video(ltxv_files, tmp_path, suffix):
+    if suffix == ".mp4":
+        av = pytest.importorskip("av")
+    assert generate_video(ltxv_files, tmp_path / f"fox{suffix}") == 0
+    path = tmp_path / f"fox{suffix}"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    if suffix == ".webp":
+        with Image.open(path) as video:
+            video.load()
+            assert (video.size, video.n_frames, video.info["duration"]) == ((96, 64), 9, 83)  # 1000 / 12 fps
+    else:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            frames = [frame for frame in container.decode(stream)]
+            assert (stream.width, stream.height, len(frames), float(stream.average_rate)) == (96, 64, 9, 12.0)
+
+
+def test_video_size_off_the_rule_names_the_rule(ltxv_files, tmp_path, capsys):
+    assert generate_video(ltxv_files, tmp_path / "x.webp", "--frames", "10") == 2
+    err = one_line_error(capsys)
+    assert "8k + 1" in err and "97" not in err or "nearest" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_image_suffix_for_a_video_model_fails_before_sampling(ltxv_files, tmp_path, capsys):
+    assert generate_video(ltxv_files, tmp_path / "x.png") == 2
+    assert ".mp4, .webp" in one_line_error(capsys)

@@ -9,6 +9,7 @@ from PIL import Image
 
 import nodes
 from lumina_core import InvalidInputError
+from lumina_core.vae import first_frame_conditioning
 from nodes import comfy_bridge
 from tests.fixtures.workflow_models import write_workflow_models
 from tests.workflows.graph import (
@@ -25,21 +26,23 @@ ROOT = Path(__file__).resolve().parents[2] / "workflows"
 UI_FILES = sorted(ROOT.glob("*.json"))
 API_FILES = sorted((ROOT / "api").glob("*.json"))
 N = nodes.NODE_CLASS_MAPPINGS
-LOADERS = ("LoadLuminaTransformer", "LoadGemma", "LoadLuminaVAE")
-TINY_SETTINGS = {"width": 64, "height": 48, "steps": 2}
+LOADERS = ("LoadLuminaTransformer", "LoadGemma", "LoadT5", "LoadLuminaVAE")
+ENCODERS = ("GemmaEncode", "T5Encode")
+TINY_SETTINGS = {"width": 96, "height": 64, "steps": 2, "frames": 9}  # sizes valid for every family
 
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
     """Tiny checkpoints under exactly the file names the shipped workflows use, registered like ComfyUI's folders."""
     root = tmp_path_factory.mktemp("models")
-    folders = {"lumina_diffusion_models": root / "diffusion_models", "lumina_text_encoders": root / "text_encoders",
-               "lumina_vae": root / "vae"}  # fmt: skip
-    for key, folder in folders.items():
+    folders = {name: root / name for name in ("diffusion_models", "text_encoders", "vae", "checkpoints")}
+    for folder in folders.values():
         folder.mkdir()
-        comfy_bridge.register_folder(key, folder)
-    write_workflow_models({"diffusion_models": folders["lumina_diffusion_models"],
-                           "text_encoders": folders["lumina_text_encoders"], "vae": folders["lumina_vae"]})  # fmt: skip
+    for key, sources in comfy_bridge.FOLDERS.items():
+        for source in sources:
+            if source in folders:
+                comfy_bridge.register_folder(key, folders[source])
+    write_workflow_models(folders)
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("LUMINA_MODEL_DIRS", raising=False)
         yield root
@@ -54,7 +57,7 @@ def shrink(api: dict) -> dict:
 
 
 def test_workflows_are_shipped():
-    assert {"lumina2_t2i.json", "lumina_next_t2i.json"} <= {p.name for p in UI_FILES}
+    assert {"lumina2_t2i.json", "lumina_next_t2i.json", "ltxv_t2v.json"} <= {p.name for p in UI_FILES}
 
 
 @pytest.mark.parametrize("path", UI_FILES + API_FILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -97,7 +100,7 @@ def test_headless_overrides_are_plain_values(path):
     for sampler in (node for node in api.values() if node["class_type"] == "FlowSampler"):
         assert isinstance(sampler["inputs"]["seed"], int)
         positive = api[sampler["inputs"]["positive"][0]]
-        assert positive["class_type"] == "GemmaEncode" and isinstance(positive["inputs"]["prompt"], str)
+        assert positive["class_type"] in ENCODERS and isinstance(positive["inputs"]["prompt"], str)
     loaders = [node for node in api.values() if node["class_type"] in LOADERS]
     assert loaders and all(isinstance(node["inputs"]["file"], str) for node in loaders)
 
@@ -106,11 +109,23 @@ def test_headless_overrides_are_plain_values(path):
 def test_api_workflow_runs_on_tiny_checkpoints(path, model_dirs, tmp_path):
     outputs = run_api_workflow(shrink(load_api(path)), N, tmp_path)
     saved = [p for ui in outputs.values() for p in ui["images"]]
-    assert saved and all(p.parent == tmp_path and p.name.endswith("_00001_.png") for p in saved)
+    assert saved and all(p.parent == tmp_path and p.stem.endswith("_00001_") for p in saved)
     for image_path in saved:
         with Image.open(image_path) as image:
             assert image.size == (TINY_SETTINGS["width"], TINY_SETTINGS["height"]) and image.mode == "RGB"
+            frames = getattr(image, "n_frames", 1)
+            assert frames == (TINY_SETTINGS["frames"] if image_path.suffix == ".webp" else 1)
             assert np.ptp(np.asarray(image)) > 0
+
+
+def test_video_workflow_carries_the_frame_rate_to_the_saved_file(model_dirs, tmp_path):
+    api = shrink(load_api(ROOT / "api" / "ltxv_t2v.json"))
+    next(n for n in api.values() if n["class_type"] == "FlowSampler")["inputs"]["frame_rate"] = 10.0
+    outputs = run_api_workflow(api, N, tmp_path)
+    (path,) = [p for ui in outputs.values() for p in ui["images"]]
+    with Image.open(path) as video:
+        video.load()
+        assert video.n_frames == TINY_SETTINGS["frames"] and video.info["duration"] == 100  # ms per frame at 10 fps
 
 
 def test_size_off_the_grid_fails_validation(model_dirs, tmp_path):
@@ -162,3 +177,94 @@ def test_lumina_next_options_reach_lumina_next_and_lumina2_ignores_them(option, 
         base = _render(workflow, {}, tmp_path / f"{name}_base")
         changed = _render(workflow, option, tmp_path / f"{name}_changed")
         assert (np.abs(base - changed).max() > 0) == should_change, workflow
+
+
+def test_video_sampler_takes_a_core_empty_ltxv_latent(model_dirs):
+    """EmptyLTXVLatentVideo's LATENT (zeros, B x 128 x (length-1)/8+1 x H/32 x W/32) sets the video's size."""
+    model = N["LoadLuminaTransformer"]().load("ltx-video-2b-v0.9.5.safetensors", device="cpu")[0]
+    encoder = N["LoadT5"]().load("t5xxl_fp16.safetensors", device="cpu")[0]
+    positive, negative = (N["T5Encode"]().encode(encoder, text, 128)[0] for text in ("a fox", ""))
+    empty = {"samples": torch.zeros(1, 128, 2, 2, 3)}  # 9 frames of 96 x 64
+    settings = {
+        **{
+            name: spec[1].get("default")
+            for name, spec in N["FlowSampler"].INPUT_TYPES()["required"].items()
+            if name not in ("model", "positive", "negative")
+        },
+        "steps": 2,
+        "schedule": "ltx",
+        "shift": 0.0,
+    }
+    (out,) = N["FlowSampler"]().sample(model, positive, negative, latent=empty, frame_rate=12.0, **settings)
+    assert out["samples"].shape == (1, 128, 2, 2, 3) and out["frame_rate"] == 12.0
+    assert out["samples"].abs().sum() > 0
+
+
+def test_text_encoder_nodes_name_the_right_node_for_the_other_family(model_dirs):
+    with pytest.raises(InvalidInputError, match="load it with Load Gemma Text Encoder"):
+        N["LoadT5"]().load("gemma_2b.safetensors", device="cpu")
+    with pytest.raises(InvalidInputError, match="load it with Load T5 Text Encoder"):
+        N["LoadGemma"]().load("t5xxl_fp16.safetensors", device="cpu")
+    t5 = N["LoadT5"]().load("t5xxl_fp16.safetensors", device="cpu")[0]
+    with pytest.raises(InvalidInputError, match="encode with T5 Encode"):
+        N["GemmaEncode"]().encode(t5, "a fox", "real")
+    gemma = N["LoadGemma"]().load("gemma_2b.safetensors", device="cpu")[0]
+    with pytest.raises(InvalidInputError, match="encode with Gemma Encode"):
+        N["T5Encode"]().encode(gemma, "a fox", 128)
+
+
+def test_each_decoder_refuses_the_other_kind_of_vae(model_dirs):
+    ltx_vae = N["LoadLuminaVAE"]().load("ltx-video-2b-v0.9.5.safetensors", device="cpu")[0]
+    flux_vae = N["LoadLuminaVAE"]().load("ae.safetensors", device="cpu")[0]
+    with pytest.raises(InvalidInputError, match="LTX-Video Decode"):
+        N["LuminaVAEDecode"]().decode(ltx_vae, {"samples": torch.zeros(1, 16, 8, 8)})
+    with pytest.raises(InvalidInputError, match="not an LTX-Video VAE"):
+        N["LTXVideoDecode"]().decode(flux_vae, {"samples": torch.zeros(1, 128, 2, 2, 2)}, 0.05, 0.025, 0, 0, 57)
+
+
+def test_video_decode_tiles_on_request_and_after_running_out_of_memory(model_dirs, monkeypatch):
+    vae = N["LoadLuminaVAE"]().load("ltx-video-2b-v0.9.5.safetensors", device="cpu")[0]
+    samples = {"samples": torch.randn(1, 128, 3, 4, 5, generator=torch.Generator().manual_seed(0)), "frame_rate": 8.0}
+    decode = N["LTXVideoDecode"]().decode
+    whole, frame_rate = decode(vae, samples, 0.05, 0.025, 0, 0, 57)
+    assert whole.shape == (17, 128, 160, 3) and frame_rate == 8.0
+    tiled = decode(vae, samples, 0.05, 0.025, 0, 64, 17)[0]  # 2 x 2 latent tiles, 2 latent frames
+    assert tiled.shape == whole.shape and not torch.equal(tiled, whole)
+
+    calls = []
+    original = type(vae.model).decode
+
+    def out_of_memory_untiled(self, latent, tile=None, **settings):
+        calls.append(tile)
+        if tile is None:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, latent, tile=tile, **settings)
+
+    monkeypatch.setattr(type(vae.model), "decode", out_of_memory_untiled)
+    assert decode(vae, samples, 0.05, 0.025, 0, 0, 57)[0].shape == whole.shape
+    assert calls[0] is None and calls[1] is not None
+
+
+def test_first_frame_image_to_video_keeps_the_encoded_image(model_dirs):
+    model = N["LoadLuminaTransformer"]().load("ltx-video-2b-v0.9.5.safetensors", device="cpu")[0]
+    vae = N["LoadLuminaVAE"]().load("ltx-video-2b-v0.9.5.safetensors", device="cpu")[0]
+    encoder = N["LoadT5"]().load("t5xxl_fp16.safetensors", device="cpu")[0]
+    positive, negative = (N["T5Encode"]().encode(encoder, text, 128)[0] for text in ("a fox", ""))
+    image = torch.rand(1, 80, 120, 3, generator=torch.Generator().manual_seed(0))  # (B, H, W, C), cropped to 96x64
+    settings = {
+        **{
+            name: spec[1].get("default")
+            for name, spec in N["FlowSampler"].INPUT_TYPES()["required"].items()
+            if name not in ("model", "positive", "negative")
+        },
+        **TINY_SETTINGS,
+        "schedule": "ltx",
+        "shift": 0.0,
+    }
+    sampler = N["FlowSampler"]()
+    (out,) = sampler.sample(model, positive, negative, first_frame=image, vae=vae, **settings)
+    expected, _ = first_frame_conditioning(vae.model, image.permute(0, 3, 1, 2), out["samples"].shape)
+    assert torch.equal(out["samples"][:, :, :1], expected[:, :, :1])  # strength 1 keeps the first latent frame
+    assert not torch.equal(out["samples"][:, :, 1:], expected[:, :, 1:])
+    with pytest.raises(InvalidInputError, match="needs the LTX-Video VAE"):
+        sampler.sample(model, positive, negative, first_frame=image, **settings)
