@@ -316,3 +316,21 @@ def _shards_from_index(path: str, index_name: str) -> list[str]:
     if not shards:
         raise CheckpointError(f"{index_path}: its 'weight_map' is empty; expected {what}.")
     return shards
+
+
+def shard_owner(path: str | os.PathLike) -> str:
+    """The folder a sharded checkpoint's piece belongs to, or `path` itself for anything else.
+
+    A file such as `model-00001-of-00002.safetensors` whose folder has a `*.safetensors.index.json` naming
+    it holds only part of a model; loading the folder reads all of it (with its config and tokenizer). This
+    lets a ComfyUI dropdown, which lists files, load a Hugging Face or diffusers folder through any shard.
+    """
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    if not os.path.isfile(path) or not name.endswith(".safetensors"):
+        return path
+    for index in (n for n in sorted(os.listdir(folder)) if n.endswith(".safetensors.index.json")):
+        weight_map = read_json(os.path.join(folder, index), "a safetensors shard index").get("weight_map")
+        if isinstance(weight_map, dict) and name in weight_map.values():
+            return folder
+    return path

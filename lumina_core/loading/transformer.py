@@ -20,7 +20,7 @@ from ..gguf.policy import LOAD_FLOAT_MODULES
 from ..gguf.quantized import QuantizedTensor, concat_rows, same_values
 from ..models import ltxv, lumina2, lumina_next
 from .detect import describe_contents, detect_model
-from .files import Checkpoint, is_gguf, open_checkpoint, preview, read_json
+from .files import Checkpoint, is_gguf, open_checkpoint, preview, read_json, shard_owner
 from .keymaps import ltxv as ltxv_keys
 from .keymaps import lumina2 as lumina2_keys
 from .keymaps import lumina_next as lumina_next_keys
@@ -165,7 +165,8 @@ def _metadata_config(checkpoint: Checkpoint, family: TransformerFamily) -> dict:
 
 
 def _transformer_folder(path: str) -> str:
-    # A diffusers pipeline folder keeps the transformer in its own subfolder.
+    # A diffusers pipeline folder keeps the transformer in its own subfolder; a shard stands for its folder.
+    path = shard_owner(path)
     sub = os.path.join(path, "transformer")
     return sub if os.path.isdir(sub) else path
 

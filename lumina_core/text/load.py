@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import InvalidInputError
-from ..loading.files import open_checkpoint
+from ..loading.files import open_checkpoint, shard_owner
 from .gemma import GemmaTextEncoder, load_gemma_text_encoder
 from .t5 import T5TextEncoder, is_t5, load_t5_text_encoder, text_encoder_weights
 
@@ -26,7 +26,7 @@ def load_text_encoder(
     (fp8 computes in bf16). tokenizer and tokenizer_dirs are for T5, whose files carry no tokenizer (see
     `t5.load_t5_text_encoder`); tokenizer_dirs is ignored for Gemma, whose files carry theirs.
     """
-    path = os.fspath(path)
+    path = shard_owner(path)  # one shard of a Hugging Face folder stands for the folder
     if is_t5(open_checkpoint(text_encoder_weights(path)).keys):
         return load_t5_text_encoder(path, dtype, device, tokenizer, tokenizer_dirs)
     if tokenizer is not None:

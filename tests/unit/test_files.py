@@ -180,3 +180,47 @@ def test_several_variants_without_a_plain_file_are_refused(tmp_path):
     save_file(TENSORS, tmp_path / "diffusion_pytorch_model.bf16.safetensors")
     with pytest.raises(CheckpointError, match="several weight variants.*Move the variants"):
         open_checkpoint(tmp_path)
+
+
+def shard(folder: Path, name: str = "model") -> list[Path]:
+    """Split folder/{name}.safetensors into two shards with the Hugging Face index beside them."""
+    from safetensors.torch import load_file
+
+    whole = folder / f"{name}.safetensors"
+    tensors = load_file(whole)
+    whole.unlink()
+    keys = sorted(tensors)
+    parts = [keys[: len(keys) // 2], keys[len(keys) // 2 :]]
+    paths = [folder / f"{name}-{i + 1:05}-of-00002.safetensors" for i in range(2)]
+    for part, path in zip(parts, paths, strict=True):
+        save_file({k: tensors[k] for k in part}, path)
+    weight_map = {k: path.name for part, path in zip(parts, paths, strict=True) for k in part}
+    (folder / f"{name}.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    return paths
+
+
+def test_any_shard_of_a_hugging_face_folder_loads_the_whole_text_encoder(tmp_path):
+    """A ComfyUI dropdown lists files: picking one shard of a Gemma folder loads the folder, tokenizer included."""
+    from lumina_core import tiny
+    from lumina_core.text import load_text_encoder
+
+    model = tiny.make_gemma1(0)
+    folder = tiny.write_text_encoder(model, tiny.train_tokenizer(), "hf_folder", tmp_path)
+    shards = shard(folder)
+    expected = load_text_encoder(folder).encode(["a red fox"]).embeds
+    for path in shards:
+        assert torch.equal(load_text_encoder(path).encode(["a red fox"]).embeds, expected)
+
+
+def test_a_shard_of_a_diffusers_transformer_folder_loads_the_transformer(tmp_path):
+    from lumina_core import tiny
+    from lumina_core.loading.files import shard_owner
+    from lumina_core.loading.transformer import load_transformer
+
+    folder = tiny.write_transformer(tiny.make_transformer(0), "diffusers_pipeline", tmp_path) / "transformer"
+    shards = shard(folder, "diffusion_pytorch_model")
+    assert shard_owner(shards[1]) == str(folder)
+    assert load_transformer(shards[0]).config == load_transformer(folder).config
+    lone = tmp_path / "lone.safetensors"
+    save_file({"x": torch.zeros(1)}, lone)
+    assert shard_owner(lone) == str(lone)  # a file no index names is itself
