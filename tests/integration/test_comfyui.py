@@ -24,7 +24,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from lumina_core import tiny
+from lumina_core.gguf.convert import convert
 from scripts import run_workflow as rw
+from tests.fixtures.gguf_files import Q, write_gemma_gguf
 from tests.fixtures.workflow_models import WORKFLOW_FILES, write_workflow_models
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +39,7 @@ OUR_NODES = ("LoadLuminaTransformer", "GGUFLoader", "LoadGemma", "GemmaEncode", 
              "LoadLuminaVAE", "LuminaVAEDecode", "LTXVideoDecode")  # fmt: skip
 # The file names the shipped workflows use, so they run unchanged apart from size and steps.
 TRANSFORMER, TEXT_ENCODER, VAE = "lumina_2_model_bf16.safetensors", "gemma_2_2b_fp16.safetensors", "ae.safetensors"
+GGUF_TRANSFORMER, GGUF_TEXT_ENCODER = "lumina2-Q8_0.gguf", "gemma-2-2b-Q8_0.gguf"
 VAE_AS_CHECKPOINT = "flux_vae_copy.safetensors"  # a VAE where the transformer loader will list it
 SMALL = {"width": 96, "height": 64, "steps": 2, "frames": 9}  # valid for every family; 9 frames for video
 STARTUP_TIMEOUT, RUN_TIMEOUT = 120, 300
@@ -72,6 +76,8 @@ def write_models(root: Path) -> Path:
     for sub in ("diffusion_models", "text_encoders", "vae", "checkpoints"):
         (models / sub).mkdir(parents=True)
     write_workflow_models({sub: models / sub for sub in WORKFLOW_FILES})
+    convert(models / "diffusion_models" / TRANSFORMER, models / "diffusion_models" / GGUF_TRANSFORMER, "Q8_0")
+    write_gemma_gguf(tiny.make_gemma(0), tiny.train_tokenizer(), models / "text_encoders" / GGUF_TEXT_ENCODER, Q.Q8_0)
     shutil.copy(models / "vae" / VAE, models / "checkpoints" / VAE_AS_CHECKPOINT)
     config = root / "extra_model_paths.yaml"
     folders = "".join(f"    {sub}: {sub}\n" for sub in ("diffusion_models", "text_encoders", "vae", "checkpoints"))
@@ -364,3 +370,15 @@ def test_text_encoder_of_another_family_fails_naming_both(server):
     print(f"{run.data['node_type']}: {run.data['exception_message']}")
     assert run.data["node_type"] == "FlowSampler"
     assert "Lumina-Next" in run.data["exception_message"] and "Lumina-Image 2.0" in run.data["exception_message"]
+
+
+def test_gguf_transformer_and_text_encoder_run(server):
+    """Both GGUFLoader outputs in one graph: the Q8_0 transformer and the llama.cpp-named Gemma-2."""
+    graph = small_graph(seed=5)
+    graph["1"] = node("GGUFLoader", file=GGUF_TRANSFORMER, weight_dtype="auto", device="auto")
+    graph["2"] = node("GGUFLoader", file=GGUF_TEXT_ENCODER, weight_dtype="auto", device="auto")
+    for encode in ("3", "4"):
+        graph[encode]["inputs"]["text_encoder"] = ["2", 1]
+    run = run_graph(server, graph)
+    files = assert_success(server, run)
+    print(f"GGUF graph: {run.seconds:.1f} s -> {[f['path'] for f in files]}")
