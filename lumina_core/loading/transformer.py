@@ -75,7 +75,8 @@ FAMILIES: dict[str, TransformerFamily] = {
 # What to do instead, by what the file turned out to hold.
 NEXT_STEP = {
     "vae": " Load it with load_vae (the Load Lumina VAE node).",
-    "gemma2": " Load it with load_text_encoder (the Load Gemma-2 Text Encoder node).",
+    "gemma2": " Load it with load_text_encoder (the Load Gemma Text Encoder node).",
+    "t5": " Load it with load_text_encoder (the Load T5 Text Encoder node).",
 }
 
 
