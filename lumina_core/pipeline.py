@@ -16,10 +16,13 @@ from PIL import Image
 from .conditioning import Conditioning
 from .errors import InvalidInputError
 from .loading.transformer import inspect_transformer, load_transformer
+from .models.ltxv import DEFAULT_FRAME_RATE
 from .outputs import to_pil
 from .sampling import check_settings, sample
 from .text import load_text_encoder
 from .vae import load_vae
+from .vae.load import is_video_vae
+from .vae.ltx_video import DEFAULT_DECODE_NOISE_SCALE, DEFAULT_DECODE_TIMESTEP
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -74,11 +77,11 @@ class VideoRequest(ImageRequest):
     width: int = 768
     height: int = 512
     frames: int = 97
-    frame_rate: float = 25.0
+    frame_rate: float = DEFAULT_FRAME_RATE
     max_tokens: int = 128
     tokenizer: str | None = None
-    decode_timestep: float = 0.05
-    decode_noise_scale: float = 0.025
+    decode_timestep: float = DEFAULT_DECODE_TIMESTEP
+    decode_noise_scale: float = DEFAULT_DECODE_NOISE_SCALE
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -153,6 +156,7 @@ def _generate(transformer, text_encoder, vae, request, device, dtype, on_step, v
         schedule=request.schedule, shift=request.shift, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg,
     )  # fmt: skip
     model.latent_shape(request.batch_size, request.height, request.width, **_frames(request, is_video))
+    _check_vae(vae, is_video)
     positive, negative = _encode(text_encoder, request, dtype, device)
     _free_memory()
     latent = _sample(transformer, positive, negative, request, dtype, device, on_step, is_video)
@@ -193,17 +197,19 @@ def _sample(path, positive, negative, request: ImageRequest, dtype, device, on_s
     )  # fmt: skip
 
 
+def _check_vae(path, is_video: bool) -> None:
+    """Before anything runs: a video model needs LTX-Video's video VAE, an image model an image VAE."""
+    if is_video_vae(path) != is_video:
+        needed = "LTX-Video's video VAE (its file's vae.* part)" if is_video else "its image VAE"
+        found = "an image VAE" if is_video else "LTX-Video's video VAE"
+        raise InvalidInputError(f"{path} holds {found}; this model needs {needed}.")
+
+
 def _decode(path, latent: torch.Tensor, request: ImageRequest, dtype, device, is_video) -> torch.Tensor:
     vae = load_vae(path, dtype=dtype, device=device)
-    if getattr(vae, "family", None) == "ltxv" and not is_video:
-        raise InvalidInputError(f"{path} holds LTX-Video's video VAE; image models need their own VAE.")
     with torch.inference_mode():
         if not is_video:
             return vae.decode(latent)
-        if getattr(vae, "family", None) != "ltxv":
-            raise InvalidInputError(
-                f"{path} holds an image VAE; LTX-Video needs its video VAE (its file's vae.* part)."
-            )
         return vae.decode(latent, timestep=request.decode_timestep, noise_scale=request.decode_noise_scale,
                           seed=request.seed)  # fmt: skip
 

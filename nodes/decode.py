@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 import lumina_core
+from lumina_core.models.ltxv import DEFAULT_FRAME_RATE
 from lumina_core.vae import TileSettings
+from lumina_core.vae.ltx_video import DEFAULT_DECODE_NOISE_SCALE, DEFAULT_DECODE_TIMESTEP
 
 from . import comfy_bridge as bridge
 from .handles import Handle
@@ -59,16 +61,28 @@ class LTXVideoDecode:
             "vae": ("LUMINA_VAE", {"tooltip": "The LTX-Video VAE: Load Lumina VAE on the LTX-Video file (its vae.* "
                                               "part) or a separate LTX VAE file."}),
             "samples": ("LATENT", {"tooltip": "A video latent (B, 128, T, H, W) from Flow Sampler or core nodes."}),
-            "decode_timestep": ("FLOAT", {"default": 0.05, "min": 0.0, "max": 1.0, "step": 0.005}),
-            "decode_noise_scale": ("FLOAT", {"default": 0.025, "min": 0.0, "max": 1.0, "step": 0.005}),
+            "decode_timestep": ("FLOAT", {"default": DEFAULT_DECODE_TIMESTEP, "min": 0.0, "max": 1.0, "step": 0.005,
+                                          "tooltip": "The timestep the 0.9.1+ VAEs decode at (Lightricks' and "
+                                          "ComfyUI's 0.05; diffusers' pipeline uses 0). 0.9.0 VAEs ignore it."}),
+            "decode_noise_scale": ("FLOAT", {"default": DEFAULT_DECODE_NOISE_SCALE, "min": 0.0, "max": 1.0,
+                                             "step": 0.005, "tooltip": "Noise mixed into the latent before a 0.9.1+ "
+                                             "decode (0.025 as Lightricks and ComfyUI); 0.9.0 VAEs ignore it."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
                              "tooltip": "For the decode noise, drawn on the CPU: the same video on any device."}),
             "tile_size": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 32, "tooltip":
-                          "Decode in overlapping tiles of this many pixels (and tile_frames frames) to bound memory; "
-                          "0 = whole, falling back to 512 px / 57-frame tiles if memory runs out."}),
+                          "Decode in overlapping tiles of this many pixels (a multiple of 32, at least 64; and "
+                          "tile_frames frames) to bound memory; 0 = whole, falling back to 512 px / 57-frame tiles "
+                          "if memory runs out."}),
             "tile_frames": ("INT", {"default": 57, "min": 17, "max": 1025, "step": 8,
                                     "tooltip": "Frames per tile when tiling (8k + 1)."}),
         }}  # fmt: skip
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, tile_size):
+        if tile_size != 0 and (tile_size < 64 or tile_size % 32):
+            nearest = max(64, tile_size // 32 * 32)
+            return f"tile_size {tile_size} must be 0 (whole) or a multiple of 32 from 64; try {nearest}."
+        return True
 
     def decode(self, vae: Handle, samples: dict, decode_timestep, decode_noise_scale, seed, tile_size, tile_frames):
         latent = samples["samples"]
@@ -89,16 +103,15 @@ class LTXVideoDecode:
         return (frames.to(bridge.intermediate_device()), float(samples.get("frame_rate", DEFAULT_FRAME_RATE)))
 
 
-DEFAULT_FRAME_RATE = 25.0  # LTX-Video's own, for latents that do not say theirs
 FALLBACK_TILES = TileSettings(size=16, overlap=4, frames=7, frame_overlap=2)  # 512 px, 57 frames
 
 
 def _tiles(tile_size: int, tile_frames: int) -> TileSettings | None:
     if tile_size == 0:
         return None
-    size = max(2, tile_size // 32)
+    size = tile_size // 32  # the widget keeps it a multiple of 32 from 64 up
     frames = max(2, (tile_frames - 1) // 8)
-    return TileSettings(size=size, overlap=size // 4, frames=frames, frame_overlap=max(1, frames // 4))
+    return TileSettings(size=size, overlap=max(1, size // 4), frames=frames, frame_overlap=max(1, frames // 4))
 
 
 def _decode_video(vae, latent: torch.Tensor, settings: dict, tiles: TileSettings | None) -> torch.Tensor:
@@ -109,5 +122,6 @@ def _decode_video(vae, latent: torch.Tensor, settings: dict, tiles: TileSettings
     try:
         return vae.decode(latent, **settings)
     except torch.OutOfMemoryError:
-        bridge.empty_cache()
-        return vae.decode(latent, tile=FALLBACK_TILES, **settings)
+        pass  # retried below: inside this block the failed attempt's tensors are still referenced
+    bridge.empty_cache()
+    return vae.decode(latent, tile=FALLBACK_TILES, **settings)

@@ -76,10 +76,9 @@ class _TextEncoderLoader(_FileLoader):
     def _load(self, path, dtype, policy):
         encoder = lumina_core.load_text_encoder(path, dtype=dtype, device=home_device(policy), **self._options())
         if encoder.family not in self.SERVES:
-            other = next(cls for cls in _TextEncoderLoader.__subclasses__() if encoder.family in cls.SERVES)
-            raise lumina_core.InvalidInputError(
-                f"{path} holds the text encoder of {encoder.family}: load it with {other.DISPLAY_NAME}."
-            )
+            other = next((cls for cls in _TextEncoderLoader.__subclasses__() if encoder.family in cls.SERVES), None)
+            where = f"load it with {other.DISPLAY_NAME}" if other else "no loader of this pack takes it"
+            raise lumina_core.InvalidInputError(f"{path} holds the text encoder of {encoder.family}: {where}.")
         return Handle(encoder, "text_encoder", encoder.family, policy, path)
 
     def _options(self) -> dict:

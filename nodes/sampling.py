@@ -6,6 +6,7 @@ import torch
 
 import lumina_core
 from lumina_core.conditioning import check_family
+from lumina_core.models.ltxv import DEFAULT_FRAME_RATE
 from lumina_core.models.lumina_next import ROPE_SCALINGS
 from lumina_core.sampling import SCHEDULES, SOLVERS, check_settings
 from lumina_core.text.prompts import SYSTEM_PROMPTS
@@ -42,9 +43,9 @@ VIDEO_ONLY = " Video models (LTX-Video) only; image models ignore it."
 VIDEO_OPTIONS = {
     "frames": ("INT", {"default": 97, "min": 1, "max": 1025, "step": 8, "tooltip": "Frames to generate, 8k + 1 "
                "(97 is about 4 s at 25 fps); a connected latent sets the length instead." + VIDEO_ONLY}),
-    "frame_rate": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 1.0, "tooltip": "Frames per "
-                   "second the model is told (it shapes the motion); LTX-Video Decode passes it on to the save "
-                   "node." + VIDEO_ONLY}),
+    "frame_rate": ("FLOAT", {"default": DEFAULT_FRAME_RATE, "min": 1.0, "max": 120.0, "step": 1.0, "tooltip":
+                   "Frames per second the model is told (it shapes the motion); LTX-Video Decode passes it on to "
+                   "the save node." + VIDEO_ONLY}),
 }  # fmt: skip
 
 
@@ -89,7 +90,9 @@ class T5Encode:
     def INPUT_TYPES(cls):
         return {"required": {
             "text_encoder": ("LUMINA_TEXT_ENCODER", {"tooltip": "From Load T5 Text Encoder (LTX-Video)."}),
-            "prompt": ("STRING", {"multiline": True, "default": ""}),
+            "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Describe the scene and its motion in "
+                       "order, like a shot list; the original negative prompt is 'worst quality, inconsistent "
+                       "motion, blurry, jittery, distorted'."}),
             "max_tokens": ("INT", {"default": 128, "min": 128, "max": 256, "step": 8, "tooltip":
                            "128 as diffusers' LTXPipeline; up to 256, the length LTX-Video was trained with."}),
         }}  # fmt: skip
@@ -101,10 +104,9 @@ class T5Encode:
 def _encode(node, text_encoder: Handle, prompts: list[str], **options) -> tuple:
     """Encode with a text encoder of one of node.SERVES, naming the right encode node for any other."""
     if text_encoder.family not in node.SERVES:
-        other = next(cls for cls in (GemmaEncode, T5Encode) if text_encoder.family in cls.SERVES)
-        raise lumina_core.InvalidInputError(
-            f"this text encoder serves {text_encoder.family}: encode with {other.DISPLAY_NAME} instead."
-        )
+        other = next((cls for cls in (GemmaEncode, T5Encode) if text_encoder.family in cls.SERVES), None)
+        where = f"encode with {other.DISPLAY_NAME} instead" if other else "no encode node of this pack takes it"
+        raise lumina_core.InvalidInputError(f"this text encoder serves {text_encoder.family}: {where}.")
     with text_encoder.placed() as encoder:
         conditioning = encoder.encode(prompts, **options)
     return (conditioning.to(bridge.intermediate_device()),)
@@ -114,7 +116,8 @@ class FlowSampler:
     DISPLAY_NAME = "Flow Sampler (Lumina)"
     DESCRIPTION = ("Flow-matching sampler for every Lumina family: Lumina-Image 2.0's CFG truncation and "
                    "renormalisation (original semantics), Lumina-Next's resolution extrapolation, context drop and "
-                   "few-step sigmoid schedule. Outputs a standard LATENT that core VAE Decode nodes "
+                   "few-step sigmoid schedule, LTX-Video text- and image-to-video (use schedule ltx, shift 0, cfg 3, "
+                   "cfg_renorm 0, as the shipped workflow does). Outputs a standard LATENT that core nodes "
                    "accept.")  # fmt: skip
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT",)
@@ -186,8 +189,8 @@ class FlowSampler:
         return True
 
     def sample(self, model: Handle, positive, negative, width, height, batch_size, seed, steps, cfg, shift, solver,
-               schedule, cfg_trunc, cfg_renorm, denoise, latent=None, frames=97, frame_rate=25.0, first_frame=None,
-               vae=None, first_frame_strength=1.0, **next_options):  # fmt: skip
+               schedule, cfg_trunc, cfg_renorm, denoise, latent=None, frames=97, frame_rate=DEFAULT_FRAME_RATE,
+               first_frame=None, vae=None, first_frame_strength=1.0, **next_options):  # fmt: skip
         shift = shift or None  # 0: the schedule's own default (LTX: from the latent's token count)
         check_settings(steps=steps, cfg=cfg, batch_size=batch_size, solver=solver, schedule=schedule, shift=shift,
                        denoise=denoise, cfg_trunc=cfg_trunc, renorm_cfg=cfg_renorm)  # fmt: skip

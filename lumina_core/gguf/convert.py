@@ -1,11 +1,12 @@
-"""Convert a diffusion transformer checkpoint to a GGUF file that the ComfyUI GGUF ecosystem reads.
+"""Convert a diffusion transformer checkpoint to a GGUF file in the ComfyUI GGUF ecosystem's conventions.
 
-The output follows city96/ComfyUI-GGUF's conventions, so its UnetLoaderGGUF, diffusers' GGUF path and our
-own loader all read it: original (Alpha-VLLM / Lightricks / ComfyUI) tensor names without a prefix,
+The output follows city96/ComfyUI-GGUF's conventions, so for Lumina-Image 2.0 and LTX-Video its
+UnetLoaderGGUF, diffusers' GGUF path and our own loader all read it (Lumina-Next files only ours):
+original (Alpha-VLLM / Lightricks / ComfyUI) tensor names without a prefix,
 `general.architecture` set to the family ("lumina2", "ltxv"; "lumina_next" for Lumina-Next, which city96's
 list lacks), the quantization version and the file type, and an original LTX-Video file's JSON `config`.
 Tensors are written one at a time (tensor infos first, then each tensor's bytes), so converting never holds
-more than one tensor in memory.
+more than one tensor in memory, into a hidden `.part` file renamed into place once whole.
 
 Per-tensor policy (`policy.keeps_float`): 1-D and small tensors (norms, biases, pad tokens, tables) in F32,
 the family's sensitive layers (embedders, output layers, LTX's adaLN) in F16 (BF16 when the source is
@@ -16,7 +17,8 @@ requested type.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -66,29 +68,30 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, type_name: str
     if type_name not in TARGETS:
         raise InvalidInputError(f"unknown --type '{type_name}'; choose one of {', '.join(TARGETS)}.")
     target, file_type = TARGETS[type_name]
-    family, readers, shapes = original_tensors(source)
-    writer = GGUFWriter(os.fspath(output), arch=family)
-    writer.add_quantization_version(GGML_QUANT_VERSION)
-    writer.add_file_type(file_type)
+    family, readers, shapes, stored_dtype = original_tensors(source)
     stored_config = open_checkpoint(source).metadata.get(CONFIG_KEY) if os.path.isfile(source) else None
-    if stored_config:  # an original LTX-Video file's JSON config (heads, RoPE ...): the loader reads it back
-        writer.add_string(CONFIG_KEY, stored_config)
-    plan: list[tuple[Q, Callable[[], torch.Tensor]]] = []
-    counts: dict[str, int] = {}
-    for name in sorted(readers):
-        tensor = readers[name]()
-        stored = torch.float32 if isinstance(tensor, QuantizedTensor) else tensor.dtype
-        qtype = choose_type(family, name, shapes[name], target, stored)
-        plan.append((qtype, readers[name]))
-        counts[qtype.name] = counts.get(qtype.name, 0) + 1
-        _add_info(writer, name, shapes[name], qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for qtype, read in plan:  # in the order of the tensor infos
-        writer.write_tensor_data(_encode(read(), qtype))
-    writer.close()
-    return counts
+    plan = {name: choose_type(family, name, shapes[name], target, stored_dtype) for name in sorted(readers)}
+    output = Path(output)
+    partial = output.with_name(f".{output.name}.part")  # renamed into place once whole
+    writer = GGUFWriter(os.fspath(partial), arch=family)
+    try:
+        writer.add_quantization_version(GGML_QUANT_VERSION)
+        writer.add_file_type(file_type)
+        if stored_config:  # an original LTX-Video file's JSON config (heads, RoPE ...): the loader reads it back
+            writer.add_string(CONFIG_KEY, stored_config)
+        for name, qtype in plan.items():
+            _add_info(writer, name, shapes[name], qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for name, qtype in plan.items():  # in the order of the tensor infos
+            writer.write_tensor_data(_encode(readers[name](), qtype))
+        writer.close()
+        os.replace(partial, output)
+    finally:
+        writer.close()
+        partial.unlink(missing_ok=True)
+    return dict(Counter(qtype.name for qtype in plan.values()))
 
 
 def _add_info(writer: GGUFWriter, name: str, shape: tuple[int, ...], qtype: Q) -> None:

@@ -8,6 +8,7 @@ memory map, so loading never holds a second full copy of the weights.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -102,10 +103,11 @@ def load_transformer(
 
 def original_tensors(
     path: str | os.PathLike, **config
-) -> tuple[str, dict[str, Callable[[], torch.Tensor]], dict[str, tuple[int, ...]]]:
-    """A transformer file's family id and its tensors under original (ComfyUI) names, read lazily (for converters)."""
+) -> tuple[str, dict[str, Callable[[], torch.Tensor]], dict[str, tuple[int, ...]], torch.dtype]:
+    """For converters: a transformer file's family id, its tensors under original (ComfyUI) names (read lazily),
+    their shapes, and the floating dtype most of them are stored in (read from the headers)."""
     plan = _plan(path, config)
-    return plan.model.family, plan.readers, plan.shapes
+    return plan.model.family, plan.readers, plan.shapes, plan.stored_dtype
 
 
 def inspect_transformer(path: str | os.PathLike, **config) -> nn.Module:
@@ -122,6 +124,7 @@ class _LoadPlan:
     readers: dict[str, Callable[[], torch.Tensor]]
     shapes: dict[str, tuple[int, ...]]
     source: str
+    stored_dtype: torch.dtype  # the floating dtype most tensors are stored in (float32 for GGUF's packed types)
 
 
 def _plan(path: str | os.PathLike, config: dict) -> _LoadPlan:
@@ -148,7 +151,14 @@ def _plan(path: str | os.PathLike, config: dict) -> _LoadPlan:
         ) from None
     model = build_on_meta(partial(family.build, config))
     source = f"{checkpoint.path} ({detected.signature.description})"
-    return _LoadPlan(model, {k: read for k, (_, read) in readers.items()}, shapes, source)
+    stored_dtype = _most_common_float(detected.part)
+    return _LoadPlan(model, {k: read for k, (_, read) in readers.items()}, shapes, source, stored_dtype)
+
+
+def _most_common_float(part: Checkpoint) -> torch.dtype:
+    dtypes = Counter(part.dtype(key) for key in part.keys)
+    floats = [dtype for dtype, _ in dtypes.most_common() if dtype.is_floating_point]
+    return floats[0] if floats else torch.float32
 
 
 def _diffusers_config(folder: str, family: TransformerFamily) -> dict:

@@ -61,6 +61,7 @@ from ..gguf.text import sentencepiece_model
 from ..loading.files import Checkpoint, is_gguf, open_checkpoint, preview, read_json
 from ..loading.modules import assign_tensors, build_on_meta
 from .prompts import format_negative_prompt, format_prompt, resolve_system_prompt
+from .truncation import warn_cut
 
 # Safetensors metadata keys holding a JSON object of config fields (config.json content), one per variant.
 GEMMA_CONFIG_METADATA_KEY = "lumina_core.gemma_config"
@@ -349,7 +350,11 @@ class GemmaTextEncoder:
             raise InvalidInputError("nothing to encode: the list of prompts is empty.")
         if max_length < 1:
             raise InvalidInputError(f"max_length must be at least 1 (room for the BOS token); got {max_length}.")
-        rows = [([self.tokenizer.bos_id] + self.tokenizer.encode(text))[:max_length] for text in texts]
+        rows = [[self.tokenizer.bos_id] + self.tokenizer.encode(text) for text in texts]
+        for index, row in enumerate(rows):
+            if len(row) > max_length:
+                warn_cut(self.variant.name, index, len(row), max_length, hint=f" to fit max_length={max_length}")
+        rows = [row[:max_length] for row in rows]
         multiple = self.variant.pad_to_multiple_of
         length = -(-max(len(row) for row in rows) // multiple) * multiple
         ids = torch.full((len(rows), length), _PAD_ID, dtype=torch.long)

@@ -36,11 +36,9 @@ scaled-fp8 files have one. In fp16 the feed-forward output projections `wo` stay
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import re
 import tempfile
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, partial
@@ -56,8 +54,7 @@ from ..gguf.reader import read_metadata
 from ..gguf.text import sentencepiece_model
 from ..loading.files import Checkpoint, is_gguf, open_checkpoint, preview, read_json
 from ..loading.modules import FP8_DTYPES, assign_tensors, build_on_meta
-
-logger = logging.getLogger(__name__)
+from .truncation import warn_cut
 
 FAMILY = "ltxv"
 MIN_TOKENS = 128  # every row is padded to at least this many tokens (diffusers, the original 0.9.0, ComfyUI)
@@ -254,15 +251,9 @@ class T5TextEncoder:
     def _cut(self, index: int, ids: list[int], max_tokens: int) -> list[int]:
         if len(ids) <= max_tokens:
             return ids
-        dropped = ids[max_tokens - 1 : -1]
-        text = self.tokenizer.decode(dropped)
-        message = (
-            f"T5 prompt {index} has {len(ids)} tokens; the last {len(dropped)} were dropped to fit max_tokens="
-            f"{max_tokens}{'' if max_tokens == MAX_TOKENS else f' (up to {MAX_TOKENS} is allowed)'}: "
-            f"{text[:80]!r}{'...' if len(text) > 80 else ''}"
-        )
-        logger.warning(message)
-        warnings.warn(message, stacklevel=4)
+        allowed = "" if max_tokens == MAX_TOKENS else f" (up to {MAX_TOKENS} is allowed)"
+        hint = f" to fit max_tokens={max_tokens}{allowed}"
+        warn_cut("T5", index, len(ids), max_tokens, self.tokenizer.decode(ids[max_tokens - 1 : -1]), hint)
         return ids[: max_tokens - 1] + [self.tokenizer.eos_id]
 
     @torch.no_grad()

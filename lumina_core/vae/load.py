@@ -22,10 +22,19 @@ def load_vae(
     with `lumina_core.vae.autoencoder.load_vae` (FLUX / SD KL autoencoders; options num_groups, scale, shift),
     which names what the file holds when it is not a VAE.
     """
-    folder = os.fspath(path)
-    if os.path.isdir(os.path.join(folder, "vae")):
-        folder = os.path.join(folder, "vae")
-    checkpoint = files.open_checkpoint(folder)
+    checkpoint = _open(path)
     if ltx_vae.detect_ltx_vae(checkpoint.keys) is not None:
         return ltx_video.load_ltx_vae(path, dtype, device, checkpoint=checkpoint, **options)
     return autoencoder.load_vae(path, dtype, device, **options)
+
+
+def is_video_vae(path: str | os.PathLike) -> bool:
+    """Whether `path` holds LTX-Video's video VAE, from the tensor names alone (nothing is loaded)."""
+    return ltx_vae.detect_ltx_vae(_open(path).keys) is not None
+
+
+def _open(path: str | os.PathLike) -> files.Checkpoint:
+    folder = os.fspath(path)
+    if os.path.isdir(os.path.join(folder, "vae")):  # a diffusers pipeline folder
+        folder = os.path.join(folder, "vae")
+    return files.open_checkpoint(folder)

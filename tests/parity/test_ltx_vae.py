@@ -17,6 +17,7 @@ from lumina_core import CheckpointError, InvalidInputError, load_vae
 from lumina_core.loading.keymaps import ltx_vae
 from lumina_core.vae import LTXVideoVAE, TileSettings, first_frame_conditioning
 from tests.fixtures.ltx_vae_files import GENERATIONS, build_reference, original_config, to_original, write_layouts
+from tests.fixtures.metrics import relative_error
 
 TOLERANCE = 1e-5  # relative L2 error, float32
 LATENT = (2, 3, 3, 5)  # batch, frames, rows, columns: odd sizes, non-square
@@ -40,11 +41,6 @@ def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     bare = write_layouts(reference, root / "bare")
     config = original_config(load_vae(bare["original file"]).config)
     return Case(request.param, reference, write_layouts(reference, root / "files", vae_config=config))
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    assert actual.shape == expected.shape
-    return ((actual - expected).norm() / expected.norm()).item()
 
 
 def sample_latent(channels: int) -> torch.Tensor:

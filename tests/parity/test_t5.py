@@ -35,6 +35,7 @@ from lumina_core.tiny import (
     train_tokenizer,
     write_text_encoder,
 )
+from tests.fixtures.metrics import masked_max_relative_error
 from tests.fixtures.tiny_t5 import (
     LAYOUTS,
     TOKENIZER_DIR,
@@ -98,10 +99,6 @@ def reference(tiny: Tiny, texts: list[str], max_length: int = 128, masked: bool 
     return batch["input_ids"], batch["attention_mask"].bool(), output.last_hidden_state
 
 
-def relative_error(ours: torch.Tensor, theirs: torch.Tensor, mask: torch.Tensor) -> float:
-    return ((ours - theirs)[mask].abs().max() / theirs[mask].abs().max()).item()
-
-
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_layout_loads_the_weights_and_the_config(tiny, encoders, layout):
     encoder = encoders[layout]
@@ -133,7 +130,7 @@ def test_encode_matches_transformers(tiny, encoders, layout):
     assert torch.equal(conditioning.embeds[mask], expected[mask])  # bit-exact against transformers' SDPA
     assert not conditioning.embeds[~mask].any()
     _, _, eager = reference(tiny, PROMPTS)
-    assert relative_error(conditioning.embeds, eager, mask) < 1e-5  # eager attention: float rounding only
+    assert masked_max_relative_error(conditioning.embeds, eager, mask) < 1e-5  # eager attention: float rounding only
 
 
 def test_diffusers_ltx_pipeline_without_the_mask(tiny, encoders):
@@ -166,7 +163,7 @@ def test_fp16_matches_transformers_from_pretrained(tiny, encoders):
     _, mask, expected = reference(tiny, PROMPTS, model=theirs)
     assert torch.equal(ours.encode(PROMPTS).embeds[mask], expected[mask].float())
     _, _, full = reference(tiny, PROMPTS, model=tiny.sdpa_model)
-    assert relative_error(encoders["comfy_fp16.safetensors"].encode(PROMPTS).embeds, full, mask) < 1e-2
+    assert masked_max_relative_error(encoders["comfy_fp16.safetensors"].encode(PROMPTS).embeds, full, mask) < 1e-2
 
 
 @pytest.mark.parametrize("layout", ["comfy_fp8.safetensors", "comfy_fp8_scaled.safetensors"])
@@ -243,7 +240,7 @@ def test_the_comparison_can_fail(tiny, encoders, wrong, record_property):
         table = mirrored.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
         table.data = table.data.roll(table.shape[0] // 2, dims=0)
         _, mask, expected = reference(tiny, PROMPTS, model=mirrored)
-    error = relative_error(ours, expected, mask)
+    error = masked_max_relative_error(ours, expected, mask)
     record_property("relative_error", error)
     assert error > 1000 * TOLERANCE
 

@@ -141,3 +141,19 @@ def test_video_size_off_the_rule_names_the_rule(ltxv_files, tmp_path, capsys):
 def test_image_suffix_for_a_video_model_fails_before_sampling(ltxv_files, tmp_path, capsys):
     assert generate_video(ltxv_files, tmp_path / "x.png") == 2
     assert ".mp4, .webp" in one_line_error(capsys)
+
+
+def test_outputs_get_the_usual_file_permissions(tmp_path):
+    import os
+
+    image = Image.new("RGB", (8, 8))
+    (path,) = save_images([image], tmp_path / "x.png")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_an_image_vae_for_a_video_model_fails_before_anything_runs(ltxv_files, all_in_one, tmp_path, capsys):
+    assert generate_video(ltxv_files, tmp_path / "x.webp", "--vae", str(all_in_one)) == 2
+    assert "holds an image VAE; this model needs LTX-Video's video VAE" in one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []

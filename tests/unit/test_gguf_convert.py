@@ -83,3 +83,13 @@ def test_cli(source, tmp_path, capsys):
     assert "holds a VAE" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["convert", str(path), str(tmp_path / "x.gguf"), "--type", "Q3_K"])
+
+
+def test_a_failed_conversion_leaves_no_file(source, tmp_path, monkeypatch):
+    def fail(tensor, qtype):
+        raise RuntimeError("disk full (simulated)")
+
+    monkeypatch.setattr("lumina_core.gguf.convert._encode", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        convert(source[1], tmp_path / "out.gguf", "Q8_0")
+    assert list(tmp_path.iterdir()) == []

@@ -17,6 +17,7 @@ from lumina_core.gguf.quantized import QuantizedLinear
 from lumina_core.loading.keymaps.lumina2 import to_diffusers
 from lumina_core.loading.transformer import load_transformer
 from tests.fixtures.gguf_files import Q, write_gguf
+from tests.fixtures.metrics import relative_error
 
 # Wide enough that every Linear input is whole K-quant super-blocks of 256; the RoPE split is the default one
 # for head_dim 64, which files do not store.
@@ -36,10 +37,6 @@ def inputs(batch: int = 2, seed: int = 0):
     mask = torch.ones(batch, 7, dtype=torch.bool)
     mask[1, 4:] = False
     return x, sigma, context, mask
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 def quantized_layers(model: nn.Module) -> dict[str, Q]:

@@ -18,13 +18,10 @@ from tests.fixtures.gguf_files import (
     write_gguf,
     write_t5_gguf,
 )
+from tests.fixtures.metrics import relative_error
 from tests.fixtures.tiny_t5 import write_layout as write_t5_layout
 
 PROMPTS = ["a red fox sitting in fresh snow, soft morning light", "Hello!  Two  spaces, digits 0123 and ünïcode"]
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.fixture(scope="module")
