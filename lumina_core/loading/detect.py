@@ -7,6 +7,7 @@ so the answer does not depend on their order.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..errors import CheckpointError
@@ -168,3 +169,16 @@ def describe_contents(checkpoint: Checkpoint) -> str:
     elif not found and architecture not in GGUF_PLACEHOLDERS and architecture not in GGUF_ARCHITECTURES:
         found.append(f"a GGUF '{architecture}' model ({GGUF_ARCHITECTURE_KEY}), e.g. a language model")
     return "; ".join(dict.fromkeys(found)) or "no model this package recognises"
+
+
+def find_marker(keys: Iterable[str], prefixes: Iterable[str], markers: Mapping[str, str]) -> tuple[str, str] | None:
+    """(prefix, naming) of the first container prefix under which a naming's marker key exists, or None.
+
+    markers: naming (e.g. "original", "diffusers") -> a key only that naming has, without the prefix.
+    """
+    key_set = set(keys)
+    for prefix in prefixes:
+        for naming, marker in markers.items():
+            if prefix + marker in key_set:
+                return prefix, naming
+    return None

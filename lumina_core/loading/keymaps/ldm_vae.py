@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import UnsupportedModelError
+from ..detect import find_marker
 from ..files import Checkpoint, preview, read_json
 
 ORIGINAL = "original"
@@ -107,12 +108,7 @@ DIFFUSERS_CONFIG_FIELDS = {"norm_num_groups": "num_groups", "scaling_factor": "s
 
 def detect_vae(keys: Iterable[str]) -> tuple[str, str] | None:
     """(prefix, naming) of the VAE among `keys`, or None when they hold no LDM KL autoencoder."""
-    key_set = set(keys)
-    for prefix in VAE_PREFIXES:
-        for naming, marker in MARKERS.items():
-            if prefix + marker in key_set:
-                return prefix, naming
-    return None
+    return find_marker(keys, VAE_PREFIXES, MARKERS)
 
 
 def describe_other_parts(keys: Iterable[str]) -> list[str]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import CheckpointError, UnsupportedModelError
+from ..detect import find_marker
 from ..files import Checkpoint, preview
 
 ORIGINAL = "original"
@@ -208,12 +209,7 @@ def map_keys_original_to_diffusers(keys: Iterable[str]) -> tuple[dict[str, str],
 
 def detect_ltx_vae(keys: Iterable[str]) -> tuple[str, str] | None:
     """(prefix, naming) of the LTX video VAE among `keys`, or None when they hold none."""
-    key_set = set(keys)
-    for prefix in VAE_PREFIXES:
-        for naming, marker in MARKERS.items():
-            if prefix + marker in key_set:
-                return prefix, naming
-    return None
+    return find_marker(keys, VAE_PREFIXES, MARKERS)
 
 
 def is_unused(original_key: str) -> bool:
