@@ -7,30 +7,25 @@ truncation) and the one ComfyUI uses (the bare SentencePiece model), then
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
 import sentencepiece
 import torch
 from safetensors.torch import save_file
-from transformers import Gemma2Model, GemmaTokenizer
 
 from lumina_core.errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from lumina_core.text import GEMMA2_CONFIG_METADATA_KEY, GemmaTextEncoder, format_prompt, load_text_encoder
 from lumina_core.text.gemma import config_from_shapes, load_gemma_text_encoder
-from lumina_core.tiny import gemma_tensors, make_gemma, spm_tensor, train_tokenizer
+from lumina_core.tiny import gemma_tensors, make_gemma, spm_tensor
 from tests.fixtures.metrics import masked_max_relative_error
 from tests.fixtures.tiny_gemma import (
     GEMMA2_NORMS,
     LAYOUTS,
+    TinyGemma,
     all_in_one_extras,
     all_in_one_text_encoder,
-    hf_tokenizer,
     release_shapes,
     write_layout,
     write_tiny_text_encoder,
-    write_tokenizer,
 )
 
 TOLERANCE = 1e-5
@@ -43,35 +38,19 @@ PROMPTS = [
 ]
 
 
-@dataclass
-class Tiny:
-    folder: Path
-    spm_model: bytes
-    model: Gemma2Model
-    tokenizer: GemmaTokenizer
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Tiny:
-    folder = tmp_path_factory.mktemp("gemma")
-    spm_model = train_tokenizer()
-    tokenizer = hf_tokenizer(write_tokenizer(folder / "reference_tokenizer", spm_model).parent)
-    return Tiny(folder, spm_model, make_gemma(seed=0), tokenizer)
+def tiny(tmp_path_factory) -> TinyGemma:
+    return TinyGemma.build(tmp_path_factory.mktemp("gemma"), make_gemma(seed=0))
 
 
 @pytest.fixture(scope="module")
 def encoders(tiny) -> dict[str, GemmaTextEncoder]:
-    return {
-        layout: load_text_encoder(write_layout(tiny.model, tiny.spm_model, layout, tiny.folder)) for layout in LAYOUTS
-    }
+    return tiny.encoders(LAYOUTS)
 
 
-def reference(tiny: Tiny, texts: list[str], max_length: int = 256, layer: int = -2):
-    """ids (B, L), mask (B, L) bool and hidden_states[layer] (B, L, D) from transformers alone."""
-    batch = tiny.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    with torch.no_grad():
-        output = tiny.model(batch["input_ids"], batch["attention_mask"], output_hidden_states=True)
-    return batch["input_ids"], batch["attention_mask"].bool(), output.hidden_states[layer]
+def reference(tiny: TinyGemma, texts: list[str], max_length: int = 256, layer: int = -2):
+    """ids, mask and hidden_states[layer] from transformers alone."""
+    return tiny.reference(texts, layer, max_length=max_length)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

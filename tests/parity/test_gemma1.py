@@ -11,14 +11,12 @@ from __future__ import annotations
 import io
 import json
 import math
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import sentencepiece
 import torch
 from safetensors.torch import save_file
-from transformers import GemmaModel, GemmaTokenizer
+from transformers import GemmaModel
 
 from lumina_core.errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from lumina_core.text import (
@@ -30,15 +28,14 @@ from lumina_core.text import (
     load_text_encoder,
 )
 from lumina_core.text.gemma import config_from_shapes, detect_variant, load_gemma_text_encoder
-from lumina_core.tiny import TOKENIZER_CORPUS, gemma_tensors, make_gemma, make_gemma1, spm_tensor, train_tokenizer
+from lumina_core.tiny import TOKENIZER_CORPUS, gemma_tensors, make_gemma, make_gemma1, spm_tensor
 from tests.fixtures.metrics import masked_max_relative_error
 from tests.fixtures.tiny_gemma import (
     GEMMA1_NORMS,
     GEMMA2_NORMS,
-    hf_tokenizer,
+    TinyGemma,
     release_shapes,
     write_layout,
-    write_tokenizer,
 )
 
 TOLERANCE = 1e-5
@@ -50,37 +47,19 @@ PROMPTS = [
 ]
 
 
-@dataclass
-class Tiny:
-    folder: Path
-    spm_model: bytes
-    model: GemmaModel
-    tokenizer: GemmaTokenizer
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Tiny:
-    folder = tmp_path_factory.mktemp("gemma1")
-    spm_model = train_tokenizer()
-    tokenizer = hf_tokenizer(write_tokenizer(folder / "reference_tokenizer", spm_model).parent)
-    return Tiny(folder, spm_model, make_gemma1(seed=0), tokenizer)
+def tiny(tmp_path_factory) -> TinyGemma:
+    return TinyGemma.build(tmp_path_factory.mktemp("gemma1"), make_gemma1(seed=0))
 
 
 @pytest.fixture(scope="module")
 def encoders(tiny) -> dict[str, GemmaTextEncoder]:
-    return {
-        layout: load_text_encoder(write_layout(tiny.model, tiny.spm_model, layout, tiny.folder)) for layout in LAYOUTS
-    }
+    return tiny.encoders(LAYOUTS)
 
 
-def reference(tiny: Tiny, texts: list[str], max_length: int = 256, layer: int = -2):
-    """ids (B, L), mask (B, L) bool and hidden_states[layer] (B, L, D), as Lumina-Next's sample.py computes them."""
-    batch = tiny.tokenizer(
-        texts, padding=True, pad_to_multiple_of=8, max_length=max_length, truncation=True, return_tensors="pt"
-    )
-    with torch.no_grad():
-        output = tiny.model(batch["input_ids"], batch["attention_mask"], output_hidden_states=True)
-    return batch["input_ids"], batch["attention_mask"].bool(), output.hidden_states[layer]
+def reference(tiny: TinyGemma, texts: list[str], max_length: int = 256, layer: int = -2):
+    """ids, mask and hidden_states[layer] as Lumina-Next's sample.py tokenizes: padded to a multiple of 8."""
+    return tiny.reference(texts, layer, pad_to_multiple_of=8, max_length=max_length)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
