@@ -382,3 +382,14 @@ def test_gguf_transformer_and_text_encoder_run(server):
     run = run_graph(server, graph)
     files = assert_success(server, run)
     print(f"GGUF graph: {run.seconds:.1f} s -> {[f['path'] for f in files]}")
+
+
+def test_image_to_video_from_a_core_image_node(server):
+    """FlowSampler's first_frame fed by core EmptyImage, encoded with the LTX-Video VAE of the same file."""
+    graph = shrink(rw.load_graph(REPO / "workflows" / "api" / "ltxv_t2v.json"))
+    graph["9"] = node("EmptyImage", width=120, height=80, batch_size=1, color=0x3366CC)
+    sampler = next(iter(rw.nodes_of(graph, "FlowSampler")))
+    graph[sampler]["inputs"] |= {"first_frame": ["9", 0], "vae": ["6", 0], "first_frame_strength": 1.0}
+    run = run_graph(server, graph)
+    files = assert_success(server, run)
+    print(f"image-to-video: {run.seconds:.1f} s -> {[f['path'] for f in files]}")
