@@ -1,11 +1,13 @@
-"""lumina_core: Lumina-Image 2.0 (and, as they land, Lumina-Next and LTX-Video) in plain PyTorch.
+"""lumina_core: Lumina-Image 2.0, Lumina-Next and LTX-Video in plain PyTorch, from any checkpoint layout (GGUF too).
 
 Public API:
-    load_transformer(path, dtype=None, device="cpu")  -> model(x, sigma, context, context_mask) -> velocity
-    load_text_encoder(path, dtype=None, device="cpu") -> encoder.encode(prompts, system_prompt=...) -> Conditioning
-    load_vae(path, dtype=None, device="cpu")          -> vae.decode(latent) -> images (B, 3, H, W) in [0, 1]
+    load_transformer(path, dtype=None, device="cpu")  -> model(x, sigma, context, context_mask, **options) -> velocity
+    load_text_encoder(path, dtype=None, device="cpu") -> encoder.encode(prompts, ...) -> Conditioning
+    load_vae(path, dtype=None, device="cpu")          -> vae.decode(latent) -> images (B, 3, H, W) or frames
+                                                         (B, 3, T, H, W) in [0, 1]
     sample(model, positive, negative, ...)           -> final latent (model space)
 
+`x` is (B, C, H, W) for the image families and (B, 128, F, H, W) for LTX-Video; `model.family` says which.
 Names are imported on first use, so `import lumina_core` stays cheap (transformers loads only with
 the text encoder).
 """
