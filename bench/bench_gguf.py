@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
+from peak_memory import proc_status, reset_peak  # noqa: E402 (bench/ is the script's folder)
 from safetensors.torch import save_file
 
 from lumina_core.gguf.convert import convert
@@ -99,21 +100,6 @@ def bench_dequant(repeats: int, rows: int = 8192, cols: int = 2048) -> list[dict
 
 
 # ---- forward ----------------------------------------------------------------------------------------------
-
-
-def proc_status() -> dict[str, int]:
-    values = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            name, _, rest = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                values[name] = int(rest.split()[0]) * 1024
-    return values
-
-
-def reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as refs:  # Linux: VmHWM back to the current RSS
-        refs.write("5")
 
 
 def forward_inputs():

@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from peak_memory import proc_status, reset_peak  # noqa: E402 (bench/ is the script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -39,27 +41,6 @@ RUNS = (  # (loader, layout)
     ("diffusers_from_pretrained", "diffusers"),
 )  # fmt: skip
 MB = 2**20
-
-
-def proc_status() -> dict[str, int]:
-    """The memory lines of /proc/self/status, in bytes."""
-    values = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            name, _, rest = line.partition(":")
-            if name in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                values[name] = int(rest.split()[0]) * 1024
-    return values
-
-
-def reset_peak() -> bool:
-    """Set VmHWM back to the current RSS (Linux 4.0+); False where the file cannot be written."""
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-    except OSError:
-        return False
-    return True
 
 
 # ---- child: one load in a fresh interpreter ----------------------------------------------------------
