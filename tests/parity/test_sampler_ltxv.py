@@ -19,13 +19,13 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline
 from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
 
-from lumina_core.conditioning import Conditioning
 from lumina_core.errors import InvalidInputError
 from lumina_core.loading.transformer import load_transformer
 from lumina_core.sampling import SamplingStats, sample
 from lumina_core.sampling.schedules import ltx, ltx_shift
 from tests.fixtures.ltxv_files import make_reference, write_layout
 from tests.fixtures.metrics import relative_error
+from tests.fixtures.prompts import prompt_pair
 
 STEPS, CFG, FRAME_RATE = 4, 3.0, 24.0
 FRAMES, HEIGHT, WIDTH = 17, 64, 96  # latent 3 x 2 x 3: 18 tokens
@@ -56,17 +56,10 @@ def pipe(reference):
 @pytest.fixture(scope="module")
 def inputs():
     g = torch.Generator().manual_seed(1)
-    prompt_embeds = torch.randn(2, 9, 12, generator=g)
-    prompt_mask = torch.arange(9)[None] < torch.tensor([[9], [6]])
-    negative_embeds = torch.randn(2, 9, 12, generator=g)
-    negative_mask = torch.arange(9)[None] < torch.tensor([[3], [5]])
-    negative_embeds[~negative_mask] = 0  # right padding, as a text encoder's features are cut
+    prompts = prompt_pair(g, 12)
     return {
         "noise": torch.randn(LATENT, generator=g),
-        "positive": Conditioning(prompt_embeds, prompt_mask),
-        # The pipeline concatenates cond and uncond, so it needs equal lengths; we get the negative at its own 5.
-        "negative": Conditioning(negative_embeds[:, :5], negative_mask[:, :5]),
-        "negative_padded": Conditioning(negative_embeds, negative_mask),
+        **prompts,
     }
 
 

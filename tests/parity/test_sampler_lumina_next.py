@@ -22,10 +22,10 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 
-from lumina_core.conditioning import Conditioning
 from lumina_core.sampling import SamplingStats, sample, shift_sigmas, shifted_linear
 from tests.fixtures.diffusers_lumina_next import DiffusersLuminaNextVelocity, make_pipeline, make_reference, rope_table
 from tests.fixtures.metrics import relative_error
+from tests.fixtures.prompts import prompt_pair
 
 SHIFT, STEPS, CFG = 4.0, 4, 4.0
 HEIGHT, WIDTH = 128, 192  # latent 16 x 24, 8 x 12 tokens: 1.5x the area of the tiny model's 128 x 128 default
@@ -51,18 +51,10 @@ def pipe(reference):
 @pytest.fixture(scope="module")
 def inputs():
     g = torch.Generator().manual_seed(1)
-    prompt_embeds = torch.randn(2, 9, 16, generator=g)
-    prompt_mask = torch.arange(9)[None] < torch.tensor([[9], [6]])
-    prompt_embeds[~prompt_mask] = 0
-    negative_embeds = torch.randn(2, 9, 16, generator=g)
-    negative_mask = torch.arange(9)[None] < torch.tensor([[3], [5]])
-    negative_embeds[~negative_mask] = 0  # right padding, as a text encoder's features are cut
+    prompts = prompt_pair(g, 16)
     return {
         "latents": torch.randn(2, 4, HEIGHT // 8, WIDTH // 8, generator=g),
-        "positive": Conditioning(prompt_embeds, prompt_mask),
-        # The pipeline concatenates cond and uncond, so it needs equal lengths; we get the negative at its own 5.
-        "negative": Conditioning(negative_embeds[:, :5], negative_mask[:, :5]),
-        "negative_padded": Conditioning(negative_embeds, negative_mask),
+        **prompts,
     }
 
 

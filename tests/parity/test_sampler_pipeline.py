@@ -15,12 +15,12 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 
-from lumina_core.conditioning import Conditioning
 from lumina_core.loading.transformer import load_transformer
 from lumina_core.sampling import sample, shifted_linear
 from tests.fixtures.diffusers_lumina2 import DiffusersLumina2Velocity, make_pipeline
 from tests.fixtures.lumina2_files import make_reference, write_layout
 from tests.fixtures.metrics import relative_error
+from tests.fixtures.prompts import prompt_pair
 
 SHIFT, STEPS, CFG = 6.0, 4, 4.0
 HEIGHT, WIDTH = 64, 96  # latent 8 x 12: non-square
@@ -48,17 +48,10 @@ def pipe(reference):
 @pytest.fixture(scope="module")
 def inputs():
     g = torch.Generator().manual_seed(1)
-    prompt_embeds = torch.randn(2, 9, 16, generator=g)
-    prompt_mask = torch.arange(9)[None] < torch.tensor([[9], [6]])
-    negative_embeds = torch.randn(2, 9, 16, generator=g)
-    negative_mask = torch.arange(9)[None] < torch.tensor([[3], [5]])
-    negative_embeds[~negative_mask] = 0  # right padding, as a text encoder's features are cut
+    prompts = prompt_pair(g, 16)
     return {
         "latents": torch.randn(2, 4, HEIGHT // 8, WIDTH // 8, generator=g),
-        "positive": Conditioning(prompt_embeds, prompt_mask),
-        # The pipeline insists on equal shapes; we get the negative at its own length of 5 tokens.
-        "negative": Conditioning(negative_embeds[:, :5], negative_mask[:, :5]),
-        "negative_padded": Conditioning(negative_embeds, negative_mask),
+        **prompts,
     }
 
 
