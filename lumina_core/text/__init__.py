@@ -1,33 +1,25 @@
 """Text encoding: Gemma features for Lumina-Next, Gemma-2 features for Lumina-Image 2.0, T5-XXL features for
-LTX-Video, and Lumina 2's system-prompt templates."""
+LTX-Video, and Lumina 2's system-prompt templates.
 
-from .gemma import (
-    GEMMA1,
-    GEMMA2,
-    GEMMA2_CONFIG_METADATA_KEY,
-    GEMMA_CONFIG_METADATA_KEY,
-    GemmaTextEncoder,
-    GemmaVariant,
-    config_metadata,
-)
-from .load import load_text_encoder
-from .prompts import SYSTEM_PROMPTS, format_negative_prompt, format_prompt
-from .t5 import T5PromptTokenizer, T5TextEncoder, find_t5_tokenizer, t5_encoder_from_state_dict
+Names are imported on first use: the encoders need `transformers`, which takes seconds to import, and a
+ComfyUI start (or `import lumina_core.text.prompts`) should not pay for it before an encoder is loaded.
+"""
 
-__all__ = [
-    "GEMMA1",
-    "GEMMA2",
-    "GEMMA2_CONFIG_METADATA_KEY",
-    "GEMMA_CONFIG_METADATA_KEY",
-    "SYSTEM_PROMPTS",
-    "GemmaTextEncoder",
-    "GemmaVariant",
-    "T5PromptTokenizer",
-    "T5TextEncoder",
-    "config_metadata",
-    "find_t5_tokenizer",
-    "format_negative_prompt",
-    "format_prompt",
-    "load_text_encoder",
-    "t5_encoder_from_state_dict",
-]
+from importlib import import_module
+
+_LAZY = {
+    **dict.fromkeys(("GEMMA1", "GEMMA2", "GEMMA2_CONFIG_METADATA_KEY", "GEMMA_CONFIG_METADATA_KEY", "GemmaTextEncoder",
+                     "GemmaVariant", "config_metadata"), "lumina_core.text.gemma"),
+    "load_text_encoder": "lumina_core.text.load",
+    **dict.fromkeys(("SYSTEM_PROMPTS", "format_negative_prompt", "format_prompt"), "lumina_core.text.prompts"),
+    **dict.fromkeys(("T5PromptTokenizer", "T5TextEncoder", "find_t5_tokenizer", "t5_encoder_from_state_dict"),
+                    "lumina_core.text.t5"),
+}  # fmt: skip
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lumina_core.text' has no attribute {name!r}")
