@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 import lumina_core
-from lumina_core.conditioning import check_family
 from lumina_core.models.ltxv import DEFAULT_FRAME_RATE
 from lumina_core.models.lumina_next import ROPE_SCALINGS
 from lumina_core.sampling import SCHEDULES, SOLVERS, check_settings
@@ -194,7 +193,6 @@ class FlowSampler:
         shift = shift or None  # 0: the schedule's own default (LTX: from the latent's token count)
         check_settings(steps=steps, cfg=cfg, batch_size=batch_size, solver=solver, schedule=schedule, shift=shift,
                        denoise=denoise, cfg_trunc=cfg_trunc, renorm_cfg=cfg_renorm)  # fmt: skip
-        _check_pair(model, positive, negative)
         # With denoise 1 the start is pure noise and the input latent only sets the size, except where a noise
         # mask (a core image-to-video latent's, or first_frame's) keeps its tokens.
         init = None if latent is None else _to_model_space(latent["samples"], model.model)
@@ -273,12 +271,6 @@ def _video_options(model, frames: int, frame_rate: float) -> dict:
     if not getattr(model, "is_video", False):
         return {}
     return {"frames": frames, "model_options": {"frame_rate": frame_rate}}
-
-
-def _check_pair(model: Handle, positive, negative) -> None:
-    # Before any step runs; a width that fits no model is reported by the model itself, naming both widths.
-    for role, conditioning in (("positive", positive), ("negative", negative)):
-        check_family(model.family, conditioning, role)
 
 
 def _to_model_space(samples: torch.Tensor, model) -> torch.Tensor:
