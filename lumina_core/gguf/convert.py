@@ -39,6 +39,9 @@ TARGETS = {
     "Q4_K": (Q.Q4_K, LlamaFileType.MOSTLY_Q4_K_S),
     "Q5_K": (Q.Q5_K, LlamaFileType.MOSTLY_Q5_K_S),
     "Q6_K": (Q.Q6_K, LlamaFileType.MOSTLY_Q6_K),
+    "Q3_K": (Q.Q3_K, LlamaFileType.MOSTLY_Q3_K_S),
+    "Q2_K": (Q.Q2_K, LlamaFileType.MOSTLY_Q2_K),
+    "IQ4_XS": (Q.IQ4_XS, LlamaFileType.MOSTLY_IQ4_XS),
     "F16": (Q.F16, LlamaFileType.MOSTLY_F16),
     "BF16": (Q.BF16, LlamaFileType.MOSTLY_BF16),
 }

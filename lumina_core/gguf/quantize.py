@@ -1,10 +1,11 @@
 """Packing float weights into GGML block formats (numpy), for the converter and the tests.
 
 The legacy formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and BF16 go through `gguf.quants.quantize`, whose Q8_0
-is bit-exact with ggml's reference quantizer. gguf-py cannot produce K-quants, so Q4_K, Q5_K and Q6_K are
-packed here with plain min/max scales: valid blocks that every GGUF reader decodes (llama.cpp,
-ComfyUI-GGUF, gguf-py), though less accurate than llama-quantize's search for the best scales, which
-also weighs errors by an importance matrix. Block layouts: shared/reference/gguf.md section 2.
+is bit-exact with ggml's reference quantizer. gguf-py cannot produce K-quants or IQ types, so Q2_K to Q6_K
+and IQ4_XS are packed here with plain min/max scales: valid blocks that every GGUF reader decodes
+(llama.cpp, ComfyUI-GGUF, gguf-py), though less accurate than llama-quantize's search for the best scales,
+which also weighs errors by an importance matrix (the gap grows as the bits shrink: Q2_K and Q3_K most).
+Block layouts: the unpackers in `dequant.py`, which mirror ggml's `ggml-common.h`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import quantize as gguf_quantize
+
+from .dequant import IQ4_VALUES
 
 Q = GGMLQuantizationType
 QK_K = 256
@@ -43,26 +46,29 @@ def _divide(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.divide(x, y, out=np.zeros(np.broadcast_shapes(x.shape, y.shape), np.float32), where=y != 0)
 
 
-def _scales_and_mins(blocks: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Q4_K/Q5_K: 8 sub-blocks of 32 as (d * sc) * q - (dmin * m), q in 0..levels.
+def _scales_and_mins(
+    blocks: np.ndarray, levels: int, sub_size: int = 32, scale_max: int = 63
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sub-blocks of sub_size as (d * sc) * q - (dmin * m), q in 0..levels, sc and m in 0..scale_max
+    (Q4_K/Q5_K: 8 of 32 with 6-bit sc and m; Q2_K: 16 of 16 with 4-bit ones).
 
-    Returns d and dmin (n,) float16-rounded, and the 6-bit sc and m (n, 8).
+    Returns d and dmin (n,) float16-rounded, and sc and m (n, 256 // sub_size).
     """
-    sub = blocks.reshape(-1, 8, 32)
+    sub = blocks.reshape(-1, QK_K // sub_size, sub_size)
     low = np.minimum(sub.min(axis=-1), 0)  # the offset only ever shifts up, as ggml's mins are subtracted
     step = (sub.max(axis=-1) - low) / levels
-    d = (step.max(axis=-1) / 63).astype(np.float16).astype(np.float32)
-    dmin = ((-low).max(axis=-1) / 63).astype(np.float16).astype(np.float32)
-    sc = np.clip(np.rint(_divide(step, d[:, None])), 0, 63).astype(np.uint8)
-    m = np.clip(np.rint(_divide(-low, dmin[:, None])), 0, 63).astype(np.uint8)
+    d = (step.max(axis=-1) / scale_max).astype(np.float16).astype(np.float32)
+    dmin = ((-low).max(axis=-1) / scale_max).astype(np.float16).astype(np.float32)
+    sc = np.clip(np.rint(_divide(step, d[:, None])), 0, scale_max).astype(np.uint8)
+    m = np.clip(np.rint(_divide(-low, dmin[:, None])), 0, scale_max).astype(np.uint8)
     return d, dmin, sc, m
 
 
 def _k_levels(blocks: np.ndarray, d, dmin, sc, m, levels: int) -> np.ndarray:
-    """The q (n, 8, 32) in 0..levels that best fit each value with the stored (rounded) scales."""
+    """The q (n, sub-blocks, sub_size) in 0..levels that best fit each value with the stored (rounded) scales."""
     scale = (d[:, None] * sc)[..., None]
     offset = (dmin[:, None] * m)[..., None]
-    q = np.rint(_divide(blocks.reshape(-1, 8, 32) + offset, scale))
+    q = np.rint(_divide(blocks.reshape(*sc.shape, -1) + offset, scale))
     return np.clip(q, 0, levels).astype(np.uint8)
 
 
@@ -112,4 +118,60 @@ def _q6_k(blocks: np.ndarray) -> np.ndarray:
     return np.concatenate(parts, axis=-1)
 
 
-K_PACKERS = {Q.Q4_K: _q4_k, Q.Q5_K: _q5_k, Q.Q6_K: _q6_k}
+def _symmetric_scales(
+    blocks: np.ndarray, sub_size: int, end: float, scale_max: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q3_K / IQ4_XS: one signed scale per sub-block, mapping its largest-magnitude value onto `end` (the
+    negative end of the quant range, which is the longer side), stored as d * sc with sc in -scale_max..scale_max.
+
+    Returns d (n,) float16-rounded, sc (n, 256 // sub_size) int, and the sub-blocks' scales d * sc (n, subs, 1).
+    """
+    sub = blocks.reshape(-1, QK_K // sub_size, sub_size)
+    extreme = np.take_along_axis(sub, np.abs(sub).argmax(axis=-1)[..., None], axis=-1)[..., 0]
+    scales = extreme / end
+    d = (np.abs(scales).max(axis=-1) / scale_max).astype(np.float16).astype(np.float32)
+    sc = np.clip(np.rint(_divide(scales, d[:, None])), -scale_max, scale_max).astype(np.int32)
+    return d, sc, (d[:, None] * sc)[..., None].astype(np.float32)
+
+
+def _pack_crumbs(q: np.ndarray) -> np.ndarray:
+    """(n, 256) values 0..3 -> (n, 64): in each half of 128, byte j holds elements j, j + 32, j + 64, j + 96."""
+    quarters = q.reshape(-1, 2, 4, 32) << (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]
+    return quarters.sum(axis=2, dtype=np.uint8).reshape(-1, 64)
+
+
+def _q2_k(blocks: np.ndarray) -> np.ndarray:
+    d, dmin, sc, m = _scales_and_mins(blocks, 3, sub_size=16, scale_max=15)
+    q = _k_levels(blocks, d, dmin, sc, m, 3).reshape(-1, QK_K)
+    return np.concatenate([sc | (m << 4), _pack_crumbs(q), _half_bytes(d), _half_bytes(dmin)], axis=-1)
+
+
+def _q3_k(blocks: np.ndarray) -> np.ndarray:
+    d, sc, scale = _symmetric_scales(blocks, 16, -4.0, 31)
+    q = np.clip(np.rint(_divide(blocks.reshape(-1, 16, 16), scale)), -4, 3).astype(np.int32) + 4  # 0..7
+    q = q.reshape(-1, QK_K).astype(np.uint8)
+    # The third bit of element 32 f + j is bit f of byte j; it is set when q >= 4 (ggml stores it inverted:
+    # a clear bit subtracts 4).
+    hmask = ((q >> 2).reshape(-1, 8, 32) << np.arange(8, dtype=np.uint8)[None, :, None]).sum(axis=1, dtype=np.uint8)
+    stored = (sc + 32).astype(np.uint8)  # 6 bits: low nibbles of scales j and j + 8 share byte j, then the top
+    low = (stored[:, :8] & 15) | ((stored[:, 8:] & 15) << 4)  # two bits of scale 4 f + j at bits 2 f of byte j
+    high = ((stored >> 4).reshape(-1, 4, 4) << (2 * np.arange(4, dtype=np.uint8))[None, :, None]).sum(
+        axis=1, dtype=np.uint8
+    )
+    return np.concatenate([hmask, _pack_crumbs(q & 3), low, high, _half_bytes(d)], axis=-1)
+
+
+def _iq4_xs(blocks: np.ndarray) -> np.ndarray:
+    grid = np.array(IQ4_VALUES, dtype=np.float32)
+    d, sc, scale = _symmetric_scales(blocks, 32, grid[0], 31)
+    scaled = _divide(blocks.reshape(-1, 8, 32), scale)
+    q = np.abs(scaled[..., None] - grid).argmin(axis=-1).astype(np.uint8)  # the nearest of the 16 grid values
+    stored = (sc + 32).astype(np.uint16)  # 6 bits: low nibbles two to a byte, top two bits in one uint16
+    high = (((stored >> 4) & 3) << (2 * np.arange(8, dtype=np.uint16))).sum(axis=-1, dtype=np.uint16)
+    low = (stored[:, 0::2] & 15) | ((stored[:, 1::2] & 15) << 4)
+    nibbles = q[..., :16] | (q[..., 16:] << 4)  # byte j of a sub-block: elements j and j + 16
+    parts = [_half_bytes(d), high.astype("<u2").reshape(-1, 1).view(np.uint8), low.astype(np.uint8)]
+    return np.concatenate([*parts, nibbles.reshape(-1, 128)], axis=-1)
+
+
+K_PACKERS = {Q.Q2_K: _q2_k, Q.Q3_K: _q3_k, Q.Q4_K: _q4_k, Q.Q5_K: _q5_k, Q.Q6_K: _q6_k, Q.IQ4_XS: _iq4_xs}
