@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import sentencepiece
@@ -89,11 +90,17 @@ def randomise_parameters(
     return module.eval()
 
 
-def train_tokenizer() -> bytes:
-    """A byte-fallback BPE SentencePiece model with Gemma's special ids (pad 0, eos 1, bos 2, unk 3)."""
+def train_tokenizer(
+    corpus: Sequence[str] = TOKENIZER_CORPUS, vocab_size: int = TINY_VOCAB, whole_pieces: Sequence[str] = ()
+) -> bytes:
+    """A byte-fallback BPE SentencePiece model with Gemma's special ids (pad 0, eos 1, bos 2, unk 3).
+
+    whole_pieces: texts that always become one piece each (SentencePiece's user-defined symbols).
+    """
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(TOKENIZER_CORPUS * 4), model_writer=model, vocab_size=TINY_VOCAB, model_type="bpe",
+        sentence_iterator=iter(list(corpus) * 4), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        user_defined_symbols=[text.replace(" ", "\u2581") for text in whole_pieces],
         pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
         unk_piece="<unk>", control_symbols=["<mask>"], byte_fallback=True, add_dummy_prefix=False,
         remove_extra_whitespaces=False, normalization_rule_name="identity", split_digits=True,
