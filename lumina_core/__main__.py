@@ -1,4 +1,4 @@
-"""Command line: `python -m lumina_core {generate,inspect,demo} ...`."""
+"""Command line: `python -m lumina_core {generate,inspect,demo,train-tiny} ...`."""
 
 from __future__ import annotations
 
@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="build tiny random checkpoints in every layout and run them")
     demo.add_argument("--out", default="demo_out")
     demo.add_argument("--steps", type=int, default=4)
+
+    train = commands.add_parser("train-tiny", help="train the tiny shapes model (transformer, text encoder, VAE)")
+    train.add_argument("--out", default="shapes_model", help="folder for the three files and training.json")
+    train.add_argument("--quick", action="store_true", help="a few steps of each stage: checks the script only")
+    train.add_argument("--threads", type=int, help="torch threads (default 1, the committed files' setting)")
     return parser
 
 
@@ -124,6 +129,15 @@ def inspect(args: argparse.Namespace) -> None:
         pass
 
 
+def train_tiny(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from .shapes.train import QUICK, TrainingConfig, train_tiny
+
+    config = QUICK if args.quick else TrainingConfig()
+    train_tiny(args.out, config if args.threads is None else replace(config, threads=args.threads))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -131,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             generate(args)
         elif args.command == "inspect":
             inspect(args)
+        elif args.command == "train-tiny":
+            train_tiny(args)
         else:
             from .demo import main as demo
 
