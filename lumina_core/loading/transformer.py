@@ -98,7 +98,9 @@ def load_transformer(
     if dtype is None and is_gguf(path):  # GGUF files mix stored types; float32 holds every one exactly
         dtype = torch.float32
     keep_float = LOAD_FLOAT_MODULES.get(plan.model.family, ())
-    return assign_tensors(plan.model, plan.readers, plan.shapes, plan.source, dtype, device, keep_float)
+    model = assign_tensors(plan.model, plan.readers, plan.shapes, plan.source, dtype, device, keep_float)
+    model.source = os.fspath(path)  # named when the weights turn out to hold NaN/inf (lumina_core.nonfinite)
+    return model
 
 
 def original_tensors(

@@ -244,6 +244,7 @@ class LuminaNextTransformer(NextDiT):
 
     family = FAMILY
     model_name = "Lumina-Next"
+    rope_positions = 384  # the original's 384 x 384 RoPE table: 6144 px at patch 2
     # Guidance touches only the first 3 of the 4 latent channels, as the reference sampler does (lumina_next.md §7).
     cfg_channels = 3
     # The model works in the scaled SDXL VAE latent: z_model = z_vae * 0.13025 (lumina_next.md §6).

@@ -30,6 +30,8 @@ from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from ..loading import files
 from ..loading.keymaps import ltx_vae
 from ..loading.modules import assign_tensors, build_on_meta
+from ..nonfinite import check_decoded
+from ..validation import check_float
 from .ltx_video_blocks import (
     CausalConv3d,
     DepthToSpaceUpsample,
@@ -335,11 +337,13 @@ class LTXVideoVAE(nn.Module):
             frames = decode_tile(z, (0, 0, *frame_hw))
         else:
             frames = decode_tiled(decode_tile, z, tile, self.spatial_ratio, self.temporal_ratio)
-        return frames.add_(1).div_(2).clamp_(0, 1)  # in place: the video is the largest tensor of a decode
+        return check_decoded(self, latent, frames).add_(1).div_(2).clamp_(0, 1)  # in place: the largest tensor
 
 
 def _per_sample(value: float | Sequence[float] | torch.Tensor, batch: int, name: str) -> torch.Tensor:
     values = torch.as_tensor(value, dtype=torch.float32).flatten()
+    if not bool(((values >= 0) & (values <= 1)).all()):  # NaN fails both comparisons
+        raise InvalidInputError(f"{name} must be finite numbers from 0 to 1; got {values.tolist()}.")
     if values.numel() == 1:
         return values.expand(batch)
     if values.numel() != batch:
@@ -366,6 +370,7 @@ def first_frame_conditioning(
     1 - strength on the first frame (0 = keep it as it is).
     """
     batch, channels, frames, height, width = latent_shape
+    check_float("strength", strength, 0.0, 1.0, rule="1 keeps the first frame as given, 0 lets the model repaint it")
     if image.ndim == 5 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim != 4 or image.shape[1] != 3 or image.shape[0] not in (1, batch):

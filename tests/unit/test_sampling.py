@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -534,14 +535,54 @@ def test_bf16_model_gets_bf16_inputs_and_x_stays_float32():
     assert out.dtype == torch.float32 and set(seen) == {torch.float32}
 
 
-def test_non_finite_latent_raises_sampling_error():
-    class Overflow(FakeModel):
-        def forward(self, x, sigma, context, context_mask):
-            v = super().forward(x, sigma, context, context_mask)
-            return v if len(self.calls) < 3 else v * float("inf")
+class Overflow(FakeModel):
+    """Returns inf from its third call on, from finite inputs."""
 
-    with pytest.raises(SamplingError, match=r"step 3 of 4 \(sigma 0\.8571\).*bfloat16 or float32.*float16"):
+    def forward(self, x, sigma, context, context_mask):
+        v = super().forward(x, sigma, context, context_mask)
+        return v if len(self.calls) < 3 else v * float("inf")
+
+
+def test_non_finite_model_output_names_the_step_model_and_dtype_without_blaming_float16():
+    with pytest.raises(SamplingError) as caught:
         sample(Overflow(), POS, NEG, **SMALL)
+    message = str(caught.value)
+    assert re.match(
+        r"the Overflow transformer returned NaN/inf at step 3 of 4 \(sigma 0\.8571\) in its conditional "
+        r"\+ unconditional call \(64 inf among 64 values\) from finite inputs, computing in float32",
+        message,
+    )
+    assert "float16" not in message and "Lumina-Image 2.0" not in message and "\n" not in message
+    assert message.index("weights that are finite but far out of range") < message.index("inputs it was not made for")
+
+
+def test_non_finite_output_in_float16_puts_overflow_first():
+    with pytest.raises(SamplingError, match=r"computing in float16\..*\(1\) float16 overflows in this transformer"):
+        sample(Overflow(dtype=torch.float16), POS, NEG, **SMALL)
+
+
+def test_non_finite_weight_is_named_as_the_cause():
+    model = Overflow()
+    model.anchor.fill_(float("nan"))
+    model.source = "/models/broken.safetensors"
+    with pytest.raises(SamplingError, match=r"Cause: its weight anchor holds 1 NaN among 1 values: "
+                       r"/models/broken\.safetensors is damaged"):  # fmt: skip
+        sample(model, POS, NEG, **SMALL)
+
+
+def test_non_finite_conditioning_is_refused_before_any_model_call():
+    bad = Conditioning(torch.full((1, 3, 8), float("nan")), torch.ones(1, 3, dtype=torch.bool))
+    model = FakeModel()
+    with pytest.raises(SamplingError, match=r"the negative conditioning holds NaN/inf \(24 NaN among 24 values, "
+                       r"float32\) before sampling: the text encoder made it so"):  # fmt: skip
+        sample(model, POS, bad, **SMALL)
+    assert model.calls == []
+
+
+def test_latent_overflow_with_finite_model_outputs_blames_the_guidance():
+    with pytest.raises(SamplingError, match=r"the latent became NaN/inf after step 1 of 4 .* every output of the "
+                       r"FakeModel transformer \(float32\) was finite: the guidance \(cfg 3e\+38\)"):  # fmt: skip
+        sample(FakeModel(), POS, NEG, **{**SMALL, "cfg": 3e38, "renorm_cfg": 0.0})
 
 
 # ---------------------------------------------------------------- sampler: channels, model options, stats
@@ -677,23 +718,23 @@ def test_dopri5_truncation_is_tested_per_call_or_per_output_step(cfg_mode, trunc
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"steps": 0}, "steps must be at least 1, got 0"),
-        ({"cfg": -1.0}, "cfg must be >= 0.*got -1.0"),
-        ({"denoise": 0.0}, r"denoise must be in \(0, 1\], got 0.0"),
-        ({"denoise": 1.2}, r"denoise must be in \(0, 1\], got 1.2"),
+        ({"steps": 0}, r"steps must be a whole number from 1 to 10000 .*; got 0"),
+        ({"cfg": -1.0}, "cfg must be a finite number of at least 0.*got -1.0"),
+        ({"denoise": 0.0}, r"denoise must be a finite number above 0 and at most 1 .*; got 0.0"),
+        ({"denoise": 1.2}, r"denoise must be a finite number above 0 and at most 1 .*; got 1.2"),
         ({"solver": "dpm"}, "unknown solver 'dpm'; choose one of"),
         ({"schedule": "karras"}, "unknown schedule 'karras'"),
         ({"cfg_mode": "comfy"}, "unknown cfg_mode 'comfy'; choose one of"),
-        ({"cfg_trunc": -0.1}, "cfg_trunc and renorm_cfg must be >= 0"),
+        ({"cfg_trunc": -0.1}, "cfg_trunc must be a finite number of at least 0 .*; got -0.1"),
         ({"cfg_mode": "diffusers", "renorm_cfg": 2.0}, "renorm_cfg must be 1 or 0, got 2.0"),
-        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+        ({"batch_size": 0}, "batch_size must be a whole number of at least 1 .*; got 0"),
         ({"width": 100}, "multiples of 16, got 100x16"),
         ({"init_latent": torch.zeros(1, 16, 2, 4)}, r"init_latent has shape \(1, 16, 2, 4\).*\(batch, 4, \.\.\.\)"),
         ({"init_latent": torch.zeros(3, 4, 2, 4), "batch_size": 2}, "batch 1 or 2"),
         ({"noise": torch.zeros(1, 4, 4, 4)}, r"noise has shape \(1, 4, 4, 4\), the latent is \(1, 4, 2, 4\)"),
-        ({"cfg_channels": 0}, "cfg_channels must be at least 1 .None takes the model's default., got 0"),
+        ({"cfg_channels": 0}, "cfg_channels must be a whole number of at least 1 .*None takes the model's.*; got 0"),
         ({"cfg_channels": 5}, "cfg_channels is 5 but the latent has 4 channels.*the model's default is None"),
-        ({"solver": "dopri5", "rtol": -1.0}, "dopri5 needs atol >= 0 and rtol >= 0.*rtol=-1.0"),
+        ({"solver": "dopri5", "rtol": -1.0}, "rtol must be a finite number of at least 0 .*; got -1.0"),
     ],
 )
 def test_sample_input_errors(kwargs, match):
