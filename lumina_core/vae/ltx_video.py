@@ -472,11 +472,24 @@ def _stride_kind(product: int, where: str) -> str:
     return kind
 
 
+def _width_factor(width: int, next_width: int, widens: bool, where: str) -> int:
+    """The width multiplier of a block going from `width` to `next_width` channels: a whole number >= 1, the
+    encoder's blocks widening and the decoder's narrowing (or keeping) the width."""
+    wide, narrow = (next_width, width) if widens else (width, next_width)
+    if narrow < 1 or wide < narrow or wide % narrow:
+        direction = "widens" if widens else "narrows"
+        raise CheckpointError(
+            f"{where}: the widths go from {width} to {next_width} channels; each block of this part keeps the width "
+            f"or {direction} it by a whole factor. A damaged file?"
+        )
+    return wide // narrow
+
+
 def _encoder_spec(shapes: Mapping, index: int, kind: str, width: int, next_width: int, source: str) -> BlockSpec:
     prefix = f"encoder.down_blocks.{index}."
     if kind == ltx_vae.GROUP:
         return BlockSpec("res_x", layers=_count(shapes, prefix + "res_blocks."))
-    multiplier = next_width // width
+    multiplier = _width_factor(width, next_width, True, f"{source} {prefix}")
     if kind == ltx_vae.RESNET:
         return BlockSpec("res_x_y", multiplier=multiplier)
     if prefix + "conv.conv.weight" in shapes:  # space-to-depth: the conv makes next_width / prod(stride) channels
@@ -490,7 +503,7 @@ def _decoder_spec(shapes: Mapping, index: int, kind: str, width: int, next_width
     if kind == ltx_vae.GROUP:
         noise = prefix + "res_blocks.0.per_channel_scale1" in shapes
         return BlockSpec("res_x", layers=_count(shapes, prefix + "res_blocks."), inject_noise=noise)
-    multiplier = width // next_width
+    multiplier = _width_factor(width, next_width, False, f"{source} {prefix}")
     if kind == ltx_vae.RESNET:
         return BlockSpec("res_x_y", multiplier=multiplier, inject_noise=prefix + "per_channel_scale1" in shapes)
     # depth-to-space: the conv makes prod(stride) * width / multiplier = prod(stride) * next_width channels
@@ -610,8 +623,8 @@ def load_ltx_vae(
             diffusers = files.read_json(config_path, "a diffusers AutoencoderKLLTXVideo config")
             cfg = apply_diffusers_config(cfg, diffusers, tensors.names, source)
         cfg = replace(cfg, **config)
+        model = build_on_meta(partial(LTXVideoVAE, cfg))
     except (KeyError, TypeError, ZeroDivisionError) as err:
         raise CheckpointError(f"{source}: the tensors do not form an LTX VAE ({type(err).__name__}: {err}).") from None
-    model = build_on_meta(partial(LTXVideoVAE, cfg))
     readers = {k: partial(tensors.load, k) for k in tensors.names}
     return assign_tensors(model, readers, shapes, source, dtype, device)
