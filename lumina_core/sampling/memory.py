@@ -89,12 +89,14 @@ def check_memory(
         if available is None or needed <= available:
             return
     raise InvalidInputError(
-        f"this run needs at least {_gib(needed)} of {device.type} memory for the latent {tuple(latent_shape)} "
-        f"{'and the weights ' if extra_bytes else ''}"
-        f"({'doubled for guidance, ' if guided else ''}{dtype_name(dtype)}), but only "
-        f"{_gib(available)} is available: use a smaller size or batch, or free memory."
+        f"this run needs at least {_size(needed)} of {device.type} memory ({'the weights and ' if extra_bytes else ''}"
+        f"the activations for the latent {tuple(latent_shape)}{', doubled for guidance' if guided else ''}, in "
+        f"{dtype_name(dtype)}), but only {_size(available)} is available: use a smaller size or batch, or free memory."
     )
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"
+def _size(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n / 2**10:.1f} KiB"

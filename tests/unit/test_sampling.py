@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -769,3 +770,89 @@ def test_family_survives_batching_and_mixed_families_do_not_batch():
     assert concat_conditionings([tagged("ltxv"), tagged(None)]).family == "ltxv"
     with pytest.raises(InvalidInputError, match="different models"):
         concat_conditionings([tagged("ltxv"), tagged("lumina2")])
+
+
+# ---------------------------------------------------------------- sampler: hardening (seeds, limits, interrupts)
+
+
+def test_the_highest_seed_is_accepted_and_negative_seeds_do_not_wrap_onto_it():
+    top = sample(FakeModel(), POS, seed=2**64 - 1, **SMALL)
+    assert not torch.equal(top, sample(FakeModel(), POS, seed=0, **SMALL))
+    for seed in (-1, 2**64):
+        with pytest.raises(InvalidInputError, match=r"seed must be a whole number from 0 to 18446744073709551615"):
+            sample(FakeModel(), POS, seed=seed, **SMALL)
+
+
+class Blocks(FakeModel):
+    """FakeModel run through a stack of 4 blocks, like a transformer's `layers`; counts the blocks run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Identity() for _ in range(4))
+        self.blocks_run = 0
+
+    def forward(self, x, sigma, context, context_mask):
+        for block in self.layers:
+            x = block(x)
+            self.blocks_run += 1
+        return super().forward(x, sigma, context, context_mask)
+
+
+def test_interrupt_stops_a_model_call_between_blocks_and_its_hooks_go_away():
+    class Cancelled(Exception):
+        pass
+
+    checks = []
+
+    def interrupt():
+        checks.append(len(checks))
+        if len(checks) == 7:  # 4 blocks and the end of step 1, the first block of step 2, then its second block
+            raise Cancelled
+
+    model = Blocks()
+    with pytest.raises(Cancelled):
+        sample(model, POS, NEG, interrupt=interrupt, **SMALL)
+    assert model.blocks_run == 5  # 4 in the first call, then 1 more: the stop came inside a call
+    sample(model, POS, NEG, **SMALL)  # without interrupt: no hook left behind
+    assert len(checks) == 7 and model.blocks_run == 5 + 4 * 4
+
+
+def test_memory_refusal_asks_the_host_to_make_room_first(monkeypatch):
+    from lumina_core.sampling import memory
+
+    free = [1024]
+    asked = []
+    monkeypatch.setattr(memory, "available_bytes", lambda device: free[0])
+
+    def make_room(needed, device):
+        asked.append(needed)
+        free[0] = needed  # the host unloaded enough
+
+    model = FakeModel()
+    model.config = SimpleNamespace(dim=64, ffn_hidden=256, patch_size=2)  # what the estimate reads
+    sample(model, POS, make_room=make_room, **SMALL)
+    assert len(asked) == 1 and asked[0] > 1024
+    free[0] = 1024
+    with pytest.raises(InvalidInputError, match=r"needs at least .* but only 1.0 KiB is available"):
+        sample(model, POS, **SMALL)
+
+
+def test_sizes_stop_where_the_models_rope_positions_end():
+    from lumina_core import tiny
+    from lumina_core.models.lumina_next import LuminaNextTransformer
+
+    lumina2 = tiny.make_transformer(0)
+    assert lumina2.latent_shape(1, 8192, 16)[-2:] == (1024, 2)
+    with pytest.raises(InvalidInputError, match=r"height 8208 is too large: Lumina-Image 2.0 addresses at most 512"):
+        lumina2.latent_shape(1, 8208, 16)
+    with torch.device("meta"):
+        lumina_next = LuminaNextTransformer(tiny.TINY_LUMINA_NEXT)
+    lumina_next.latent_shape(1, 16, 6144)
+    with pytest.raises(InvalidInputError, match=r"width 6160 is too large: Lumina-Next .* 384 patches .* 6144 px"):
+        lumina_next.latent_shape(1, 16, 6160)
+    with torch.device("meta"):
+        ltxv = tiny.LTXVideoTransformer(tiny.TINY_LTXV)
+    assert ltxv.latent_shape(1, 2048, 32, frames=497)[2] == 63  # 496 frames after the first: 19.84 s at 25 fps
+    with pytest.raises(InvalidInputError, match=r"505 frames at 25 fps is too long"):
+        ltxv.latent_shape(1, 32, 32, frames=505)
+    ltxv.latent_shape(1, 32, 32, frames=1001, frame_rate=50.0)  # the same 20 s at 50 fps
