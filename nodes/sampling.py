@@ -199,7 +199,7 @@ class FlowSampler:
         noise_mask = None if latent is None else latent.get("noise_mask")
         if first_frame is not None:
             init, noise_mask = _first_frame(model, vae, first_frame, first_frame_strength, init,
-                                            (batch_size, height, width, frames))  # fmt: skip
+                                            (batch_size, height, width, frames, frame_rate))  # fmt: skip
         progress = bridge.Progress(steps)
         previewer = bridge.latent_previewer(model.model)
 
@@ -256,11 +256,11 @@ def _first_frame(model: Handle, vae: Handle | None, image: torch.Tensor, strengt
         raise lumina_core.InvalidInputError("first_frame is for video models (LTX-Video); this model makes images.")
     if vae is None or vae.family != "ltxv":
         raise lumina_core.InvalidInputError("first_frame needs the LTX-Video VAE connected to the sampler's vae input.")
-    batch_size, height, width, frames = size
+    batch_size, height, width, frames, frame_rate = size
     if init is not None:
         shape = tuple(init.shape)
     else:
-        shape = model.model.latent_shape(batch_size, height, width, frames=frames)
+        shape = model.model.latent_shape(batch_size, height, width, frames=frames, frame_rate=frame_rate)
     with vae.placed() as module:
         latent, mask = first_frame_conditioning(module, image.permute(0, 3, 1, 2), shape, strength)
     return latent.cpu(), mask.cpu()

@@ -144,9 +144,12 @@ def test_cancel_stops_sampling_between_transformer_blocks(model_dirs, monkeypatc
             raise Interrupted
 
     monkeypatch.setattr(comfy_bridge, "check_interrupted", interrupt)
+    finished_calls = []
+    hook = model.model.final_layer.register_forward_hook(lambda *args: finished_calls.append(1))
     with pytest.raises(Interrupted):
         N["FlowSampler"]().sample(model, positive, positive, **{**SETTINGS, "steps": 5})
-    assert len(calls) == 2  # checked before each of the tiny model's 4 blocks: it stopped inside the first call
+    hook.remove()
+    assert len(calls) == 2 and finished_calls == []  # checked before each of the 4 blocks: it stopped in the first call
 
 
 def test_vae_decode_of_a_nan_vae_fails_naming_the_stage_and_the_file(model_dirs):
