@@ -61,8 +61,9 @@ def check_model_options(options: Mapping[str, object]) -> None:
     keyword means "derive it" is accepted. Names and choices the model itself checks when it is called."""
     rules = {
         "frame_rate": lambda v: check_float("frame_rate", v, 0.0, low_open=True, rule="frames per second"),
-        "scaling_watershed": lambda v: check_float("scaling_watershed", v, 0.0, 1.0, rule="the Lumina time where "
-                                                   "time-aware RoPE scaling turns from linear to NTK"),
+        "scaling_watershed": lambda v: check_float("scaling_watershed", v, 0.0, rule="the Lumina time where "
+                                                   "time-aware RoPE scaling turns from linear to NTK; 1 or more "
+                                                   "keeps it linear"),
         "rope_scale": lambda v: check_float("rope_scale", v, 0.0, low_open=True, rule="the RoPE scale factor; "
                                             "None derives it from the image size"),
         "base_resolution": lambda v: check_int("base_resolution", v, 1, rule="the training image side in pixels"),

@@ -143,7 +143,7 @@ CASES = [
     Case("frame_rate_zero", 3, InvalidInputError, ("frame_rate must be a finite number above 0", "got 0"),
          api=lambda f, m, out: sample_video(m["video"], model_options={"frame_rate": 0.0}),
          cli=lambda f, out: generate_video_args(f, out, "ltxv", "--frame-rate", "0")),
-    Case("watershed_nan", 3, InvalidInputError, ("scaling_watershed must be a finite number from 0 to 1",),
+    Case("watershed_nan", 3, InvalidInputError, ("scaling_watershed must be a finite number of at least 0", "got nan"),
          api=lambda f, m, out: lc.sample(tiny.make_lumina_next(0), *LUMINA_PROMPTS, width=64, height=48, steps=2,
                                          model_options={"scaling_watershed": math.nan})),
     Case("first_frame_strength_nan", 3, InvalidInputError, ("strength must be a finite number from 0 to 1",),
