@@ -489,7 +489,7 @@ def _encoder_spec(shapes: Mapping, index: int, kind: str, width: int, next_width
     prefix = f"encoder.down_blocks.{index}."
     if kind == ltx_vae.GROUP:
         return BlockSpec("res_x", layers=_count(shapes, prefix + "res_blocks."))
-    multiplier = _width_factor(width, next_width, True, f"{source} {prefix}")
+    multiplier = _width_factor(width, next_width, True, f"{source} {prefix.rstrip('.')}")
     if kind == ltx_vae.RESNET:
         return BlockSpec("res_x_y", multiplier=multiplier)
     if prefix + "conv.conv.weight" in shapes:  # space-to-depth: the conv makes next_width / prod(stride) channels
@@ -503,7 +503,7 @@ def _decoder_spec(shapes: Mapping, index: int, kind: str, width: int, next_width
     if kind == ltx_vae.GROUP:
         noise = prefix + "res_blocks.0.per_channel_scale1" in shapes
         return BlockSpec("res_x", layers=_count(shapes, prefix + "res_blocks."), inject_noise=noise)
-    multiplier = _width_factor(width, next_width, False, f"{source} {prefix}")
+    multiplier = _width_factor(width, next_width, False, f"{source} {prefix.rstrip('.')}")
     if kind == ltx_vae.RESNET:
         return BlockSpec("res_x_y", multiplier=multiplier, inject_noise=prefix + "per_channel_scale1" in shapes)
     # depth-to-space: the conv makes prod(stride) * width / multiplier = prod(stride) * next_width channels

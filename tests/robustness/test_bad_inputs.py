@@ -218,7 +218,7 @@ CASES = [
          api=lambda f, m, out: lc.load_transformer(f["gemma1"]),
          cli=lambda f, out: generate_args(f, out, "gemma1"), absent=("no model this package recognises",)),
     # 11: an LTX VAE whose decoder widths grow
-    Case("ltx_vae_widths_grow", 11, CheckpointError, ("{ltx_vae_grows}", "decoder.up_blocks.1.",
+    Case("ltx_vae_widths_grow", 11, CheckpointError, ("{ltx_vae_grows}", "decoder.up_blocks.1: the widths",
                                                       "the widths go from 1 to 32 channels"),
          api=lambda f, m, out: lc.load_vae(f["ltx_vae_grows"]),
          cli=lambda f, out: generate_video_args(f, out, "ltx_vae_grows"),
