@@ -5,7 +5,7 @@ is bit-exact with ggml's reference quantizer. gguf-py cannot produce K-quants or
 and IQ4_XS are packed here with plain min/max scales: valid blocks that every GGUF reader decodes
 (llama.cpp, ComfyUI-GGUF, gguf-py), though less accurate than llama-quantize's search for the best scales,
 which also weighs errors by an importance matrix (the gap grows as the bits shrink: Q2_K and Q3_K most).
-Block layouts: the unpackers in `dequant.py`, which mirror ggml's `ggml-common.h`.
+Block layouts: docs/formats.md, 'GGUF block layouts'.
 """
 
 from __future__ import annotations

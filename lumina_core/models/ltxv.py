@@ -1,9 +1,9 @@
 """LTX-Video 0.9.x: the Lightricks text-to-video DiT (arXiv 2501.00103), 2B (0.9.0-0.9.6) and 13B (0.9.7/0.9.8).
 
-Written from the architecture description in shared/reference/ltx_video.md (§2), which follows
-Lightricks/LTX-Video `ltx_video/models/transformers/transformer3d.py`; diffusers' `LTXVideoTransformer3DModel`
-is the parity oracle in tests. Module attribute names equal the original checkpoint's key segments, so the
-original Lightricks and ComfyUI files load without renaming.
+Written from Lightricks/LTX-Video `ltx_video/models/transformers/transformer3d.py` (summarised in docs/models.md,
+'LTX-Video transformer'); diffusers' `LTXVideoTransformer3DModel` is the parity oracle in tests. Module attribute
+names equal the original checkpoint's key segments, so the original Lightricks and ComfyUI files load without
+renaming.
 
 Every latent cell is one token (patch size 1), ordered frame, row, column. Each block is a PixArt-style
 adaLN-single block: a per-block learned `scale_shift_table` plus one shared timestep modulation give the
@@ -40,8 +40,9 @@ from ..errors import InvalidInputError
 
 FAMILY = "ltxv"
 T5_XXL_WIDTH = 4096
-# The causal video VAE's compression (ltx_video.md §4.1): one latent cell is 8 frames x 32 x 32 pixels. Sizes
-# must be multiples of it, and it turns latent positions into the pixel positions the RoPE is defined on.
+# The causal video VAE's compression (docs/models.md, 'LTX-Video VAE'): one latent cell is 8 frames x 32 x 32
+# pixels. Sizes must be multiples of it, and it turns latent positions into the pixel positions the RoPE is
+# defined on.
 VAE_SCALE_FACTORS = (8, 32, 32)
 DEFAULT_FRAME_RATE = 25.0  # diffusers' LTXPipeline and ComfyUI's LTXVConditioning
 
@@ -99,7 +100,9 @@ class LTXVideoConfig:
 
 
 def config_from_shapes(shapes: dict[str, tuple[int, ...]], **stored) -> LTXVideoConfig:
-    """Derive the config from the tensor shapes of an original-keyed state dict (ltx_video.md §2.2).
+    """Derive the config from the tensor shapes of an original-keyed state dict.
+
+    See docs/models.md, 'LTX-Video config from shapes'.
 
     Read from shapes: width, in/out channels, layer count, cross-attention width, caption width, FFN width.
     `stored` carries what shapes cannot tell, from the checkpoint's config or the caller: n_heads (or head_dim,
@@ -132,10 +135,27 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], **stored) -> LTXVideo
     )
 
 
+def _check_reach(max_positions: tuple[float, float, float], height: int, width: int, frames: int, rate: float) -> None:
+    """Refuse a size beyond what the fractional RoPE positions cover (seconds, pixels, pixels)."""
+    seconds, max_height, max_width = max_positions
+    for name, size, limit in (("width", width, max_width), ("height", height, max_height)):
+        if size > limit:
+            raise InvalidInputError(
+                f"{name} {size} is too large: LTX-Video's positions cover {limit:g} px per side; use {limit:g} or less."
+            )
+    if (frames - 1) / rate > seconds:
+        raise InvalidInputError(
+            f"{frames} frames at {rate:g} fps is too long: LTX-Video's positions cover {seconds:g} s, at most "
+            f"{int(seconds * rate) // 8 * 8 + 1} frames at this frame rate."
+        )
+
+
 def rope_angles(
     frames: int, height: int, width: int, frame_rate: float, cfg: LTXVideoConfig, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """(frames*height*width, dim/2) float32 RoPE angles, one per channel pair, for a latent grid (ltx_video.md §2.6).
+    """(frames*height*width, dim/2) float32 RoPE angles, one per channel pair, for a latent grid.
+
+    See docs/models.md, 'LTX-Video RoPE'.
 
     Token (f, h, w) sits at pixel coordinates (8f, 32h, 32w), the frame one causal-fixed to max(0, 8f - 7) when the
     config says so and divided by the frame rate (seconds); each coordinate divided by its maximum gives a fraction
@@ -318,12 +338,16 @@ class LTXVideoTransformer(nn.Module):
     def device(self) -> torch.device:
         return self.patchify_proj.weight.device
 
-    def latent_shape(self, batch_size: int, height: int, width: int, frames: int = 1) -> tuple[int, ...]:
+    def latent_shape(
+        self, batch_size: int, height: int, width: int, frames: int = 1, frame_rate: float = DEFAULT_FRAME_RATE
+    ) -> tuple[int, ...]:
         """(B, 128, F, H, W) latent for a video of `frames` frames of height x width pixels.
 
         Width and height must be positive multiples of 32 and the frame count 8k + 1 (1, 9, ..., 97, 121, 257): the
-        VAE compresses 32 x 32 pixels and 8 frames into one cell, keeping the first frame on its own.
+        VAE compresses 32 x 32 pixels and 8 frames into one cell, keeping the first frame on its own. The RoPE
+        positions cover `config.max_positions`: 2048 px per side and 20 s (at `frame_rate`).
         """
+        _check_reach(self.config.max_positions, height, width, frames, frame_rate)
         scale_t, scale_h, scale_w = VAE_SCALE_FACTORS
         for name, size, multiple in (("width", width, scale_w), ("height", height, scale_h)):
             if size < multiple or size % multiple:

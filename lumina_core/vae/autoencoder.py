@@ -26,6 +26,7 @@ from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from ..loading import files
 from ..loading.keymaps import ldm_vae
 from ..loading.modules import assign_tensors, build_on_meta
+from ..nonfinite import check_decoded
 
 LATENT_NORMALISATION = latents.BY_CHANNELS
 NORM_EPS = 1e-6  # every GroupNorm of the LDM autoencoder
@@ -249,7 +250,7 @@ class Autoencoder(nn.Module):
         z = (latent.float() / self.scale + self.shift).to(self.decoder.conv_in.weight)
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
-        return ((self.decoder(z).float() + 1) / 2).clamp(0, 1)
+        return check_decoded(self, latent, (self.decoder(z).float() + 1) / 2).clamp(0, 1)
 
 
 def _check_input(x: torch.Tensor, channels: int, multiple: int, name: str) -> None:
@@ -340,8 +341,8 @@ def load_vae(
     (ComfyUI) or `first_stage_model.` (SD), a diffusers VAE folder or pipeline folder (with `vae/`), or a single
     diffusers-keyed file; the format is read from the tensor names. `dtype=None` keeps a bf16/fp32 FLUX VAE's
     dtype and loads fp16 files, and any SDXL-shaped (4-channel) VAE, as float32: the SDXL VAE overflows in half
-    precision and decodes black images (lumina_next.md §6). `num_groups`,
-    `scale`, `shift` default to a diffusers folder's config.json, else as in `config_from_state_dict`.
+    precision and decodes black images. `num_groups`, `scale`, `shift` default to a diffusers folder's
+    config.json, else as in `config_from_state_dict`.
     """
     path = os.fspath(path)
     if os.path.isdir(os.path.join(path, "vae")):
