@@ -69,6 +69,7 @@ class TrainingConfig:
     transformer_batch: int = 32
     transformer_lr: float = 1e-3
     caption_dropout: float = 0.1
+    sigmas: str = "uniform"  # or "logit_normal": sigmoid of a standard normal, more of the middle noise levels
     ema_decay: float = 0.995  # a window of about 200 steps: longer ones lag behind a short run
     warmup_steps: int = 100
 
@@ -233,7 +234,10 @@ def train_transformer(
         drop = torch.rand(len(index), generator=generator) < config.caption_dropout
         context = torch.where(drop[:, None, None], dropped_features, context)
         context_mask = torch.where(drop[:, None], dropped_mask, context_mask)
-        sigma = torch.rand(len(index), generator=generator)
+        if config.sigmas == "logit_normal":
+            sigma = torch.sigmoid(torch.randn(len(index), generator=generator))
+        else:
+            sigma = torch.rand(len(index), generator=generator)
         noise = torch.randn(data.shape, generator=generator)
         s = sigma[:, None, None, None]
         velocity = model((1 - s) * data + s * noise, sigma, context, context_mask)
