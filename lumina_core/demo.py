@@ -6,7 +6,8 @@ Hugging Face folder; the VAE as FLUX `ae.safetensors` and a diffusers folder). T
 each, and the pictures must agree: the same weights give the same image whatever the file layout.
 Lumina-Next (with Gemma and the SDXL VAE) then renders with its reference settings and with the few-step
 sigmoid schedule and context drop, and LTX-Video (its single file with the VAE inside, and T5) renders a short
-clip as an animated WEBP and, with PyAV installed, an MP4.
+clip as an animated WEBP and, with PyAV installed, an MP4. Last, the tiny Lumina-Image 2.0 model trained on shapes
+(`lumina_core/shapes`, committed weights) draws six captions it never saw, each checked by colour masks.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from . import tiny
 from .errors import InvalidInputError
 from .outputs import save_images, save_videos
 from .pipeline import ImageRequest, VideoRequest, text_to_image, text_to_video
+from .shapes.draw import demo as shapes_demo
 
 TRANSFORMER_LAYOUTS = (
     "original.safetensors", "original.pth", "comfy_bf16.safetensors", "diffusers_single.safetensors",
@@ -93,6 +95,7 @@ def run_demo(out: Path, steps: int = 4, width: int = 128, height: int = 96) -> l
     _report_agreement(pixels)
     written += _run_lumina_next(paths, request, out)
     written += _run_ltxv(paths, steps, out)
+    written += shapes_demo(out)
     return written
 
 

@@ -18,6 +18,8 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,10 +125,17 @@ def server_command(comfyui: Path, base: Path, port: int, models_config: Path) ->
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfyui_base")
+    started = time.monotonic()
+    with running_server(base, write_models(base)) as server:
+        print(f"\nComfyUI up on {server.address} in {time.monotonic() - started:.1f} s (models included)")
+        yield server
+
+
+@contextmanager
+def running_server(base: Path, models_config: Path) -> Iterator[Server]:
+    """A ComfyUI server with the pack, its base folder `base` and its models where `models_config` says."""
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
-    started = time.monotonic()
-    models_config = write_models(base)
     port = free_port()
     command = server_command(Path(COMFYUI_DIR), base, port, models_config)
     log = base / "comfyui.log"
@@ -136,7 +145,6 @@ def server(tmp_path_factory):
     server = Server(f"127.0.0.1:{port}", base / "output", log, process)
     try:
         wait_until_up(server)
-        print(f"\nComfyUI up on {server.address} in {time.monotonic() - started:.1f} s (models included)")
         yield server
     finally:
         process.terminate()
