@@ -78,6 +78,7 @@ NEXT_STEP = {
     "vae": " Load it with load_vae (the Load Lumina VAE node).",
     "gemma2": " Load it with load_text_encoder (the Load Gemma Text Encoder node).",
     "t5": " Load it with load_text_encoder (the Load T5 Text Encoder node).",
+    "ltxv_upsampler": " Load it with load_latent_upsampler (the Load LTX-Video Latent Upsampler node).",
 }
 
 
