@@ -16,11 +16,15 @@ from PIL import Image
 from .conditioning import Conditioning
 from .errors import InvalidInputError
 from .loading.transformer import inspect_transformer, load_transformer
+from .loading.upsampler import load_latent_upsampler
+from .media import read_frames
 from .models.ltxv import DEFAULT_FRAME_RATE
+from .multiscale import MultiscaleRecipe, multiscale_sample, tone_map
 from .outputs import to_pil
 from .sampling import check_settings, sample
+from .sampling.recipes import get_recipe
 from .text import load_text_encoder
-from .vae import load_vae
+from .vae import VideoGuide, encode_conditions, encode_video, load_vae
 from .vae.load import is_video_vae
 from .vae.ltx_video import DEFAULT_DECODE_NOISE_SCALE, DEFAULT_DECODE_TIMESTEP
 
@@ -65,6 +69,16 @@ class ImageRequest:
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
 
+@dataclass(frozen=True)
+class GuideFile:
+    """An image or video file to condition a video on (`VideoRequest.conditions`): its first frame goes to pixel
+    frame `frame_index` of the output (negative: from the end), kept at `strength` (1 = exactly)."""
+
+    path: str
+    frame_index: int = 0
+    strength: float = 1.0
+
+
 @dataclass
 class VideoRequest(ImageRequest):
     """An ImageRequest for a video model (LTX-Video): 768x512, 97 frames at 25 fps by default.
@@ -72,6 +86,13 @@ class VideoRequest(ImageRequest):
     max_tokens: the T5 prompt length (128 as diffusers' pipeline, up to 256). tokenizer: a T5 tokenizer folder
     or file, for a single-file T5 with none beside it. decode_timestep and decode_noise_scale: the
     timestep-conditioned VAE's decode settings (0.9.1 and later), seeded by `seed`.
+    recipe: a named sampling recipe (`sampling.recipes.RECIPES`, e.g. "ltxv-0.9.8-distilled"): its fixed sigmas
+    replace steps / schedule / shift, its cfg applies unless cfg is set, its tone map is applied to the result.
+    conditions: images or clips at frames (keyframes, first and last frame); condition_noise_scale: the original
+    inference's re-noising of kept frames (0.15 there; 0 = off). input_video + denoise: video-to-video from that
+    file's first `frames` frames. upsampler: an LTX latent upsampler file, which turns the run into the multi-scale
+    recipe (`multiscale.py`): the settings above for the small pass, then refine_recipe, or refine_steps at
+    refine_denoise, for the second.
     """
 
     width: int = 768
@@ -82,6 +103,21 @@ class VideoRequest(ImageRequest):
     tokenizer: str | None = None
     decode_timestep: float = DEFAULT_DECODE_TIMESTEP
     decode_noise_scale: float = DEFAULT_DECODE_NOISE_SCALE
+    recipe: str | None = None
+    conditions: tuple[GuideFile, ...] = ()
+    condition_noise_scale: float = 0.15
+    input_video: str | None = None
+    denoise: float = 1.0
+    upsampler: str | None = None
+    refine_recipe: str | None = None
+    refine_steps: int = 10
+    refine_denoise: float = 0.4
+
+    def for_family(self, family: str) -> VideoRequest:
+        """As ImageRequest's, with a recipe's guidance taking the place of the family's cfg."""
+        if self.recipe is not None and self.cfg is None:
+            return replace(self, cfg=get_recipe(self.recipe).cfg).for_family(family)
+        return super().for_family(family)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -156,14 +192,28 @@ def _generate(transformer, text_encoder, vae, request, device, dtype, on_step, v
         schedule=request.schedule, shift=request.shift, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg,
     )  # fmt: skip
     model.latent_shape(request.batch_size, request.height, request.width, **_frames(request, is_video))
+    if is_video:
+        _check_video_inputs(request)
     _check_vae(vae, is_video)
     positive, negative = _encode(text_encoder, request, dtype, device)
     _free_memory()
-    latent = _sample(transformer, positive, negative, request, dtype, device, on_step, is_video)
+    if is_video:
+        latent = _sample_video(transformer, vae, positive, negative, request, dtype, device, on_step)
+    else:
+        latent = _sample(transformer, positive, negative, request, dtype, device, on_step)
     _free_memory()
     decoded = _decode(vae, latent, request, dtype, device, is_video)
     _free_memory()
     return decoded
+
+
+def _check_video_inputs(request: VideoRequest) -> None:
+    """Before any model loads: the recipes exist, the condition and input files read as images or videos."""
+    for name in (request.recipe, request.refine_recipe):
+        if name is not None:
+            get_recipe(name)
+    for path in (*(g.path for g in request.conditions), *([request.input_video] if request.input_video else [])):
+        read_frames(path, max_frames=1)
 
 
 def _frames(request: ImageRequest, is_video: bool) -> dict:
@@ -183,18 +233,74 @@ def _encode(path, request: ImageRequest, dtype, device) -> tuple[Conditioning, C
     return positive, negative
 
 
-def _sample(path, positive, negative, request: ImageRequest, dtype, device, on_step, is_video) -> torch.Tensor:
+def _sample(path, positive, negative, request: ImageRequest, dtype, device, on_step) -> torch.Tensor:
+    """Sample an image."""
     model = load_transformer(path, dtype=dtype, device=device)
     callback = None if on_step is None else (lambda i, total, x, denoised: on_step(i + 1, total))
     options = dict(request.model_options or {})
-    if is_video:
-        options.setdefault("frame_rate", request.frame_rate)
     return sample(
         model, positive, negative, width=request.width, height=request.height, batch_size=request.batch_size,
         seed=request.seed, steps=request.steps, cfg=request.cfg, shift=request.shift, solver=request.solver,
         schedule=request.schedule, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg, callback=callback,
-        model_options=options, **_frames(request, is_video),
+        model_options=options,
     )  # fmt: skip
+
+
+def _sample_video(transformer, vae_path, positive, negative, request: VideoRequest, dtype, device, on_step):
+    """Sample a video: plain, from conditions and an input video, or as the multi-scale recipe. The VAE is loaded
+    only when the run encodes something, and stays beside the transformer only for the multi-scale recipe (it
+    encodes the conditions again at the larger size)."""
+    recipe = get_recipe(request.recipe) if request.recipe else None
+    refine = get_recipe(request.refine_recipe) if request.refine_recipe else None
+    if request.upsampler and request.input_video:
+        raise InvalidInputError(
+            "video-to-video (an input video) and the multi-scale recipe (an upsampler) do not combine: run one, "
+            "then the other."
+        )
+    guides = [VideoGuide(_as_media(read_frames(g.path)), g.frame_index, g.strength) for g in request.conditions]
+    needs_vae = guides or request.input_video or request.upsampler
+    vae = load_vae(vae_path, dtype=dtype, device=device) if needs_vae else None
+    first = {"sigmas": recipe.sigmas} if recipe else {"steps": request.steps, "schedule": request.schedule,
+                                                      "shift": request.shift}  # fmt: skip
+    first["cfg"] = request.cfg
+    options = _sample_options(request, on_step)
+    with torch.no_grad():
+        if request.input_video:
+            frames = read_frames(request.input_video, max_frames=request.frames).transpose(0, 1)[None]
+            options["init_latent"] = encode_video(vae, frames, request.height, request.width, request.input_video)
+            options["denoise"] = request.denoise
+        if request.upsampler is None and guides:
+            options["conditions"] = encode_conditions(vae, guides, request.height, request.width)
+    if request.upsampler is None:
+        vae = None
+        _free_memory()
+    model = load_transformer(transformer, dtype=dtype, device=device)
+    if request.upsampler is None:
+        latent = sample(model, positive, negative, width=request.width, height=request.height, frames=request.frames,
+                        **first, **options)  # fmt: skip
+        return tone_map(latent, recipe.tone_map) if recipe and recipe.tone_map else latent
+    second = {"sigmas": refine.sigmas, "cfg": refine.cfg} if refine else {
+        "steps": request.refine_steps, "denoise": request.refine_denoise, "schedule": request.schedule,
+        "shift": request.shift, "cfg": request.cfg}  # fmt: skip
+    plan = MultiscaleRecipe(first_pass=first, second_pass=second, tone_map=refine.tone_map if refine else 0.0)
+    upsampler = load_latent_upsampler(request.upsampler, dtype=dtype, device=device)
+    return multiscale_sample(model, upsampler, vae, positive, negative, width=request.width, height=request.height,
+                             frames=request.frames, guides=guides, recipe=plan, **options)  # fmt: skip
+
+
+def _sample_options(request: VideoRequest, on_step) -> dict:
+    """`sample` keywords every pass of a video run shares."""
+    return dict(
+        batch_size=request.batch_size, seed=request.seed, solver=request.solver, cfg_trunc=request.cfg_trunc,
+        renorm_cfg=request.renorm_cfg, condition_noise_scale=request.condition_noise_scale,
+        callback=None if on_step is None else (lambda i, total, x, denoised: on_step(i + 1, total)),
+        model_options={"frame_rate": request.frame_rate, **(request.model_options or {})},
+    )  # fmt: skip
+
+
+def _as_media(frames: torch.Tensor) -> torch.Tensor:
+    """read_frames' (T, 3, H, W) as a guide: an image (1, 3, H, W) for one frame, else a clip (1, 3, T, H, W)."""
+    return frames if len(frames) == 1 else frames.transpose(0, 1)[None]
 
 
 def _check_vae(path, is_video: bool) -> None:

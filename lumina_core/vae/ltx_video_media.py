@@ -2,7 +2,8 @@
 
 An item of another size is centre-cropped to the video's aspect ratio and resized bilinearly, as ComfyUI's
 LTXVImgToVideo and the original inference script do (diffusers' LTXConditionPipeline stretches instead: no crop,
-nearest-neighbour for tensors), with one warning per item saying so.
+nearest-neighbour for tensors), and a clip whose length is not 8k + 1 keeps its first 8k + 1 frames (as diffusers
+and ComfyUI trim), each with one warning per item saying so.
 """
 
 from __future__ import annotations
@@ -46,27 +47,34 @@ def encode_condition(vae: LTXVideoVAE, guide: VideoGuide, height: int, width: in
             f"condition {number} has shape {tuple(guide.media.shape)}; pass an image (B, 3, H, W) or a clip "
             "(B, 3, frames, H, W), float in [0, 1]."
         )
-    frames = media.shape[2]
-    stride = vae.temporal_ratio
-    if (frames - 1) % stride:
-        shorter = (frames - 1) // stride * stride + 1
-        raise InvalidInputError(
-            f"condition {number} is a clip of {frames} frames; LTX-Video encodes 8k + 1 frames (1, 9, 17, ...): "
-            f"use its first {shorter}."
-        )
-    batch, _, _, in_height, in_width = media.shape
-    if (in_height, in_width) != (height, width):
-        message = (
-            f"condition {number} is {in_width}x{in_height}; it was centre-cropped to the video's aspect ratio and "
-            f"resized to {width}x{height}"
-        )
-        logger.warning(message)
-        warnings.warn(message, stacklevel=2)
-        flat = media.float().transpose(1, 2).flatten(0, 1)  # (B, 3, T, H, W) -> (B*T, 3, H, W)
-        media = fit_image(flat, height, width).unflatten(0, (batch, frames)).transpose(1, 2)
-    return VideoCondition(vae.encode(media.float()), guide.frame_index, guide.strength)
+    return VideoCondition(encode_video(vae, media, height, width, f"condition {number}"), guide.frame_index,
+                          guide.strength)  # fmt: skip
 
 
 def encode_conditions(vae: LTXVideoVAE, guides: Sequence[VideoGuide], height: int, width: int) -> list[VideoCondition]:
     """`encode_condition` for each guide, numbered from 1 in messages."""
     return [encode_condition(vae, guide, height, width, number) for number, guide in enumerate(guides, start=1)]
+
+
+def encode_video(
+    vae: LTXVideoVAE, frames: torch.Tensor, height: int, width: int, name: str = "the video"
+) -> torch.Tensor:
+    """Frames (B, 3, T, H, W) in [0, 1], any size and length, -> the normalised latent of a height x width video
+    (video-to-video's init_latent, or a condition's): frames past the last 8k + 1 are dropped and another size is
+    centre-cropped and resized, each with one warning naming `name`."""
+    batch, _, count, in_height, in_width = frames.shape
+    usable = (count - 1) // vae.temporal_ratio * vae.temporal_ratio + 1
+    if usable < count:
+        _warn(f"{name} has {count} frames; LTX-Video encodes 8k + 1, so its first {usable} are used")
+        frames = frames[:, :, :usable]
+    if (in_height, in_width) != (height, width):
+        _warn(f"{name} is {in_width}x{in_height}; it was centre-cropped to the video's aspect ratio and resized to "
+              f"{width}x{height}")  # fmt: skip
+        flat = frames.float().transpose(1, 2).flatten(0, 1)  # (B, 3, T, H, W) -> (B*T, 3, H, W)
+        frames = fit_image(flat, height, width).unflatten(0, (batch, usable)).transpose(1, 2)
+    return vae.encode(frames.float())
+
+
+def _warn(message: str) -> None:
+    logger.warning(message)
+    warnings.warn(message, stacklevel=3)
