@@ -202,9 +202,11 @@ def test_video_to_video_and_a_recipe(ltxv_files, media_files, tmp_path):
 def test_the_multiscale_recipe_renders_at_twice_the_small_size(ltxv_files, media_files, tmp_path):
     out = tmp_path / "ms.webp"
     with pytest.warns(UserWarning, match="condition 1 is 96x64; .* resized to 128x64"):  # then to 256x128
-        code = generate_video(ltxv_files, out, "--width", "192", "--height", "96", "--upsampler",
-                              str(media_files["upsampler"]), "--recipe", "ltxv-0.9.8-distilled", "--refine-recipe",
-                              "ltxv-13b-0.9.8-distilled-refine", "--condition", str(media_files["first.png"]))  # fmt: skip
+        code = generate_video(
+            ltxv_files, out, "--width", "192", "--height", "96", "--upsampler", str(media_files["upsampler"]),
+            "--recipe", "ltxv-0.9.8-distilled", "--refine-recipe", "ltxv-13b-0.9.8-distilled-refine",
+            "--condition", str(media_files["first.png"]),
+        )  # fmt: skip
     assert code == 0 and video_size(out) == ((256, 128), 9)  # 192x96 x 2/3 = 128x64, refined at x2
 
 
