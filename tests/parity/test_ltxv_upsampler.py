@@ -4,6 +4,7 @@ variant, with every parameter random (GroupNorm gains near 1)."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -109,3 +110,24 @@ def test_an_ltx2_upsampler_is_refused(files, tmp_path):
     save_file(state, tmp_path / "ltx2.safetensors")
     with pytest.raises(UnsupportedModelError, match="holds an LTX-2 latent upsampler"):
         load_latent_upsampler(tmp_path / "ltx2.safetensors")
+
+
+def test_every_layer_comes_from_the_operations_namespace(files):
+    """The operations convention: a host's layer classes (ComfyUI's comfy.ops) build every conv and norm."""
+
+    class Conv2d(torch.nn.Conv2d):
+        pass
+
+    class Conv3d(torch.nn.Conv3d):
+        pass
+
+    class GroupNorm(torch.nn.GroupNorm):
+        pass
+
+    operations = SimpleNamespace(Conv2d=Conv2d, Conv3d=Conv3d, GroupNorm=GroupNorm)
+    reference, paths = files["spatial 3-D (the 0.9.7/0.9.8 release)"]
+    ours = load_latent_upsampler(paths["original file"], operations=operations)
+    layers = [m for m in ours.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.GroupNorm))]
+    assert layers and all(type(m) in (Conv2d, Conv3d, GroupNorm) for m in layers)
+    x = latent()
+    assert relative_error(ours(x), reference(x).detach()) < TOLERANCE
