@@ -13,10 +13,9 @@ they are recognised and refused.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
-from ...errors import CheckpointError
+from ..files import metadata_json
 
 # Present in every LTX latent upsampler (spatial or temporal, 2-D or 3-D), absent from every other model.
 MARKERS = ("initial_conv.weight", "post_upsample_res_blocks.0.conv2.weight")
@@ -37,17 +36,11 @@ def keys(num_blocks_per_stage: int) -> list[str]:
     return sorted(names)
 
 
-def stored_config(metadata: Mapping[str, str], config_json: Mapping | None, source: str) -> dict:
+def stored_config(metadata: Mapping[str, object], config_json: Mapping | None, source: str) -> dict:
     """The CONFIG_FIELDS an original file's metadata `config` or a diffusers config.json states; {} without either."""
     stored = config_json
-    if stored is None and isinstance(metadata.get("config"), str):
-        try:
-            stored = json.loads(metadata["config"])
-        except ValueError as err:
-            raise CheckpointError(
-                f"{source}: the 'config' entry of its safetensors metadata is not readable JSON ({err}); expected "
-                "the upsampler's constructor arguments. Re-download the file, or remove the entry."
-            ) from None
+    if stored is None:
+        stored = metadata_json(metadata, source, "the upsampler's constructor arguments")
     if not isinstance(stored, Mapping):
         return {}
     return {field: stored[field] for field in CONFIG_FIELDS if field in stored}
