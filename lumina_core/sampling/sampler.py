@@ -354,15 +354,7 @@ def sample(
     solver_step = _check_options(steps, cfg, batch_size, solver, cfg_channels, atol, rtol)
     guidance = make_guidance(cfg_mode, cfg, cfg_trunc, renorm_cfg)
     shape = _latent_shape(model, batch_size, height, width, frames, init_latent)
-    if sigmas is None:
-        sigmas = build_sigmas(schedule, steps, shift, denoise, tokens=math.prod(shape[2:])).tolist()
-    else:
-        if denoise != 1.0:
-            raise InvalidInputError(
-                f"denoise={denoise} and explicit sigmas were both given: the sigmas' first value is where sampling "
-                "starts; start the list lower instead."
-            )
-        sigmas = explicit_sigmas(sigmas).tolist()
+    sigmas = _schedule(sigmas, schedule, steps, shift, denoise, tokens=math.prod(shape[2:]))
     steps = len(sigmas) - 1
     guided_channels = _guided_channels(model, cfg_channels, shape[1])
     if condition_noise_scale < 0:
@@ -374,24 +366,11 @@ def sample(
         raise InvalidInputError(f"noise has shape {tuple(noise.shape)}, the latent is {shape}.")
 
     dtype, device = model_dtype_device(model)
-    levels = None if noise_mask is None else check_noise_mask(model, noise_mask, init_latent, shape, device)
-    init = None if init_latent is None else init_latent.to(device=device, dtype=torch.float32)
-    noise = noise.to(device=device, dtype=torch.float32)
+    start = _start(model, shape, sigmas[0], noise, init_latent, noise_mask, conditions, generator, device)
+    x, init, levels = start.x, start.init, start.levels
     options = dict(model_options or {})
-    guide_frames = 0
-    if conditions:
-        plan = _plan_conditions(model, conditions, shape, init, levels, device)
-        guide_noise = [torch.randn((shape[0], shape[1], f, *shape[3:]), generator=generator).to(device)
-                       for f in plan.guide_noise_frames]  # fmt: skip
-        noise = torch.cat([*guide_noise, noise], dim=2)
-        init, levels, guide_frames = plan.init, plan.levels, plan.guide_frames
-        options["frame_positions"] = plan.frame_positions
-    if levels is not None:
-        x = start_latent(init, noise, levels, sigmas[0])
-    elif init is not None:
-        x = (1 - sigmas[0]) * init + sigmas[0] * noise
-    else:
-        x = sigmas[0] * noise
+    if start.frame_positions is not None:
+        options["frame_positions"] = start.frame_positions
     family = getattr(model, "family", None)
     if family is not None:
         for role, conditioning in (("positive", positive), ("negative", negative)):
@@ -409,6 +388,7 @@ def sample(
         cfg_channels=guided_channels, model_options=options, stats=stats, levels=levels,
     )  # fmt: skip
     renoise = levels is not None and condition_noise_scale > 0
+    video = slice(start.guide_frames, None)  # the frames after the appended condition frames
 
     for i in range(steps):
         if renoise:
@@ -423,9 +403,65 @@ def sample(
             stats.solver_steps += 1
         _check_finite(x_next, i, steps, sigmas[i], dtype)
         if callback is not None:
-            callback(i, steps, x_next[:, :, guide_frames:], (x - sigmas[i] * v)[:, :, guide_frames:])
+            callback(i, steps, x_next[:, :, video], (x - sigmas[i] * v)[:, :, video])
         x = x_next
-    return x[:, :, guide_frames:]
+    return x[:, :, video]
+
+
+def _schedule(
+    sigmas: Sequence[float] | torch.Tensor | None, schedule: str, steps: int, shift: float | None, denoise: float,
+    tokens: int,
+) -> list[float]:  # fmt: skip
+    """The run's falling sigmas: explicit ones (denoise must then be 1), else the named schedule's."""
+    if sigmas is None:
+        return build_sigmas(schedule, steps, shift, denoise, tokens=tokens).tolist()
+    if denoise != 1.0:
+        raise InvalidInputError(
+            f"denoise={denoise} and explicit sigmas were both given: the sigmas' first value is where sampling "
+            "starts; start the list lower instead."
+        )
+    return explicit_sigmas(sigmas).tolist()
+
+
+@dataclass
+class _Start:
+    """What the loop integrates: the start latent x; the latent to keep (init) and each token's noise level, when
+    part of it is kept; how many appended condition frames lead the latent, and every frame's RoPE position then."""
+
+    x: torch.Tensor
+    init: torch.Tensor | None = None
+    levels: torch.Tensor | None = None
+    guide_frames: int = 0
+    frame_positions: torch.Tensor | None = None
+
+
+def _start(
+    model: torch.nn.Module,
+    shape: tuple[int, ...],
+    sigma0: float,
+    noise: torch.Tensor,
+    init_latent: torch.Tensor | None,
+    noise_mask: torch.Tensor | None,
+    conditions: Sequence[VideoCondition] | None,
+    generator: torch.Generator,
+    device: torch.device,
+) -> _Start:
+    """The start latent: noise, init_latent noised to sigma0, or token by token to each token's level."""
+    noise = noise.to(device=device, dtype=torch.float32)
+    init = None if init_latent is None else init_latent.to(device=device, dtype=torch.float32)
+    levels = None if noise_mask is None else check_noise_mask(model, noise_mask, init_latent, shape, device)
+    if conditions:
+        plan = _plan_conditions(model, conditions, shape, init, levels, device)
+        guide_noise = [torch.randn((shape[0], shape[1], f, *shape[3:]), generator=generator).to(device)
+                       for f in plan.guide_noise_frames]  # fmt: skip
+        noise = torch.cat([*guide_noise, noise], dim=2)
+        x = start_latent(plan.init, noise, plan.levels, sigma0)
+        return _Start(x, plan.init, plan.levels, plan.guide_frames, plan.frame_positions)
+    if levels is not None:
+        return _Start(start_latent(init, noise, levels, sigma0), init, levels)
+    if init is not None:
+        return _Start((1 - sigma0) * init + sigma0 * noise)
+    return _Start(sigma0 * noise)
 
 
 def _plan_conditions(
