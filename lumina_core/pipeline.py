@@ -22,11 +22,13 @@ from .models.ltxv import DEFAULT_FRAME_RATE
 from .multiscale import MultiscaleRecipe, multiscale_sample, tone_map
 from .outputs import to_pil
 from .sampling import check_settings, sample
+from .sampling.memory import check_memory
 from .sampling.recipes import get_recipe
 from .text import load_text_encoder
 from .vae import VideoGuide, encode_conditions, encode_video, load_vae
 from .vae.load import is_video_vae
 from .vae.ltx_video import DEFAULT_DECODE_NOISE_SCALE, DEFAULT_DECODE_TIMESTEP
+from .validation import check_float, check_int
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -180,20 +182,58 @@ def text_to_video(
     return _generate(transformer, text_encoder, vae, request, device, dtype, on_step, video=True)
 
 
+def check_request(request: ImageRequest) -> None:
+    """Raise InvalidInputError for any setting of the request that a run would refuse, before any file is read.
+
+    Settings left None (the family's defaults) are accepted; the sizes' model-specific rules need the model.
+    """
+    video = isinstance(request, VideoRequest)
+    check_settings(
+        steps=request.steps, cfg=request.cfg, batch_size=request.batch_size, solver=request.solver,
+        schedule=request.schedule, shift=request.shift, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg,
+        seed=request.seed, width=request.width, height=request.height, frames=request.frames if video else None,
+        model_options={**(request.model_options or {}), **({"frame_rate": request.frame_rate} if video else {})},
+    )  # fmt: skip
+    if video:
+        check_int("max_tokens", request.max_tokens, 1, rule="the T5 prompt length, 128 to 256")
+        check_float("decode_timestep", request.decode_timestep, 0.0, 1.0, rule="the timestep VAEs 0.9.1+ decode at")
+        check_float("decode_noise_scale", request.decode_noise_scale, 0.0, 1.0, rule="noise mixed into the latent "
+                    "before a 0.9.1+ decode")  # fmt: skip
+        _check_video_settings(request)
+
+
+def _check_video_settings(request: VideoRequest) -> None:
+    """The recipes exist; conditions, video-to-video and multi-scale numbers are in range."""
+    for name in (request.recipe, request.refine_recipe):
+        if name is not None:
+            get_recipe(name)
+    for number, guide in enumerate(request.conditions, start=1):
+        check_int(f"condition {number}'s frame", guide.frame_index, rule="a pixel frame of the video; negative from "
+                  "the end")  # fmt: skip
+        check_float(f"condition {number}'s strength", guide.strength, 0.0, 1.0, rule="1 keeps it exactly")
+    check_float("condition_noise_scale", request.condition_noise_scale, 0.0, rule="re-noising of kept frames; 0 = off")
+    check_float("denoise", request.denoise, 0.0, 1.0, low_open=True, rule="how much of the input video changes")
+    check_int("refine_steps", request.refine_steps, 1, rule="the multi-scale second pass's steps")
+    check_float("refine_denoise", request.refine_denoise, 0.0, 1.0, low_open=True, rule="the multi-scale second "
+                "pass's denoise")  # fmt: skip
+
+
 def _generate(transformer, text_encoder, vae, request, device, dtype, on_step, video: bool) -> torch.Tensor:
+    check_request(request)
     model = inspect_transformer(transformer)
     is_video = getattr(model, "is_video", False)
     if is_video != video:
         wanted, other = ("text_to_video", "a video") if is_video else ("text_to_image", "an image")
         raise InvalidInputError(f"{transformer} holds {other} model ({model.family}): use {wanted}.")
     request = request.for_family(model.family)
-    check_settings(
-        steps=request.steps, cfg=request.cfg, batch_size=request.batch_size, solver=request.solver,
-        schedule=request.schedule, shift=request.shift, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg,
-    )  # fmt: skip
-    model.latent_shape(request.batch_size, request.height, request.width, **_frames(request, is_video))
+    check_request(request)
+    video_options = {"frame_rate": request.frame_rate} if is_video else {}
+    shape = model.latent_shape(request.batch_size, request.height, request.width, **_frames(request, is_video),
+                               **video_options)  # fmt: skip
+    weights = sum(p.numel() for p in model.parameters()) * torch.empty((), dtype=dtype).element_size()
+    check_memory(model, shape, request.cfg != 1.0, dtype, torch.device(device), extra_bytes=weights)
     if is_video:
-        _check_video_inputs(request)
+        _check_video_files(request)
     _check_vae(vae, is_video)
     positive, negative = _encode(text_encoder, request, dtype, device)
     _free_memory()
@@ -207,11 +247,8 @@ def _generate(transformer, text_encoder, vae, request, device, dtype, on_step, v
     return decoded
 
 
-def _check_video_inputs(request: VideoRequest) -> None:
-    """Before any model loads: the recipes exist, the condition and input files read as images or videos."""
-    for name in (request.recipe, request.refine_recipe):
-        if name is not None:
-            get_recipe(name)
+def _check_video_files(request: VideoRequest) -> None:
+    """Before any model loads: the condition and input files read as images or videos."""
     for path in (*(g.path for g in request.conditions), *([request.input_video] if request.input_video else [])):
         read_frames(path, max_frames=1)
 

@@ -97,6 +97,15 @@ SIGNATURES: tuple[Signature, ...] = (
     # The same names in the original and diffusers layouts (loading/keymaps/ltxv_upsampler.py).
     Signature("ltxv_upsampler", "original", "an LTX-Video latent upsampler", ltxv_upsampler.MARKERS),
     Signature("gemma2", "original", "a Gemma-2 text encoder", ("model.layers.0.post_feedforward_layernorm.weight",)),
+    # Gemma (v1), Lumina-Next's encoder: the decoder norms without Gemma-2's feed-forward pair or Gemma-3's q_norm,
+    # the rule lumina_core.text.gemma loads it by.
+    Signature(
+        "gemma",
+        "original",
+        "a Gemma (v1) text encoder (Lumina-Next's)",
+        ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.post_attention_layernorm.weight"),
+        ("model.layers.0.post_feedforward_layernorm.weight", "model.layers.0.self_attn.q_norm.weight"),
+    ),
     Signature("t5", "original", "a T5 text encoder", ("encoder.block.0.layer.0.SelfAttention.q.weight",)),
 )
 
