@@ -27,8 +27,8 @@ class LatentFormat:
         return latent.float() / self.scale + self.shift
 
 
-FLUX = LatentFormat(0.3611, 0.1159)  # FLUX.1 `ae`, used by Lumina-Image 2.0 (lumina2.md §6)
-SDXL = LatentFormat(0.13025)  # SDXL VAE, used by Lumina-Next (lumina_next.md §6)
+FLUX = LatentFormat(0.3611, 0.1159)  # FLUX.1 `ae`, used by Lumina-Image 2.0 (docs/models.md, 'Latent normalisations')
+SDXL = LatentFormat(0.13025)  # SDXL VAE, used by Lumina-Next (same section)
 # LTX-Video's VAE normalises its latent itself (per-channel statistics), so its raw latent is the model's.
 IDENTITY = LatentFormat(1.0)
 

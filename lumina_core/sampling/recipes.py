@@ -2,7 +2,7 @@
 
 Lumina-Image 2.0's original sample.py: shift 6 with renormalisation; the original Lumina-Next demo: shift 4, no
 renormalisation; LTX-Video's pipelines: the resolution-dependent "ltx" schedule, whose shift None follows the
-latent's token count, cfg 3 and plain guidance.
+latent's token count, cfg 3 and plain guidance. Sources: docs/sampling.md, 'Family defaults'.
 """
 
 from __future__ import annotations
