@@ -7,6 +7,7 @@ memory map, so loading never holds a second full copy of the weights.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -25,7 +26,7 @@ from .files import Checkpoint, is_gguf, open_checkpoint, preview, read_json, sha
 from .keymaps import ltxv as ltxv_keys
 from .keymaps import lumina2 as lumina2_keys
 from .keymaps import lumina_next as lumina_next_keys
-from .modules import assign_tensors, build_on_meta, build_with_precision
+from .modules import SCALED_FP8_MARKER, assign_tensors, build_on_meta, build_with_precision, scaled_fp8_dtype
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,22 @@ def original_tensors(
     return plan.model.family, plan.readers, plan.shapes, plan.stored_dtype
 
 
+@dataclass(frozen=True)
+class StoredWeights:
+    """How a transformer file stores its weights, read from the headers: what a host needs to choose the
+    precision and layers before loading (`load_transformer(dtype=..., compute_dtype=..., operations=...)`)."""
+
+    dtype: torch.dtype  # the floating dtype most tensors are stored in
+    scaled_fp8: torch.dtype | None  # ComfyUI's scaled-fp8 files: the fp8 dtype of their weights; else None
+    parameters: int
+
+
+def stored_weights(path: str | os.PathLike, **config) -> StoredWeights:
+    plan = _plan(path, config)
+    parameters = sum(math.prod(shape) for name, shape in plan.shapes.items() if name != SCALED_FP8_MARKER)
+    return StoredWeights(plan.stored_dtype, scaled_fp8_dtype(plan.dtypes), parameters)
+
+
 def inspect_transformer(path: str | os.PathLike, **config) -> nn.Module:
     """The model a file holds, built on the meta device from tensor shapes alone: no weights are read.
 
@@ -170,7 +187,7 @@ def _plan(path: str | os.PathLike, config: dict) -> _LoadPlan:
 
 
 def _most_common_float(part: Checkpoint) -> torch.dtype:
-    dtypes = Counter(part.dtype(key) for key in part.keys)
+    dtypes = Counter(part.dtype(key) for key in part.keys if not key.endswith(("scale_weight", "scale_input")))
     floats = [dtype for dtype, _ in dtypes.most_common() if dtype.is_floating_point]
     return floats[0] if floats else torch.float32
 

@@ -9,6 +9,7 @@ import torch
 
 from ..errors import InvalidInputError
 from ..loading.files import open_checkpoint, shard_owner
+from ..loading.modules import scaled_fp8_dtype
 from .gemma import GemmaTextEncoder, load_gemma_text_encoder
 from .t5 import T5TextEncoder, is_t5, load_t5_text_encoder, text_encoder_weights
 
@@ -40,3 +41,9 @@ def load_text_encoder(
             f"{path}: tokenizer= is for T5 encoders; this file is not one, and Gemma files carry their own tokenizer."
         )
     return load_gemma_text_encoder(path, dtype, device, compute_dtype=compute_dtype, operations=operations)
+
+
+def stored_scaled_fp8(path: str | os.PathLike) -> torch.dtype | None:
+    """For hosts choosing layers before loading: the fp8 dtype of a ComfyUI scaled-fp8 text-encoder file, else None."""
+    checkpoint = open_checkpoint(text_encoder_weights(shard_owner(path)))
+    return scaled_fp8_dtype({key: checkpoint.dtype(key) for key in checkpoint.keys if key.endswith("scaled_fp8")})
