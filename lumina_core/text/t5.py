@@ -31,8 +31,8 @@ Sources:
 fp8 weights are a storage format: the Linear weights stay fp8 in memory and each layer casts its own to bf16
 per call, multiplied by its `scale_weight` where ComfyUI's scaled-fp8 files have one (`lumina_core.common.ops`).
 In fp16 the feed-forward output projections `wo` stay float32, as transformers' `from_pretrained` keeps them
-(`_keep_in_fp32_modules`), because T5 v1.1 overflows fp16 there; transformers casts `wo`'s input to its weight's
-dtype, which the feed-forward here does too, except for an fp8 weight (a storage format, not a compute dtype).
+(`_keep_in_fp32_modules`), because T5 v1.1 overflows fp16 there; their input is then cast to float32 as
+transformers does, but never down to a narrower storage dtype (fp8, fp16 computed in float32).
 """
 
 from __future__ import annotations
@@ -528,10 +528,12 @@ def _cast(read: Callable[[], torch.Tensor], dtype: torch.dtype) -> torch.Tensor 
 
 @functools.cache
 def _storage_blind(cls: type[nn.Module]) -> type[nn.Module]:
-    """transformers' T5 feed-forward, except that an fp8 `wo` weight (storage) does not set the dtype of its input.
+    """transformers' T5 feed-forward, with `wo`'s input cast only up to float32, never down to a storage dtype.
 
-    transformers casts the input of `wo` to `wo.weight.dtype` (to keep `wo` in float32 under fp16); with the
-    weight stored in fp8 that would round the activations to fp8, so the input then keeps the compute dtype.
+    transformers casts the input of `wo` to `wo.weight.dtype`, to run `wo` in float32 under fp16 (where it keeps
+    that weight in float32). Here a weight may be stored narrower than the compute dtype (fp8, or fp16 computed
+    in float32) and cast per call by its layer, so the input goes to float32 where `wo` is kept in float32 and
+    otherwise keeps the compute dtype.
     """
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -540,9 +542,8 @@ def _storage_blind(cls: type[nn.Module]) -> type[nn.Module]:
         else:
             hidden = self.act(self.wi(hidden_states))
         hidden = self.dropout(hidden)
-        wo_dtype = getattr(self.wo.weight, "dtype", None)  # a QuantizedLinear has no weight
-        if wo_dtype is not None and wo_dtype.is_floating_point and wo_dtype not in FP8_DTYPES:
-            hidden = hidden.to(wo_dtype)
+        if getattr(self.wo.weight, "dtype", None) == torch.float32:  # a QuantizedLinear has no weight
+            hidden = hidden.float()
         return self.wo(hidden)
 
     return type(cls.__name__, (cls,), {"forward": forward, "__doc__": cls.__doc__})
