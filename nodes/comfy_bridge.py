@@ -195,11 +195,6 @@ def _auto_compute_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if supported else torch.float32
 
 
-def auto_weight_dtype(kind: str) -> torch.dtype:
-    """The weight dtype `auto` stands for outside ComfyUI's own choice: bf16 where the device supports it, else fp32."""
-    return _auto_compute_dtype(devices(kind)[0])
-
-
 class CooperatingQuantizedLinear(QuantizedLinear):
     """Our packed GGUF layer as ComfyUI's memory manager expects a cast layer: `comfy_cast_weights` marks it as a
     layer that computes wherever its weight sits, so a partial load may leave it on the offload device (the packed
