@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .common.ops import placement
 from .conditioning import Conditioning
 from .errors import InvalidInputError
 from .models.ltxv import VAE_SCALE_FACTORS
@@ -30,6 +31,7 @@ from .sampling import sample
 from .sampling.recipes import get_recipe
 from .vae.ltx_video import LTXVideoVAE
 from .vae.ltx_video_media import VideoGuide, encode_conditions
+from .validation import check_float
 
 DOWNSCALE = 2 / 3  # the released multi-scale configs' downscale_factor (0.6666666)
 
@@ -55,22 +57,30 @@ def tone_map(latent: torch.Tensor, compression: float) -> torch.Tensor:
 
 @torch.no_grad()
 def upsample_latent(
-    upsampler: LatentUpsampler, latent: torch.Tensor, vae: LTXVideoVAE, adain_factor: float = 0.0
+    upsampler: LatentUpsampler,
+    latent: torch.Tensor,
+    vae: LTXVideoVAE,
+    adain_factor: float = 0.0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Upsample a normalised LTX latent (B, 128, F, H, W), as diffusers' LTXLatentUpsamplePipeline(latents=...,
-    output_type="latent"): un-normalise with the VAE's per-channel statistics, run the upsampler in its dtype, AdaIN
-    to the input by adain_factor (0 = off; the original multi-scale pipeline uses 1), normalise again. Returns float32
-    on the upsampler's device: (B, 128, F', 2H, 2W) for the spatial upsampler."""
+    output_type="latent"): un-normalise with the VAE's per-channel statistics, run the upsampler, AdaIN to the input
+    by adain_factor (0 = off; the original multi-scale pipeline uses 1), normalise again. Runs on `device` in `dtype`
+    (default: where the upsampler's weights are, in its compute dtype); returns float32 on that device:
+    (B, 128, F', 2H, 2W) for the spatial upsampler."""
     if latent.ndim != 5 or latent.shape[1] != vae.latent_channels:
         raise InvalidInputError(
             f"upsample_latent takes an LTX-Video latent (B, {vae.latent_channels}, frames, height, width); got "
             f"{tuple(latent.shape)}."
         )
-    weight = upsampler.initial_conv.weight
-    mean, std = vae.per_channel_statistics.mean_std(weight)
+    check_float("adain_factor", adain_factor, rule="how far to match the input's per-channel statistics; 0 = off")
+    device, dtype = placement(upsampler, device, dtype)
+    raw = latent.to(device=device, dtype=torch.float32)
+    mean, std = vae.per_channel_statistics.mean_std(raw)
     scale = vae.config.scaling_factor
-    raw = latent.to(device=weight.device, dtype=torch.float32) * std / scale + mean
-    upsampled = upsampler(raw.to(weight.dtype)).float()
+    raw = raw * std / scale + mean
+    upsampled = upsampler(raw.to(dtype)).float()
     if adain_factor:
         upsampled = adain(upsampled, raw, adain_factor)
     return (upsampled - mean) * scale / std
@@ -130,7 +140,7 @@ def multiscale_sample(
         model, positive, negative, width=small_width, height=small_height, frames=frames,
         conditions=encode_conditions(vae, guides, small_height, small_width), **recipe.first_pass, **options,
     )  # fmt: skip
-    upsampled = upsample_latent(upsampler, first, vae, recipe.adain_factor)
+    upsampled = upsample_latent(upsampler, first, vae, recipe.adain_factor, device=options.get("device"))
     refined = sample(
         model, positive, negative, init_latent=upsampled,
         conditions=encode_conditions(vae, guides, 2 * small_height, 2 * small_width), **recipe.second_pass, **options,

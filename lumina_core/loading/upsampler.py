@@ -11,26 +11,31 @@ from dataclasses import asdict
 from functools import partial
 
 import torch
-from torch import nn
 
 from ..errors import CheckpointError, UnsupportedModelError
 from ..models.ltxv_upsampler import LatentUpsampler, config_from_shapes
 from .detect import describe_contents
 from .files import open_checkpoint, read_json, shard_owner
 from .keymaps import ltxv_upsampler as keymap
-from .modules import assign_tensors, build_on_meta
+from .modules import assign_tensors, build_with_precision
 
 SUBFOLDER = "latent_upsampler"  # where a diffusers pipeline folder keeps it
 
 
 def load_latent_upsampler(
-    path: str | os.PathLike, dtype: torch.dtype | None = None, device: torch.device | str = "cpu", operations=nn
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    *,
+    compute_dtype: torch.dtype | None = None,
+    operations=None,
 ) -> LatentUpsampler:
     """Load an LTX-Video latent upsampler in eval mode, without gradients.
 
     path: an original single file (`ltxv-spatial-upscaler-0.9.8.safetensors`, config in its metadata), a
     diffusers `latent_upsampler/` folder (config.json) or pipeline folder holding one, or a bare safetensors file
-    with the same names. dtype None keeps the stored dtype. operations: the layer namespace (default torch.nn).
+    with the same names. dtype None keeps the stored dtype; `compute_dtype` and `operations` (the layer namespace,
+    e.g. ComfyUI's comfy.ops) as for `load_transformer` (`loading.modules.build_with_precision`).
     """
     folder = shard_owner(os.fspath(path))
     if os.path.isdir(os.path.join(folder, SUBFOLDER)):
@@ -64,6 +69,7 @@ def load_latent_upsampler(
                 f"{source}: its stored config says {field} = {value!r} but its tensors make {derived[field]!r}: a "
                 "damaged or mislabelled file."
             )
-    model = build_on_meta(partial(LatentUpsampler, config, operations))
+    stored = {key: checkpoint.dtype(key) for key in checkpoint.keys}
+    model, precision = build_with_precision(partial(LatentUpsampler, config), stored, dtype, compute_dtype, operations)
     readers = {key: partial(checkpoint.load, key) for key in checkpoint.keys}
-    return assign_tensors(model, readers, shapes, source, dtype, device)
+    return assign_tensors(model, readers, shapes, source, precision, device)

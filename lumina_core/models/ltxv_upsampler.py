@@ -118,8 +118,10 @@ def depth_to_space(x: torch.Tensor, factors: tuple[int, ...]) -> torch.Tensor:
 
 class LatentUpsampler(nn.Module):
     """Call: upsampler(latent) -> latent upsampled by `config.factors`; latent (B, C, F, H, W) un-normalised (the VAE
-    decoder's input scale), float in the module's dtype; returns (B, C, F', 2H or H, 2W or W), F' = 1 + 2(F - 1) for a
-    temporal upsampler, else F."""
+    decoder's input scale); returns (B, C, F', 2H or H, 2W or W), F' = 1 + 2(F - 1) for a temporal upsampler, else F.
+    Computed on the latent's device and in its dtype (`operations` layers cast their weights to it)."""
+
+    compute_dtype: torch.dtype | None = None  # the dtype callers run it in (set by the loader; None: the weights')
 
     def __init__(self, cfg: LatentUpsamplerConfig, operations=nn):
         super().__init__()

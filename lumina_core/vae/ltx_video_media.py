@@ -36,9 +36,18 @@ class VideoGuide:
     strength: float = 1.0
 
 
-def encode_condition(vae: LTXVideoVAE, guide: VideoGuide, height: int, width: int, number: int = 1) -> VideoCondition:
+def encode_condition(
+    vae: LTXVideoVAE,
+    guide: VideoGuide,
+    height: int,
+    width: int,
+    number: int = 1,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> VideoCondition:
     """Encode one guide for a video of height x width pixels (multiples of the VAE's 32); number names it in
-    messages. Returns a VideoCondition with the posterior-mean latent (1 or B, 128, 1 + k, height/32, width/32)."""
+    messages; device, dtype: where the VAE encodes (`LTXVideoVAE.encode`). Returns a VideoCondition with the
+    posterior-mean latent (1 or B, 128, 1 + k, height/32, width/32), float32 on that device."""
     media = guide.media
     if media.ndim == 4:
         media = media[:, :, None]  # an image is a one-frame clip
@@ -47,21 +56,35 @@ def encode_condition(vae: LTXVideoVAE, guide: VideoGuide, height: int, width: in
             f"condition {number} has shape {tuple(guide.media.shape)}; pass an image (B, 3, H, W) or a clip "
             "(B, 3, frames, H, W), float in [0, 1]."
         )
-    return VideoCondition(encode_video(vae, media, height, width, f"condition {number}"), guide.frame_index,
-                          guide.strength)  # fmt: skip
+    latent = encode_video(vae, media, height, width, f"condition {number}", device, dtype)
+    return VideoCondition(latent, guide.frame_index, guide.strength)
 
 
-def encode_conditions(vae: LTXVideoVAE, guides: Sequence[VideoGuide], height: int, width: int) -> list[VideoCondition]:
+def encode_conditions(
+    vae: LTXVideoVAE,
+    guides: Sequence[VideoGuide],
+    height: int,
+    width: int,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> list[VideoCondition]:
     """`encode_condition` for each guide, numbered from 1 in messages."""
-    return [encode_condition(vae, guide, height, width, number) for number, guide in enumerate(guides, start=1)]
+    return [encode_condition(vae, guide, height, width, number, device, dtype)
+            for number, guide in enumerate(guides, start=1)]  # fmt: skip
 
 
 def encode_video(
-    vae: LTXVideoVAE, frames: torch.Tensor, height: int, width: int, name: str = "the video"
+    vae: LTXVideoVAE,
+    frames: torch.Tensor,
+    height: int,
+    width: int,
+    name: str = "the video",
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Frames (B, 3, T, H, W) in [0, 1], any size and length, -> the normalised latent of a height x width video
     (video-to-video's init_latent, or a condition's): frames past the last 8k + 1 are dropped and another size is
-    centre-cropped and resized, each with one warning naming `name`."""
+    centre-cropped and resized, each with one warning naming `name`. device, dtype: where the VAE encodes."""
     batch, _, count, in_height, in_width = frames.shape
     usable = (count - 1) // vae.temporal_ratio * vae.temporal_ratio + 1
     if usable < count:
@@ -72,7 +95,7 @@ def encode_video(
               f"{width}x{height}")  # fmt: skip
         flat = frames.float().transpose(1, 2).flatten(0, 1)  # (B, 3, T, H, W) -> (B*T, 3, H, W)
         frames = fit_image(flat, height, width).unflatten(0, (batch, usable)).transpose(1, 2)
-    return vae.encode(frames.float())
+    return vae.encode(frames.float(), device, dtype)
 
 
 def _warn(message: str) -> None:
