@@ -28,7 +28,7 @@ from lumina_core import tiny
 from lumina_core.gguf.convert import convert
 from scripts import run_workflow as rw
 from tests.fixtures.gguf_files import Q, write_gemma_gguf
-from tests.fixtures.workflow_models import WORKFLOW_FILES, write_workflow_models
+from tests.fixtures.workflow_models import WORKFLOW_FILES, write_workflow_images, write_workflow_models
 
 REPO = Path(__file__).resolve().parents[2]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
@@ -38,12 +38,15 @@ PACK = "comfyui-lumina"
 OUR_NODES = (
     "LuminaLoadTransformer", "LuminaGGUFLoader", "LuminaLoadGemma", "LuminaGemmaEncode", "LuminaLoadT5",
     "LuminaT5Encode", "LuminaFlowSampler", "LuminaLoadVAE", "LuminaVAEDecode", "LuminaLTXVideoDecode",
+    "LuminaLTXVideoGuide", "LuminaLoadLatentUpsampler", "LuminaLTXVideoLatentUpsample",
 )  # fmt: skip
 SAMPLER = "LuminaFlowSampler"
 # The file names the shipped workflows use, so they run unchanged apart from size and steps.
 TRANSFORMER, TEXT_ENCODER, VAE = "lumina_2_model_bf16.safetensors", "gemma_2_2b_fp16.safetensors", "ae.safetensors"
 GGUF_TRANSFORMER, GGUF_TEXT_ENCODER = "lumina2-Q8_0.gguf", "gemma-2-2b-Q8_0.gguf"
 VAE_AS_CHECKPOINT = "flux_vae_copy.safetensors"  # a VAE where the transformer loader will list it
+UPSAMPLER = "ltxv-spatial-upscaler-0.9.8.safetensors"
+UPSAMPLER_AS_CHECKPOINT = "upscaler_copy.safetensors"  # a latent upsampler where the transformer loader lists it
 SMALL = {"width": 96, "height": 64, "steps": 2, "frames": 9}  # valid for every family; 9 frames for video
 STARTUP_TIMEOUT, RUN_TIMEOUT = 120, 300
 
@@ -76,14 +79,15 @@ class Run:
 def write_models(root: Path) -> Path:
     """Tiny checkpoints under the names the workflows use; returns the extra_model_paths YAML."""
     models = root / "models"
-    for sub in ("diffusion_models", "text_encoders", "vae", "checkpoints"):
+    for sub in WORKFLOW_FILES:
         (models / sub).mkdir(parents=True)
     write_workflow_models({sub: models / sub for sub in WORKFLOW_FILES})
     convert(models / "diffusion_models" / TRANSFORMER, models / "diffusion_models" / GGUF_TRANSFORMER, "Q8_0")
     write_gemma_gguf(tiny.make_gemma(0), tiny.train_tokenizer(), models / "text_encoders" / GGUF_TEXT_ENCODER, Q.Q8_0)
     shutil.copy(models / "vae" / VAE, models / "checkpoints" / VAE_AS_CHECKPOINT)
+    shutil.copy(models / "latent_upscale_models" / UPSAMPLER, models / "checkpoints" / UPSAMPLER_AS_CHECKPOINT)
     config = root / "extra_model_paths.yaml"
-    folders = "".join(f"    {sub}: {sub}\n" for sub in ("diffusion_models", "text_encoders", "vae", "checkpoints"))
+    folders = "".join(f"    {sub}: {sub}\n" for sub in WORKFLOW_FILES)
     config.write_text(f"lumina_integration_test:\n    base_path: {models}\n{folders}")
     return config
 
@@ -130,6 +134,7 @@ def server(tmp_path_factory):
     (base / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
     started = time.monotonic()
     models_config = write_models(base)
+    write_workflow_images(base / "input")  # what the image-to-video workflow's LoadImage nodes read
     port = free_port()
     command = server_command(Path(COMFYUI_DIR), base, port, models_config)
     log = base / "comfyui.log"
@@ -396,6 +401,47 @@ def test_image_to_video_from_a_core_image_node(server):
     run = run_graph(server, graph)
     files = assert_success(server, run)
     print(f"image-to-video: {run.seconds:.1f} s -> {[f['path'] for f in files]}")
+
+
+FIRST_LAST = REPO / "workflows" / "api" / "ltxv_i2v_first_last.json"
+
+
+def test_multiscale_recipe_with_first_and_last_frame_guides(server):
+    """The shipped first/last-frame workflow turned into the distilled multi-scale recipe: the small pass, the x2
+    latent upsampler, the refining pass (its guides encoded again at the larger size), decoded at twice the size."""
+    graph = shrink(rw.load_graph(FIRST_LAST))
+    sampler = next(iter(rw.nodes_of(graph, SAMPLER)))
+    graph[sampler]["inputs"]["recipe"] = "ltxv-0.9.8-distilled"
+    graph["20"] = node("LuminaLoadLatentUpsampler", file=UPSAMPLER)
+    graph["21"] = node("LuminaLTXVideoLatentUpsample", upsampler=["20", 0], vae=["5", 0], samples=[sampler, 0],
+                       adain_factor=1.0)  # fmt: skip
+    refine = {**graph[sampler], "inputs": {**graph[sampler]["inputs"], "latent": ["21", 0],
+                                           "recipe": "ltxv-0.9.8-distilled-refine"}}  # fmt: skip
+    graph["22"] = refine
+    decode = next(nid for nid, n in graph.items() if n["class_type"] == "LuminaLTXVideoDecode")
+    graph[decode]["inputs"]["samples"] = ["22", 0]
+    run = run_graph(server, graph)
+    files = assert_success(server, run, size=(192, 128))
+    print(f"multi-scale: {run.seconds:.1f} s -> {[f['path'] for f in files]}")
+
+
+def test_a_guide_outside_the_video_fails_in_one_line(server):
+    graph = shrink(rw.load_graph(FIRST_LAST))
+    guide = next(nid for nid, n in graph.items() if n["inputs"].get("frame_index") == -1)
+    graph[guide]["inputs"]["frame_index"] = 9  # the video has 9 frames, 0 to 8
+    run = run_graph(server, graph)
+    assert run.status == "error", run.status
+    message = run.data["exception_message"].strip()
+    print(f"{run.data['node_type']}: {message}")
+    assert run.data["node_type"] == "LuminaFlowSampler" and "\n" not in message
+    assert "condition 2 (image) is at frame 9, outside the 9-frame video: use 0 to 8" in message
+
+
+def test_upsampler_in_the_transformer_loader_names_the_upsampler_loader(server):
+    run = run_graph(server, rw.apply_overrides(small_graph(), transformer=UPSAMPLER_AS_CHECKPOINT))
+    assert run.status == "error" and run.data["node_type"] == "LuminaLoadTransformer", run.status
+    message = run.data["exception_message"]
+    assert "holds an LTX-Video latent upsampler" in message and "Load LTX-Video Latent Upsampler" in message
 
 
 def test_free_unloads_our_models(server):
