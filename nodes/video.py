@@ -1,4 +1,5 @@
-"""LTX-Video nodes beyond text-to-video: guides (images or clips at chosen frames) and the latent upsampler."""
+"""LTX-Video nodes beyond text-to-video: guides (images or clips at chosen frames), encoding a video (for
+video-to-video) and the latent upsampler."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from dataclasses import dataclass
 
 from .. import lumina_core
 from ..lumina_core.multiscale import upsample_latent
-from ..lumina_core.vae import VideoGuide
+from ..lumina_core.vae import VideoGuide, encode_video
 from ..lumina_core.validation import check_float, check_int
 from . import comfy_bridge as bridge
-from .handles import Handle, upsampling_memory
+from .handles import Handle, decoding_memory, upsampling_memory
 
 CATEGORY = "Lumina"
 
@@ -72,6 +73,44 @@ class LTXVideoGuide:
         media = pixels[:1] if len(pixels) == 1 else pixels.transpose(0, 1)[None]  # an image, or a (1, 3, N, H, W) clip
         earlier = guides.items if guides is not None else ()
         return (VideoGuides(vae, (*earlier, VideoGuide(media, frame_index, strength))),)
+
+
+class LTXVideoEncode:
+    DISPLAY_NAME = "LTX-Video Encode"
+    DESCRIPTION = ("Encodes frames (an IMAGE batch) with the LTX-Video VAE into a video LATENT, for video-to-video: "
+                   "connect it to Flow Sampler's latent and set denoise below 1 (how much the video may change). "
+                   "Frames past the last 8k + 1 are dropped and another size is centre-cropped and resized, each "
+                   "said once in the console.")  # fmt: skip
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": ("LUMINA_VAE", {"tooltip": "The LTX-Video VAE."}),
+            "frames": ("IMAGE", {"tooltip": "The video's frames, e.g. from a video loader; 8k + 1 of them are used."}),
+            "width": ("INT", {"default": 768, "min": 32, "max": 4096, "step": 32, "tooltip": "The video's width in "
+                      "pixels, a multiple of 32."}),
+            "height": ("INT", {"default": 512, "min": 32, "max": 4096, "step": 32, "tooltip": "The video's height in "
+                       "pixels, a multiple of 32."}),
+        }}  # fmt: skip
+
+    def encode(self, vae: Handle, frames, width: int, height: int):
+        if vae.family != "ltxv":
+            raise lumina_core.InvalidInputError(f"{vae.source} is not an LTX-Video VAE: encode videos with the "
+                                                "LTX-Video VAE (the LTX-Video checkpoint's vae.* part).")  # fmt: skip
+        ratio = vae.model.spatial_ratio
+        for name, size in (("width", width), ("height", height)):
+            check_int(name, size, ratio, rule=f"pixels, a multiple of {ratio}")
+            if size % ratio:
+                raise lumina_core.InvalidInputError(f"{name} {size} is not a multiple of {ratio}.")
+        video = frames.permute(3, 0, 1, 2)[None]  # ComfyUI's (T, H, W, 3) -> (1, 3, T, H, W)
+        latent_frames = (len(frames) - 1) // vae.model.temporal_ratio + 1
+        shape = (1, vae.model.latent_channels, latent_frames, height // ratio, width // ratio)
+        device = vae.load(decoding_memory(vae.model, shape))
+        latent = encode_video(vae.model, video, height, width, "the input video", device=device)
+        return ({"samples": latent.to(bridge.intermediate_device())},)
 
 
 class LTXVideoLatentUpsample:

@@ -38,7 +38,7 @@ PACK = "comfyui-lumina"
 OUR_NODES = (
     "LuminaLoadTransformer", "LuminaGGUFLoader", "LuminaLoadGemma", "LuminaGemmaEncode", "LuminaLoadT5",
     "LuminaT5Encode", "LuminaFlowSampler", "LuminaLoadVAE", "LuminaVAEDecode", "LuminaLTXVideoDecode",
-    "LuminaLTXVideoGuide", "LuminaLoadLatentUpsampler", "LuminaLTXVideoLatentUpsample",
+    "LuminaLTXVideoGuide", "LuminaLTXVideoEncode", "LuminaLoadLatentUpsampler", "LuminaLTXVideoLatentUpsample",
 )  # fmt: skip
 SAMPLER = "LuminaFlowSampler"
 # The file names the shipped workflows use, so they run unchanged apart from size and steps.

@@ -339,3 +339,20 @@ def test_latent_upsample_and_a_refining_recipe(model_dirs):
         N["LuminaLTXVideoLatentUpsample"]().upsample(upsampler, flux_vae, small, 1.0)
     with pytest.raises(InvalidInputError, match=r"takes a video latent \(B, 128, T, H, W\); got \(1, 16, 8, 8\)"):
         N["LuminaLTXVideoLatentUpsample"]().upsample(upsampler, vae, {"samples": torch.zeros(1, 16, 8, 8)}, 1.0)
+
+
+def test_video_to_video_from_encoded_frames(model_dirs):
+    model, vae, positive, negative = _ltxv_nodes()
+    frames = torch.rand(10, 80, 100, 3, generator=torch.Generator().manual_seed(1))  # 10 frames, another size
+    with pytest.warns(UserWarning) as caught:
+        (latent,) = N["LuminaLTXVideoEncode"]().encode(vae, frames, 96, 64)
+    assert [str(w.message) for w in caught] == [
+        "the input video has 10 frames; LTX-Video encodes 8k + 1, so its first 9 are used",
+        "the input video is 100x80; it was centre-cropped to the video's aspect ratio and resized to 96x64",
+    ]
+    assert latent["samples"].shape == (1, 128, 2, 2, 3)
+    sampler = N["LuminaFlowSampler"]()
+    (light,) = sampler.sample(model, positive, negative, latent=latent, **_video_settings(denoise=0.2))
+    (heavy,) = sampler.sample(model, positive, negative, latent=latent, **_video_settings(denoise=0.9))
+    change = [(out["samples"] - latent["samples"]).norm() for out in (light, heavy)]
+    assert 0 < change[0] < change[1]  # denoise sets how far the video moves
