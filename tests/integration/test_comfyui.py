@@ -425,6 +425,18 @@ def test_multiscale_recipe_with_first_and_last_frame_guides(server):
     print(f"multi-scale: {run.seconds:.1f} s -> {[f['path'] for f in files]}")
 
 
+def test_video_to_video_from_core_frames(server):
+    """Nine frames from core EmptyImage, LTX-Video Encode'd, sampled on at denoise 0.5."""
+    graph = shrink(rw.load_graph(REPO / "workflows" / "api" / "ltxv_t2v.json"))
+    graph["9"] = node("EmptyImage", width=120, height=80, batch_size=9, color=0x3366CC)
+    graph["10"] = node("LuminaLTXVideoEncode", vae=["6", 0], frames=["9", 0], width=96, height=64)
+    sampler = next(iter(rw.nodes_of(graph, SAMPLER)))
+    graph[sampler]["inputs"] |= {"latent": ["10", 0], "denoise": 0.5}
+    run = run_graph(server, graph)
+    files = assert_success(server, run)
+    print(f"video-to-video: {run.seconds:.1f} s -> {[f['path'] for f in files]}")
+
+
 def test_a_guide_outside_the_video_fails_in_one_line(server):
     graph = shrink(rw.load_graph(FIRST_LAST))
     guide = next(nid for nid, n in graph.items() if n["inputs"].get("frame_index") == -1)
