@@ -58,6 +58,12 @@ def load_text_encoder(path: str, choice: str) -> Handle:
     return Handle(encoder, bridge.patcher(encoder.model, "text_encoder"), "text_encoder", encoder.family, path)
 
 
+def load_as_vae(load, path: str):
+    """`load(path, ...)` on ComfyUI's VAE offload device with a VAE's precision and layers (the VAE, and the latent
+    upsampler that works beside it)."""
+    return load(path, device=bridge.devices("vae")[1], **bridge.vae_precision().loader_options())
+
+
 class _FileLoader:
     """A node that loads one model file from a model folder. Subclasses set the folder and `_load`."""
 
@@ -143,8 +149,7 @@ class LoadLuminaVAE(_FileLoader):
     DTYPE_INPUT = None  # the VAE keeps its stored precision (fp16 files load as fp32: SDXL's overflows)
 
     def _load(self, path, weight_dtype):
-        offload = bridge.devices("vae")[1]
-        vae = lumina_core.load_vae(path, device=offload, **bridge.vae_precision().loader_options())
+        vae = load_as_vae(lumina_core.load_vae, path)
         return Handle(vae, bridge.patcher(vae, "vae"), "vae", getattr(vae, "family", "kl_vae"), path)
 
 
@@ -160,8 +165,7 @@ class LoadLatentUpsampler(_FileLoader):
     DTYPE_INPUT = None  # the stored precision, as the VAE it works beside
 
     def _load(self, path, weight_dtype):
-        offload = bridge.devices("vae")[1]
-        upsampler = load_latent_upsampler(path, device=offload, **bridge.vae_precision().loader_options())
+        upsampler = load_as_vae(load_latent_upsampler, path)
         return Handle(upsampler, bridge.patcher(upsampler, "vae"), "vae", "ltxv", path)
 
 
