@@ -19,13 +19,15 @@ from torch import nn
 from ..errors import CheckpointError, UnsupportedModelError
 from ..gguf.policy import LOAD_FLOAT_MODULES
 from ..gguf.quantized import QuantizedTensor, concat_rows, same_values
-from ..models import ltxv, lumina2, lumina_next
+from ..models import ltxv, lumina2, lumina_next, zimage
+from . import scaled_fp8
 from .detect import describe_contents, detect_model
 from .files import Checkpoint, is_gguf, open_checkpoint, preview, read_json, shard_owner
 from .keymaps import ltxv as ltxv_keys
 from .keymaps import lumina2 as lumina2_keys
 from .keymaps import lumina_next as lumina_next_keys
-from .modules import assign_tensors, build_on_meta
+from .keymaps import zimage as zimage_keys
+from .modules import FP8_DTYPES, assign_tensors, build_on_meta
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class TransformerFamily:
     diffusers_copies: bool = False
     # (safetensors metadata, file path) -> config fields the file's own metadata states, for what shapes cannot tell.
     metadata_config: Callable[[Mapping[str, str], str], dict] | None = None
+    # (1, D) parameters that some files store as (D,); read as (1, D) whatever the file holds.
+    row_vectors: tuple[str, ...] = ()
 
 
 FAMILIES: dict[str, TransformerFamily] = {
@@ -60,6 +64,15 @@ FAMILIES: dict[str, TransformerFamily] = {
         diffusers_config=lumina_next_keys.DIFFUSERS_CONFIG,
         unused_keys=lumina_next.UNUSED_KEYS,
         diffusers_copies=True,
+    ),
+    "zimage": TransformerFamily(
+        name="Z-Image",
+        config_from_shapes=zimage.config_from_shapes,
+        build=zimage.ZImageTransformer,
+        map_diffusers_keys=zimage_keys.map_diffusers_keys,
+        diffusers_config=zimage_keys.DIFFUSERS_CONFIG,
+        unused_keys=zimage.UNUSED_KEYS,
+        row_vectors=zimage.PAD_TOKENS,
     ),
     "ltxv": TransformerFamily(
         name="LTX-Video",
@@ -97,6 +110,8 @@ def load_transformer(
     plan = _plan(path, config)
     if dtype is None and is_gguf(path):  # GGUF files mix stored types; float32 holds every one exactly
         dtype = torch.float32
+    elif dtype is None and plan.has_fp8:  # scaled fp8 weights come back float32, the others bf16: one dtype
+        dtype = torch.bfloat16
     keep_float = LOAD_FLOAT_MODULES.get(plan.model.family, ())
     return assign_tensors(plan.model, plan.readers, plan.shapes, plan.source, dtype, device, keep_float)
 
@@ -125,6 +140,7 @@ class _LoadPlan:
     shapes: dict[str, tuple[int, ...]]
     source: str
     stored_dtype: torch.dtype  # the floating dtype most tensors are stored in (float32 for GGUF's packed types)
+    has_fp8: bool  # some tensors are stored in an fp8 dtype
 
 
 def _plan(path: str | os.PathLike, config: dict) -> _LoadPlan:
@@ -152,7 +168,8 @@ def _plan(path: str | os.PathLike, config: dict) -> _LoadPlan:
     model = build_on_meta(partial(family.build, config))
     source = f"{checkpoint.path} ({detected.signature.description})"
     stored_dtype = _most_common_float(detected.part)
-    return _LoadPlan(model, {k: read for k, (_, read) in readers.items()}, shapes, source, stored_dtype)
+    has_fp8 = any(detected.part.dtype(key) in FP8_DTYPES for key in detected.part.keys)
+    return _LoadPlan(model, {k: read for k, (_, read) in readers.items()}, shapes, source, stored_dtype, has_fp8)
 
 
 def _most_common_float(part: Checkpoint) -> torch.dtype:
@@ -186,8 +203,26 @@ def _original_key_readers(
     part: Checkpoint, layout: str, family: TransformerFamily
 ) -> dict[str, tuple[tuple[int, ...], Callable[[], torch.Tensor]]]:
     """Original key -> (shape, reader) for every tensor the model uses, renaming diffusers keys."""
-    if layout == "original":
-        return {k: (part.shape(k), partial(part.load, k)) for k in part.keys if k not in family.unused_keys}
+    readers = _renamed_readers(part, layout, family)
+    for name in family.row_vectors:
+        if name in readers and len(readers[name][0]) == 1:
+            shape, read = readers[name]
+            readers[name] = ((1, *shape), partial(_as_row, read))
+    return readers
+
+
+def _as_row(read: Callable[[], torch.Tensor | QuantizedTensor]) -> torch.Tensor:
+    tensor = read()
+    tensor = tensor.dequantize() if isinstance(tensor, QuantizedTensor) else tensor
+    return tensor.reshape(1, -1)
+
+
+def _renamed_readers(
+    part: Checkpoint, layout: str, family: TransformerFamily
+) -> dict[str, tuple[tuple[int, ...], Callable[[], torch.Tensor]]]:
+    if layout == "original":  # ComfyUI's scaled-fp8 files scale their weights (scaled_fp8.py)
+        names = [k for k in part.keys if k not in family.unused_keys and not scaled_fp8.is_auxiliary(k)]
+        return {k: (part.shape(k), partial(scaled_fp8.read_weight, part, k)) for k in names}
     plan, unmatched = family.map_diffusers_keys(part.keys)
     if unmatched:
         raise CheckpointError(

@@ -52,6 +52,7 @@ from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from ..gguf.quantized import QuantizedTensor
 from ..gguf.reader import read_metadata
 from ..gguf.text import sentencepiece_model
+from ..loading import scaled_fp8
 from ..loading.files import Checkpoint, is_gguf, open_checkpoint, preview, read_json
 from ..loading.modules import FP8_DTYPES, assign_tensors, build_on_meta
 from .truncation import warn_cut
@@ -67,9 +68,6 @@ ENCODER_MARKER = "encoder.block.0.layer.0.SelfAttention.q.weight"
 _EMBEDDING_NAMES = ("encoder.embed_tokens.weight", "shared.weight")  # the same (tied) table under either name
 _RELATIVE_BIAS = "encoder.block.{}.layer.0.SelfAttention.relative_attention_bias.weight"
 _BLOCK_KEY = re.compile(r"^encoder\.block\.(\d+)\.")
-# ComfyUI's scaled-fp8 files store, beside each fp8 linear weight, a scalar `scale_weight` (the stored weight
-# times it is the real weight) and optionally `scale_input` (for fp8 matmuls, not needed to dequantise).
-_SCALE_WEIGHT, _SCALE_INPUT = ".scale_weight", ".scale_input"
 
 # Every T5 tokenizer's ids (T5, mT5, UMT5): the embedding rows the model was trained with for them.
 _PAD_ID, _EOS_ID = 0, 1
@@ -413,8 +411,7 @@ def _t5_weights(checkpoint: Checkpoint) -> _Weights:
             f"{where} holds a UMT5 encoder (every block has its own relative_attention_bias, as in Wan's "
             f"umt5-xxl), not T5 v1.1. {_EXPECTED}"
         )
-    names = {k[len(root) :]: k for k in keys if k.startswith(root + "encoder.") and not k.endswith(_SCALE_INPUT)}
-    names = {name: key for name, key in names.items() if not name.endswith(_SCALE_WEIGHT)}
+    names = {k[len(root) :]: k for k in keys if k.startswith(root + "encoder.") and not scaled_fp8.is_auxiliary(k)}
     embedding = next((root + n for n in _EMBEDDING_NAMES if root + n in checkpoint), None)
     if embedding is None:
         raise CheckpointError(
@@ -422,20 +419,11 @@ def _t5_weights(checkpoint: Checkpoint) -> _Weights:
             "The file is incomplete."
         )
     read_embedding = cache(partial(checkpoint.load, embedding))  # one tensor for the two tied names
-    readers = {name: partial(_dequantised, checkpoint, key) for name, key in names.items()}
+    readers = {name: partial(scaled_fp8.read_weight, checkpoint, key) for name, key in names.items()}
     readers |= dict.fromkeys(_EMBEDDING_NAMES, read_embedding)
     names |= dict.fromkeys(_EMBEDDING_NAMES, embedding)
     shapes = {name: checkpoint.shape(key) for name, key in names.items()}
     return _Weights(readers, shapes, {name: checkpoint.dtype(key) for name, key in names.items()}, where)
-
-
-def _dequantised(checkpoint: Checkpoint, key: str) -> torch.Tensor:
-    """The tensor, times its ComfyUI scaled-fp8 `scale_weight` when it has one (computed in float32)."""
-    tensor = checkpoint.load(key)
-    scale_key = key.removesuffix(".weight") + _SCALE_WEIGHT
-    if scale_key not in checkpoint:
-        return tensor
-    return tensor.float() * checkpoint.load(scale_key).float()
 
 
 def gguf_tokenizer(path: str) -> T5PromptTokenizer | None:
