@@ -89,6 +89,7 @@ _MARKERS = {
     "pre_feedforward_norm": re.compile(r"(^|\.)layers\.0\.pre_feedforward_layernorm\.weight$"),
     "post_feedforward_norm": re.compile(r"(^|\.)layers\.0\.post_feedforward_layernorm\.weight$"),
     "qk_norm": re.compile(r"(^|\.)layers\.0\.self_attn\.q_norm\.weight$"),
+    "qkv_bias": re.compile(r"(^|\.)layers\.0\.self_attn\.q_proj\.bias$"),
     "t5": re.compile(r"(^|\.)block\.0\.layer\.0\.SelfAttention\.q\.weight$"),
     "clip": re.compile(r"(^|\.)text_model\.encoder\.layers\.0\."),
     "dit": re.compile(r"(^|\.)(cap_embedder|x_embedder|t_embedder)\."),
@@ -136,7 +137,7 @@ GEMMA1 = GemmaVariant(
     rotary_class=GemmaRotaryEmbedding,
     metadata_key=GEMMA_CONFIG_METADATA_KEY,
     required=frozenset({"decoder", "post_attention_norm"}),
-    absent=frozenset({"pre_feedforward_norm", "post_feedforward_norm", "qk_norm"}),
+    absent=frozenset({"pre_feedforward_norm", "post_feedforward_norm", "qk_norm", "qkv_bias"}),
     # config.json of google/gemma-2b and gemma-7b; 7B's head_dim is not hidden / heads (3072 / 16).
     release_attention={2048: {"head_dim": 256}, 3072: {"head_dim": 256}},
     query_scale_key=None,
@@ -168,7 +169,7 @@ GEMMA2 = GemmaVariant(
     rotary_class=Gemma2RotaryEmbedding,
     metadata_key=GEMMA2_CONFIG_METADATA_KEY,
     required=frozenset({"decoder", "post_attention_norm", "pre_feedforward_norm", "post_feedforward_norm"}),
-    absent=frozenset({"qk_norm"}),
+    absent=frozenset({"qk_norm", "qkv_bias"}),
     # config.json of google/gemma-2-2b, -9b and -27b. 2B and 9B use head_dim 256 and scale attention by
     # 1/sqrt(256), but 27B uses head_dim 128 and 1/sqrt(144) (hidden / heads).
     release_attention={
@@ -224,8 +225,12 @@ def describe_keys(keys: Iterable[str]) -> str:
         return variant.description
     found = _markers(keys)
     if "decoder" in found:
-        if "qk_norm" in found:
+        if "qk_norm" in found and "pre_feedforward_norm" in found:
             return "a Gemma-3 text encoder (it has q_norm/k_norm)"
+        if "qk_norm" in found:
+            return "a Qwen3 text encoder (q_norm/k_norm, no Gemma feed-forward norms)"
+        if "qkv_bias" in found:
+            return "a Qwen2 / Qwen2.5 text encoder (q/k/v projections with biases)"
         return "a decoder whose layer norms match neither Gemma (v1) nor Gemma-2 (a damaged or unknown model)"
     described = [_OTHER_FAMILIES[name] for name in sorted(found & _OTHER_FAMILIES.keys())]
     return " and ".join(described) or "no model this loader recognises"

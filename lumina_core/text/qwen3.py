@@ -1,0 +1,424 @@
+"""Qwen3-4B, Z-Image's text encoder: the second-to-last hidden state of transformers' `Qwen3Model`.
+
+Model: Qwen3 (Qwen Team, "Qwen3 Technical Report", arXiv:2505.09388), a decoder with per-head RMS q/k norms,
+run by transformers' `Qwen3Model` (`models/qwen3/modeling_qwen3.py`). Z-Image conditions on `hidden_states[-2]`,
+the output of the second-to-last decoder layer without the final norm (diffusers `ZImagePipeline.encode_prompt`;
+ComfyUI `comfy/text_encoders/z_image.py` takes the same layer, `layer_idx=-2`).
+
+Prompts, as `ZImagePipeline.encode_prompt` makes them: the prompt as the one user message of Qwen3's chat
+template with the generation prompt and thinking enabled, which renders as
+"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n" (Qwen3's template adds an empty think block only
+when thinking is disabled; ComfyUI's Z-Image tokenizer writes the same string). No BOS (Qwen adds none), at most
+512 tokens: a longer prompt loses its end, template tail included, as the pipeline's truncation does, with a
+warning. Rows are right padded to the longest (the pipeline pads to 512; padding is masked out of the causal
+attention and dropped, so only the length differs). An empty negative prompt is the template around "".
+
+Sources:
+- a Hugging Face folder (Qwen/Qwen3-4B, or the `text_encoder/` + `tokenizer/` of a diffusers Z-Image pipeline,
+  whose root with `model_index.json` is followed): `config.json`, safetensors weights (sharded or not, as
+  `Qwen3ForCausalLM` with `model.` and `lm_head` or as `Qwen3Model`), and the tokenizer (`tokenizer.json`, or
+  `vocab.json` + `merges.txt`) in the folder or a sibling `tokenizer/`;
+- a single file such as ComfyUI's `qwen_3_4b.safetensors` (also fp8 and scaled fp8, computed in bf16), under any
+  prefix (an all-in-one file's `text_encoders.qwen3_4b.transformer.`). Single files carry no tokenizer: it comes
+  from `tokenizer=`, files beside the weights, or `tokenizer_dirs` (in ComfyUI, the Qwen tokenizer it ships in
+  `comfy/text_encoders/qwen25_tokenizer/`, which its own Z-Image encoder uses);
+- a llama.cpp GGUF (`general.architecture` "qwen3"), its tokenizer rebuilt from the file's metadata.
+
+The config comes from tensor shapes (head_dim from the q-norm width); what shapes cannot tell (RoPE theta, norm
+eps) from a config.json, else Qwen3's released values. Qwen3 sizes other than 4B are refused by name: their
+features are not Z-Image's (e.g. Qwen3-8B is FLUX.2 [klein] 9B's encoder).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import tokenizers
+import torch
+from transformers import PreTrainedTokenizerBase, Qwen2Tokenizer, Qwen3Config, Qwen3Model
+from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
+
+from ..conditioning import Conditioning
+from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
+from ..gguf.reader import read_metadata
+from ..gguf.text import byte_level_bpe
+from ..loading import scaled_fp8
+from ..loading.files import Checkpoint, is_gguf, open_checkpoint, preview, read_json
+from ..loading.modules import FP8_DTYPES, assign_tensors, build_on_meta
+from .prompts import resolve_system_prompt
+from .truncation import warn_cut
+
+FAMILY = "zimage"
+TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+MAX_TOKENS = 512  # ZImagePipeline's max_sequence_length
+ZIMAGE_WIDTH = 2560  # Qwen3-4B's hidden size, the caption features Z-Image was trained on
+# Hidden sizes of the released Qwen3 models, to name a file of another size.
+RELEASED_WIDTHS = {1024: "Qwen3-0.6B", 2048: "Qwen3-1.7B", 2560: "Qwen3-4B", 4096: "Qwen3-8B",
+                   5120: "Qwen3-14B or Qwen3-32B"}  # fmt: skip
+# Qwen3-4B's config.json, for what shapes cannot tell; a config.json beside the weights overrides them.
+QWEN3_DEFAULTS = {
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "max_position_embeddings": 40960,
+    "hidden_act": "silu",
+    "attention_bias": False,
+    "tie_word_embeddings": True,
+    "use_sliding_window": False,
+}
+# transformers' default for Qwen3 (what ZImagePipeline's from_pretrained picks).
+ATTN_IMPLEMENTATION = "sdpa"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")  # vocab.json needs merges.txt beside it
+_CHAT_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+
+# The marker of a Qwen3 decoder stack: per-head q norms, which Gemma (v1, 2) lacks; Gemma-3 has them too but
+# also Gemma's pre-feedforward norm. A file's root prefix is whatever precedes it.
+MARKER = "layers.0.self_attn.q_norm.weight"
+_GEMMA3_NORM = "layers.0.pre_feedforward_layernorm.weight"
+_LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
+_UNUSED = ("lm_head.weight",)  # the LM head (tied to the embedding in Qwen3-4B), not used for features
+
+_EXPECTED = (
+    "Expected Qwen3-4B for Z-Image: ComfyUI's qwen_3_4b.safetensors, a Hugging Face Qwen/Qwen3-4B folder or the "
+    "text_encoder/ of a diffusers Z-Image pipeline, or a llama.cpp Qwen3-4B GGUF."
+)
+_TOKENIZER_HELP = (
+    "Pass tokenizer= a Qwen tokenizer folder or tokenizer.json (the tokenizer/ folder of Tongyi-MAI/Z-Image-Turbo, "
+    "or Qwen/Qwen3-4B's); inside ComfyUI the loader also looks in the Qwen tokenizer ComfyUI ships "
+    "(comfy/text_encoders/qwen25_tokenizer)."
+)
+
+
+def qwen3_roots(keys: Iterable[str]) -> list[str]:
+    """The prefixes under which a set of tensor names holds a Qwen3 decoder stack (empty: none)."""
+    keys = set(keys)
+    roots = {k[: -len(MARKER)] for k in keys if k.endswith(MARKER) and (k == MARKER or k[: -len(MARKER)][-1] == ".")}
+    return sorted(r for r in roots if r + _GEMMA3_NORM not in keys)
+
+
+def is_qwen3(keys: Iterable[str]) -> bool:
+    return bool(qwen3_roots(keys))
+
+
+def find_qwen_tokenizer(directories: Iterable[str | os.PathLike]) -> str | None:
+    """The first of `directories` holding a Qwen tokenizer (`tokenizer.json`, or `vocab.json` + `merges.txt`)."""
+    for directory in map(os.fspath, directories):
+        if os.path.isfile(os.path.join(directory, "tokenizer.json")) or all(
+            os.path.isfile(os.path.join(directory, name)) for name in ("vocab.json", "merges.txt")
+        ):
+            return directory
+    return None
+
+
+class QwenPromptTokenizer:
+    """Qwen's byte-level BPE tokenizer, called as the Z-Image pipeline calls it (no special tokens added).
+
+    backend: a transformers tokenizer (Qwen2Tokenizer) or a `tokenizers.Tokenizer` (e.g. rebuilt from a GGUF).
+    """
+
+    def __init__(self, backend: PreTrainedTokenizerBase | tokenizers.Tokenizer, source: str):
+        self.source = source
+        if isinstance(backend, tokenizers.Tokenizer):
+            self._encode = lambda text: backend.encode(text, add_special_tokens=False).ids
+            self._decode = backend.decode
+            vocab, self.vocab_size = backend.get_vocab(with_added_tokens=True), backend.get_vocab_size(True)
+        elif isinstance(backend, PreTrainedTokenizerBase):
+            self._encode = lambda text: backend(text, add_special_tokens=False)["input_ids"]
+            self._decode = partial(backend.decode, skip_special_tokens=False)
+            vocab, self.vocab_size = backend.get_vocab(), len(backend)
+        else:
+            raise InvalidInputError(
+                f"{source}: expected a transformers tokenizer or a tokenizers.Tokenizer, got {type(backend).__name__}."
+            )
+        missing = [token for token in _CHAT_TOKENS if token not in vocab]
+        if missing or len(self._encode(_CHAT_TOKENS[0])) != 1:
+            raise CheckpointError(
+                f"{source} is not a Qwen tokenizer: it lacks the chat tokens {', '.join(missing or _CHAT_TOKENS[:1])} "
+                "as single tokens. " + _TOKENIZER_HELP
+            )
+        self.pad_id = vocab["<|endoftext|>"]  # Qwen's pad token; padded positions are masked out anyway
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike) -> QwenPromptTokenizer:
+        """A folder with tokenizer.json or vocab.json + merges.txt, or a tokenizer.json file."""
+        path = os.fspath(path)
+        try:
+            if os.path.isdir(path):
+                if find_qwen_tokenizer([path]) is None:
+                    missing = f"{path}: no tokenizer.json, nor vocab.json with merges.txt. "
+                    raise CheckpointError(missing + _TOKENIZER_HELP)
+                return cls(Qwen2Tokenizer.from_pretrained(path, local_files_only=True), path)
+            if path.endswith(".json") and os.path.isfile(path):
+                return cls(tokenizers.Tokenizer.from_file(path), path)
+        except CheckpointError:
+            raise
+        except Exception as err:  # noqa: BLE001 - transformers and tokenizers raise many types on bad files
+            raise CheckpointError(f"{path} is not a readable Qwen tokenizer ({type(err).__name__}: {err}).") from None
+        raise CheckpointError(f"{path}: no such tokenizer folder or tokenizer.json. " + _TOKENIZER_HELP)
+
+    def encode(self, text: str) -> list[int]:
+        return self._encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._decode(ids)
+
+
+class Qwen3TextEncoder:
+    """Text features for Z-Image: Qwen3's `hidden_states[-2]` of the chat-templated prompts, as a `Conditioning`."""
+
+    family = FAMILY
+
+    def __init__(self, model: Qwen3Model, tokenizer: QwenPromptTokenizer):
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise CheckpointError(
+                f"the tokenizer {tokenizer.source} has {tokenizer.vocab_size} tokens but the Qwen3 embedding has "
+                f"{model.config.vocab_size} rows: tokenizer and weights come from different models."
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def to(self, device: torch.device | str) -> Qwen3TextEncoder:
+        self.model.to(device)
+        return self
+
+    def format_prompts(self, prompts: Sequence[str], system_prompt: str | None = None) -> list[str]:
+        """Each prompt in Qwen3's chat template (see the module docstring). Z-Image was trained without a system
+        prompt, so naming one is an error."""
+        if system_prompt is not None and resolve_system_prompt(system_prompt).strip():
+            raise InvalidInputError(
+                f"the Qwen3 text encoder serves Z-Image, which was trained without a system prompt; got "
+                f"system_prompt {system_prompt!r}. Pass none (the Lumina 2 presets do not apply)."
+            )
+        return [TEMPLATE.format(prompt) for prompt in prompts]
+
+    def tokenize(self, texts: Sequence[str], max_length: int = MAX_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ids (B, L) int64 and mask (B, L) bool of formatted texts: each cut to max_length tokens (with a warning),
+        right padded to the longest row."""
+        if not texts:
+            raise InvalidInputError("nothing to encode: the list of prompts is empty.")
+        if not 1 <= max_length <= MAX_TOKENS:
+            raise InvalidInputError(f"max_length must be between 1 and {MAX_TOKENS} (Z-Image's); got {max_length}.")
+        rows = [self.tokenizer.encode(text) for text in texts]
+        for index, row in enumerate(rows):
+            if len(row) > max_length:
+                dropped = self.tokenizer.decode(row[max_length:])
+                warn_cut("Qwen3", index, len(row), max_length, dropped, hint=f" to fit max_length={max_length}")
+        rows = [row[:max_length] for row in rows]
+        length = max(len(row) for row in rows)
+        ids = torch.full((len(rows), length), self.tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.bool)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = True
+        return ids, mask
+
+    @torch.no_grad()
+    def encode(
+        self,
+        prompts: list[str] | str,
+        system_prompt: str | None = None,
+        negative: bool = False,
+        max_length: int = MAX_TOKENS,
+    ) -> Conditioning:
+        """Encode prompts for Z-Image: embeds (B, L, hidden) float32, zero at padded positions, mask (B, L) bool.
+
+        negative has no effect (an empty negative prompt is templated like any other); it is accepted so that
+        every text encoder of the package is called alike.
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        ids, mask = self.tokenize(self.format_prompts(prompts, system_prompt), max_length)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        output = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+        # hidden_states = (embeddings, layer 0 out, ..., last layer out after the final norm)
+        features = torch.where(mask[..., None], output.hidden_states[-2].float(), 0.0)
+        return Conditioning(features, mask, self.family)
+
+
+@dataclass(frozen=True)
+class _Weights:
+    checkpoint: Checkpoint
+    root: str  # the prefix before `layers.`
+    where: str  # for messages
+
+    def names(self) -> dict[str, str]:
+        """Qwen3Model name -> stored key, for every tensor the model uses."""
+        root, keys = self.root, self.checkpoint.keys
+        names = {k[len(root) :]: k for k in keys if k.startswith(root) and not scaled_fp8.is_auxiliary(k)}
+        return {name: key for name, key in names.items() if name not in _UNUSED and "." in name}
+
+
+def load_qwen3_text_encoder(
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    tokenizer: str | os.PathLike | QwenPromptTokenizer | PreTrainedTokenizerBase | tokenizers.Tokenizer | None = None,
+    tokenizer_dirs: Sequence[str | os.PathLike] = (),
+) -> Qwen3TextEncoder:
+    """Load Qwen3-4B and its tokenizer from a folder, a single file or a GGUF (see the module docstring).
+
+    dtype: the compute dtype; None keeps the stored embedding's dtype (bf16 for fp8 files, float32 for GGUF).
+    tokenizer: a folder, a tokenizer.json, or a built tokenizer; None takes a GGUF's own, else looks beside the
+    weights (the folder, a sibling `tokenizer/`), then in `tokenizer_dirs`.
+    Raises CheckpointError (unreadable or incomplete files, no tokenizer) or UnsupportedModelError (another model
+    or another Qwen3 size), naming the file, what was found and what was expected.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "model_index.json")):
+        path = os.path.join(path, "text_encoder")  # a diffusers pipeline root
+    checkpoint = open_checkpoint(path)
+    weights = _qwen3_weights(checkpoint)
+    embedding = weights.names().get("embed_tokens.weight")
+    if embedding is not None:  # before looking for a tokenizer: a file of another size fails on that first
+        check_zimage_width(checkpoint.shape(embedding)[1], weights.where)
+    config_path = os.path.join(path, "config.json")
+    has_config = os.path.isdir(path) and os.path.isfile(config_path)
+    stored = read_json(config_path, "a Qwen3 config.json") if has_config else {}
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    if tokenizer is None and is_gguf(path):
+        tokenizer = _gguf_tokenizer(path)
+    nearby = [folder, os.path.join(os.path.dirname(folder), "tokenizer")]
+    qwen_tokenizer = _resolve_tokenizer(tokenizer, [*nearby, *map(os.fspath, tokenizer_dirs)], path)
+    model = _build_model(weights, stored, dtype, torch.device(device), is_gguf(path))
+    return Qwen3TextEncoder(model, qwen_tokenizer)
+
+
+def config_from_shapes(
+    shapes: Mapping[str, tuple[int, ...]], stored: Mapping[str, object] | None = None, where: str = "checkpoint"
+) -> Qwen3Config:
+    """A Qwen3Config whose dimensions come from tensor shapes (Qwen3Model names); `stored` (config.json fields)
+    supplies the rest, and a stored dimension that contradicts the tensors is an error."""
+    stored = dict(stored or {})
+    if stored.get("model_type", "qwen3") != "qwen3":
+        raise CheckpointError(
+            f"{where}: its config says model_type '{stored['model_type']}' but the tensors are a Qwen3 decoder. The "
+            "config belongs to another model; remove or fix it."
+        )
+    vocab_size, hidden_size = _shape_of(shapes, "embed_tokens.weight", where)
+    head_dim = _shape_of(shapes, "layers.0.self_attn.q_norm.weight", where)[0]
+    q_rows = _shape_of(shapes, "layers.0.self_attn.q_proj.weight", where)[0]
+    kv_rows = _shape_of(shapes, "layers.0.self_attn.k_proj.weight", where)[0]
+    if q_rows % head_dim or kv_rows % head_dim:
+        raise CheckpointError(
+            f"{where}: q_proj has {q_rows} rows and k_proj {kv_rows}, not multiples of the q-norm width {head_dim}."
+        )
+    derived = {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": _shape_of(shapes, "layers.0.mlp.gate_proj.weight", where)[0],
+        "num_hidden_layers": 1 + max(int(m.group(1)) for k in shapes if (m := _LAYER_KEY.match(k))),
+        "num_attention_heads": q_rows // head_dim,
+        "num_key_value_heads": kv_rows // head_dim,
+        "head_dim": head_dim,
+    }
+    conflicts = [f"{k}: config {stored[k]}, tensors {v}" for k, v in derived.items() if k in stored and stored[k] != v]
+    if conflicts:
+        raise CheckpointError(
+            f"{where}: its config does not match its tensor shapes ({'; '.join(conflicts)}). The config belongs to "
+            "another model size; remove or fix it."
+        )
+    fields = {**QWEN3_DEFAULTS, **stored, **derived, "use_cache": False}
+    try:
+        return Qwen3Config.from_dict(fields, attn_implementation=ATTN_IMPLEMENTATION)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{where}: the derived Qwen3 config is invalid: {err}") from None
+
+
+def check_zimage_width(hidden_size: int, where: str) -> None:
+    """Refuse a released Qwen3 of another size: its features are not the 2560-wide ones Z-Image takes."""
+    name = RELEASED_WIDTHS.get(hidden_size)
+    if hidden_size != ZIMAGE_WIDTH and name is not None:
+        raise UnsupportedModelError(
+            f"{where} holds {name} (hidden size {hidden_size}), not Qwen3-4B: Z-Image takes Qwen3-4B's {ZIMAGE_WIDTH}"
+            f"-wide features. {_EXPECTED}"
+        )
+
+
+def _shape_of(shapes: Mapping[str, tuple[int, ...]], key: str, where: str) -> tuple[int, ...]:
+    if key not in shapes:
+        raise CheckpointError(f"{where}: the Qwen3 tensor '{key}' is missing; the file is incomplete.")
+    return shapes[key]
+
+
+def _qwen3_weights(checkpoint: Checkpoint) -> _Weights:
+    keys = checkpoint.keys
+    roots = qwen3_roots(keys)
+    where = checkpoint.describe()
+    if not roots:
+        from .gemma import describe_keys  # the family names this package can tell apart
+
+        raise UnsupportedModelError(f"{where} holds {describe_keys(keys)}, not a Qwen3 text encoder. {_EXPECTED}")
+    if len(roots) > 1:
+        raise CheckpointError(f"{where}: several Qwen3 decoders, under {preview(repr(r) for r in roots)}.")
+    root = roots[0]
+    return _Weights(checkpoint, root, f"{checkpoint.path} (Qwen3 tensors under '{root}')" if root else where)
+
+
+def _gguf_tokenizer(path: str) -> QwenPromptTokenizer | None:
+    metadata = read_metadata(path)
+    if "tokenizer.ggml.tokens" not in metadata:
+        return None
+    return QwenPromptTokenizer(byte_level_bpe(metadata, path), f"{path} (tokenizer.ggml.*)")
+
+
+def _resolve_tokenizer(
+    tokenizer: str | os.PathLike | QwenPromptTokenizer | PreTrainedTokenizerBase | tokenizers.Tokenizer | None,
+    search: list[str],
+    path: str,
+) -> QwenPromptTokenizer:
+    if isinstance(tokenizer, QwenPromptTokenizer):
+        return tokenizer
+    if isinstance(tokenizer, PreTrainedTokenizerBase | tokenizers.Tokenizer):
+        return QwenPromptTokenizer(tokenizer, f"the {type(tokenizer).__name__} passed as tokenizer=")
+    if tokenizer is not None:
+        return QwenPromptTokenizer.from_path(tokenizer)
+    found = find_qwen_tokenizer(search)
+    if found is None:
+        raise CheckpointError(
+            f"{path}: no Qwen tokenizer found; looked for tokenizer.json, or vocab.json with merges.txt, in "
+            f"{', '.join(dict.fromkeys(search))}. " + _TOKENIZER_HELP
+        )
+    return QwenPromptTokenizer.from_path(found)
+
+
+def _build_model(
+    weights: _Weights, stored: Mapping[str, object], dtype: torch.dtype | None, device: torch.device, gguf: bool
+) -> Qwen3Model:
+    names = weights.names()
+    checkpoint = weights.checkpoint
+    shapes = {name: checkpoint.shape(key) for name, key in names.items()}
+    config = config_from_shapes(shapes, stored, weights.where)
+    model = build_on_meta(partial(Qwen3Model, config))
+    if dtype is None:
+        stored_dtypes = {checkpoint.dtype(key) for key in names.values()}
+        embedding = checkpoint.dtype(names["embed_tokens.weight"])
+        dtype = torch.float32 if gguf else torch.bfloat16 if stored_dtypes & set(FP8_DTYPES) else embedding
+    described = (
+        f"{weights.where} (a Qwen3 decoder, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+        f"{config.num_attention_heads} heads, {config.num_key_value_heads} KV heads, head_dim {config.head_dim})"
+    )
+    readers = {name: partial(_read, checkpoint, key, dtype) for name, key in names.items()}
+    assign_tensors(model, readers, shapes, described, None, device)
+    # The RoPE frequencies are non-persistent buffers, absent from checkpoints: rebuild them as Qwen3Model does.
+    model.rotary_emb = Qwen3RotaryEmbedding(config).to(device)
+    left = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if left:
+        raise RuntimeError(
+            f"Qwen3Model has tensors this loader does not fill (a transformers change?): {preview(left)}"
+        )
+    return model
+
+
+def _read(checkpoint: Checkpoint, key: str, dtype: torch.dtype):
+    tensor = scaled_fp8.read_weight(checkpoint, key)  # GGUF weights stay packed; assign_tensors keeps them so
+    return tensor if not isinstance(tensor, torch.Tensor) else tensor.to(dtype)
