@@ -29,19 +29,31 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Settings whose best value depends on the model family, used where a request leaves them None: the reference
 # recipes (Lumina-Image 2.0's sample.py: shift 6 with renormalisation; Lumina-Next's demo: shift 4, no
 # renormalisation, lumina_next.md §7.1; LTX-Video: its resolution-dependent "ltx" schedule, whose shift None
-# follows the token count, cfg 3 and plain guidance, ltx_video.md §6.3).
+# follows the token count, cfg 3 and plain guidance, ltx_video.md §6.3; Z-Image-Turbo: 8 Euler steps without
+# guidance at its scheduler's shift 3, as Tongyi-MAI's model card, diffusers and ComfyUI's template run it).
 FAMILY_DEFAULTS = {
-    "lumina2": {"cfg": 4.0, "shift": 6.0, "schedule": "shifted_linear", "renorm_cfg": 1.0},
-    "lumina_next": {"cfg": 4.0, "shift": 4.0, "schedule": "shifted_linear", "renorm_cfg": 0.0},
-    "ltxv": {"cfg": 3.0, "shift": None, "schedule": "ltx", "renorm_cfg": 0.0},
+    "lumina2": {"steps": 30, "cfg": 4.0, "shift": 6.0, "schedule": "shifted_linear", "renorm_cfg": 1.0},
+    "lumina_next": {"steps": 30, "cfg": 4.0, "shift": 4.0, "schedule": "shifted_linear", "renorm_cfg": 0.0},
+    "ltxv": {"steps": 30, "cfg": 3.0, "shift": None, "schedule": "ltx", "renorm_cfg": 0.0},
+    "zimage": {"steps": 8, "cfg": 1.0, "shift": 3.0, "schedule": "shifted_linear", "renorm_cfg": 0.0},
+}
+# Other released recipes of a family, which its files cannot tell from the default one: name -> (family, settings).
+# Z-Image (base) has Z-Image-Turbo's tensors but is sampled like an undistilled model: its diffusers scheduler's
+# shift 6, 50 steps (28-50) and guidance 4 in diffusers' pos + g(pos - neg), which is cfg 5 here (ComfyUI's template
+# runs it at cfg 4 with shift 3), no guidance normalisation.
+RECIPES = {
+    **{family: (family, settings) for family, settings in FAMILY_DEFAULTS.items()},
+    "zimage_base": ("zimage", {"steps": 50, "cfg": 5.0, "shift": 6.0, "schedule": "shifted_linear", "renorm_cfg": 0.0}),
 }
 
 
 @dataclass
 class ImageRequest:
-    """Everything `text_to_image` needs; defaults follow `lumina_core.sample`, and None takes the family's
-    default (FAMILY_DEFAULTS). system_prompt applies to Lumina-Image 2.0 only (Lumina-Next has no template).
-    model_options: the model's own keywords (Lumina-Next's rope_scaling, context_drop_ratio...)."""
+    """Everything `text_to_image` needs; defaults follow `lumina_core.sample`, and None takes the recipe's value:
+    `recipe` names a row of RECIPES (e.g. "zimage_base"), None the model family's default (FAMILY_DEFAULTS).
+    system_prompt applies to Lumina-Image 2.0 only (Lumina-Next and Z-Image have no template). model_options:
+    the model's own keywords (Lumina-Next's rope_scaling, context_drop_ratio...). tokenizer: a tokenizer folder or
+    file for a single-file text encoder without one beside it (T5, Qwen3)."""
 
     prompt: str
     negative_prompt: str = ""
@@ -50,7 +62,7 @@ class ImageRequest:
     height: int = 1024
     batch_size: int = 1
     seed: int = 0
-    steps: int = 30
+    steps: int | None = None
     cfg: float | None = None
     shift: float | None = None
     solver: str = "euler"
@@ -58,10 +70,15 @@ class ImageRequest:
     cfg_trunc: float = 1.0
     renorm_cfg: float | None = None
     model_options: dict | None = None
+    recipe: str | None = None
+    tokenizer: str | None = None
 
     def for_family(self, family: str) -> ImageRequest:
-        """A copy with the settings left None filled in from the family's defaults."""
-        defaults = FAMILY_DEFAULTS.get(family, FAMILY_DEFAULTS["lumina2"])
+        """A copy with the settings left None filled in from the recipe (by default the family's own)."""
+        recipe_family, defaults = RECIPES.get(self.recipe or family, ("lumina2", FAMILY_DEFAULTS["lumina2"]))
+        if self.recipe is not None and (self.recipe not in RECIPES or recipe_family != family):
+            known = ", ".join(name for name, (owner, _) in RECIPES.items() if owner == family)
+            raise InvalidInputError(f"recipe {self.recipe!r} is not one of this {family} model's: {known}.")
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
 
@@ -69,9 +86,8 @@ class ImageRequest:
 class VideoRequest(ImageRequest):
     """An ImageRequest for a video model (LTX-Video): 768x512, 97 frames at 25 fps by default.
 
-    max_tokens: the T5 prompt length (128 as diffusers' pipeline, up to 256). tokenizer: a T5 tokenizer folder
-    or file, for a single-file T5 with none beside it. decode_timestep and decode_noise_scale: the
-    timestep-conditioned VAE's decode settings (0.9.1 and later), seeded by `seed`.
+    max_tokens: the T5 prompt length (128 as diffusers' pipeline, up to 256). decode_timestep and
+    decode_noise_scale: the timestep-conditioned VAE's decode settings (0.9.1 and later), seeded by `seed`.
     """
 
     width: int = 768
@@ -79,7 +95,6 @@ class VideoRequest(ImageRequest):
     frames: int = 97
     frame_rate: float = DEFAULT_FRAME_RATE
     max_tokens: int = 128
-    tokenizer: str | None = None
     decode_timestep: float = DEFAULT_DECODE_TIMESTEP
     decode_noise_scale: float = DEFAULT_DECODE_NOISE_SCALE
 
@@ -170,8 +185,8 @@ def _frames(request: ImageRequest, is_video: bool) -> dict:
     return {"frames": request.frames} if is_video else {}
 
 
-def _encode(path, request: ImageRequest, dtype, device) -> tuple[Conditioning, Conditioning]:
-    tokenizer = {"tokenizer": request.tokenizer} if isinstance(request, VideoRequest) and request.tokenizer else {}
+def _encode(path, request: ImageRequest, dtype, device) -> tuple[Conditioning, Conditioning | None]:
+    tokenizer = {"tokenizer": request.tokenizer} if request.tokenizer else {}
     encoder = load_text_encoder(path, dtype=dtype, device=device, **tokenizer)
     if encoder.family == "ltxv":
         return tuple(
@@ -179,6 +194,8 @@ def _encode(path, request: ImageRequest, dtype, device) -> tuple[Conditioning, C
         )
     template = request.system_prompt if encoder.family == "lumina2" else None
     positive = encoder.encode([request.prompt], system_prompt=template)
+    if request.cfg == 1.0:  # no guidance (Z-Image-Turbo's recipe): the negative prompt is never used
+        return positive, None
     negative = encoder.encode([request.negative_prompt], system_prompt=template, negative=True)
     return positive, negative
 
