@@ -60,6 +60,7 @@ from ..gguf.text import config_fields as gguf_config_fields
 from ..gguf.text import sentencepiece_model
 from ..loading.files import Checkpoint, is_gguf, open_checkpoint, preview, read_json
 from ..loading.modules import assign_tensors, build_on_meta
+from .encoder import TextEncoder, check_stored, decoder_dimensions, right_padded, shape_of
 from .prompts import format_negative_prompt, format_prompt, resolve_system_prompt
 from .truncation import warn_cut
 
@@ -79,8 +80,6 @@ _NON_WEIGHT_KEYS = frozenset({SINGLE_FILE_TOKENIZER_KEY, "lm_head.weight"})
 # Gemma's "<pad>" id. Padded positions are masked and zeroed, so it only has to be a valid id; it is also
 # the id the original code pads with, so token ids match it exactly.
 _PAD_ID = 0
-
-_LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
 
 # Key patterns that tell model families apart, for detection and for saying what a wrong file holds.
 _MARKERS = {
@@ -296,32 +295,19 @@ class _JsonTokenizer:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
 
-class GemmaTextEncoder:
+class GemmaTextEncoder(TextEncoder):
     """Text features for a Lumina model: `hidden_states[-2]` of the prompts, formatted as its original code does.
 
     `family` is the diffusion family the weights serve ("lumina_next" for Gemma, "lumina2" for Gemma-2).
     """
 
     def __init__(self, model: GemmaModel | Gemma2Model, tokenizer: _Tokenizer):
-        self.model = model
-        self.tokenizer = tokenizer
         self.variant = variant_of_config(model.config)
+        super().__init__(model, tokenizer, self.variant.name)
 
     @property
     def family(self) -> str:
         return self.variant.family
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.embed_tokens.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
-
-    def to(self, device: torch.device | str) -> GemmaTextEncoder:
-        self.model.to(device)
-        return self
 
     def format_prompts(
         self, prompts: Sequence[str], system_prompt: str | None = None, negative: bool = False
@@ -361,13 +347,7 @@ class GemmaTextEncoder:
                 warn_cut(self.variant.name, index, len(row), max_length, hint=f" to fit max_length={max_length}")
         rows = [row[:max_length] for row in rows]
         multiple = self.variant.pad_to_multiple_of
-        length = -(-max(len(row) for row in rows) // multiple) * multiple
-        ids = torch.full((len(rows), length), _PAD_ID, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = True
-        return ids, mask
+        return right_padded(rows, _PAD_ID, -(-max(len(row) for row in rows) // multiple) * multiple)
 
     @torch.no_grad()
     def encode(
@@ -447,31 +427,11 @@ def config_from_shapes(
             f"{where}: its config says model_type '{stored['model_type']}' but the tensors are {variant.description} "
             f"(model_type '{variant.model_type}'). The config belongs to another model; remove or fix it."
         )
-    vocab_size, hidden_size = _shape_of(shapes, "embed_tokens.weight", where)
+    hidden_size = shape_of(shapes, "embed_tokens.weight", where, variant.name)[1]
     attention = _attention_fields(variant, hidden_size, stored, where)
-    head_dim = attention["head_dim"]
-    q_rows = _shape_of(shapes, "layers.0.self_attn.q_proj.weight", where)[0]
-    kv_rows = _shape_of(shapes, "layers.0.self_attn.k_proj.weight", where)[0]
-    if q_rows % head_dim or kv_rows % head_dim:
-        raise CheckpointError(
-            f"{where}: q_proj has {q_rows} rows and k_proj {kv_rows}, not multiples of head_dim {head_dim}. "
-            f"Fix head_dim in config.json or in the metadata key '{variant.metadata_key}'."
-        )
-    derived = {
-        "vocab_size": vocab_size,
-        "hidden_size": hidden_size,
-        "intermediate_size": _shape_of(shapes, "layers.0.mlp.gate_proj.weight", where)[0],
-        "num_hidden_layers": 1 + max(int(m.group(1)) for k in shapes if (m := _LAYER_KEY.match(k))),
-        "num_attention_heads": q_rows // head_dim,
-        "num_key_value_heads": kv_rows // head_dim,
-        "head_dim": head_dim,
-    }
-    conflicts = [f"{k}: config {stored[k]}, tensors {v}" for k, v in derived.items() if k in stored and stored[k] != v]
-    if conflicts:
-        raise CheckpointError(
-            f"{where}: its config does not match its tensor shapes ({'; '.join(conflicts)}). "
-            "The config belongs to another model size; remove or fix it."
-        )
+    fix = f" Fix head_dim in config.json or in the metadata key '{variant.metadata_key}'."
+    derived = decoder_dimensions(shapes, attention["head_dim"], where, variant.name, fix)
+    check_stored(derived, stored, where)
     fields = {**variant.constants, **attention, **stored, **derived, "use_cache": False}
     try:
         return variant.config_class.from_dict(fields, attn_implementation=variant.attn_implementation)
@@ -497,12 +457,6 @@ def _attention_fields(variant: GemmaVariant, hidden_size: int, stored: Mapping[s
             f"'{variant.metadata_key}'."
         )
     return dict(variant.release_attention[hidden_size])
-
-
-def _shape_of(shapes: Mapping[str, tuple[int, ...]], key: str, where: str) -> tuple[int, ...]:
-    if key not in shapes:
-        raise CheckpointError(f"{where}: the Gemma tensor '{key}' is missing; the file is incomplete.")
-    return shapes[key]
 
 
 def _detect_or_raise(keys: Iterable[str], where: str) -> GemmaVariant:

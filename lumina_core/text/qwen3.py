@@ -32,7 +32,6 @@ features are not Z-Image's (e.g. Qwen3-8B is FLUX.2 [klein] 9B's encoder).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -49,6 +48,15 @@ from ..gguf.text import byte_level_bpe
 from ..loading import scaled_fp8
 from ..loading.files import Checkpoint, is_gguf, open_checkpoint, preview, read_json
 from ..loading.modules import FP8_DTYPES, assign_tensors, build_on_meta
+from .encoder import (
+    PromptTokenizer,
+    TextEncoder,
+    check_stored,
+    decoder_dimensions,
+    resolve_tokenizer,
+    right_padded,
+    shape_of,
+)
 from .prompts import resolve_system_prompt
 from .truncation import warn_cut
 
@@ -71,14 +79,12 @@ QWEN3_DEFAULTS = {
 }
 # transformers' default for Qwen3 (what ZImagePipeline's from_pretrained picks).
 ATTN_IMPLEMENTATION = "sdpa"
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json")  # vocab.json needs merges.txt beside it
 _CHAT_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 
 # The marker of a Qwen3 decoder stack: per-head q norms, which Gemma (v1, 2) lacks; Gemma-3 has them too but
 # also Gemma's pre-feedforward norm. A file's root prefix is whatever precedes it.
 MARKER = "layers.0.self_attn.q_norm.weight"
 _GEMMA3_NORM = "layers.0.pre_feedforward_layernorm.weight"
-_LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
 _UNUSED = ("lm_head.weight",)  # the LM head (tied to the embedding in Qwen3-4B), not used for features
 
 _EXPECTED = (
@@ -113,33 +119,23 @@ def find_qwen_tokenizer(directories: Iterable[str | os.PathLike]) -> str | None:
     return None
 
 
-class QwenPromptTokenizer:
+class QwenPromptTokenizer(PromptTokenizer):
     """Qwen's byte-level BPE tokenizer, called as the Z-Image pipeline calls it (no special tokens added).
 
     backend: a transformers tokenizer (Qwen2Tokenizer) or a `tokenizers.Tokenizer` (e.g. rebuilt from a GGUF).
     """
 
+    add_special_tokens = False
+
     def __init__(self, backend: PreTrainedTokenizerBase | tokenizers.Tokenizer, source: str):
-        self.source = source
-        if isinstance(backend, tokenizers.Tokenizer):
-            self._encode = lambda text: backend.encode(text, add_special_tokens=False).ids
-            self._decode = backend.decode
-            vocab, self.vocab_size = backend.get_vocab(with_added_tokens=True), backend.get_vocab_size(True)
-        elif isinstance(backend, PreTrainedTokenizerBase):
-            self._encode = lambda text: backend(text, add_special_tokens=False)["input_ids"]
-            self._decode = partial(backend.decode, skip_special_tokens=False)
-            vocab, self.vocab_size = backend.get_vocab(), len(backend)
-        else:
-            raise InvalidInputError(
-                f"{source}: expected a transformers tokenizer or a tokenizers.Tokenizer, got {type(backend).__name__}."
-            )
-        missing = [token for token in _CHAT_TOKENS if token not in vocab]
-        if missing or len(self._encode(_CHAT_TOKENS[0])) != 1:
+        super().__init__(backend, source)
+        missing = [token for token in _CHAT_TOKENS if token not in self.vocab]
+        if missing or len(self.encode(_CHAT_TOKENS[0])) != 1:
             raise CheckpointError(
                 f"{source} is not a Qwen tokenizer: it lacks the chat tokens {', '.join(missing or _CHAT_TOKENS[:1])} "
                 "as single tokens. " + _TOKENIZER_HELP
             )
-        self.pad_id = vocab["<|endoftext|>"]  # Qwen's pad token; padded positions are masked out anyway
+        self.pad_id = self.vocab["<|endoftext|>"]  # Qwen's pad token; padded positions are masked out anyway
 
     @classmethod
     def from_path(cls, path: str | os.PathLike) -> QwenPromptTokenizer:
@@ -159,38 +155,14 @@ class QwenPromptTokenizer:
             raise CheckpointError(f"{path} is not a readable Qwen tokenizer ({type(err).__name__}: {err}).") from None
         raise CheckpointError(f"{path}: no such tokenizer folder or tokenizer.json. " + _TOKENIZER_HELP)
 
-    def encode(self, text: str) -> list[int]:
-        return self._encode(text)
 
-    def decode(self, ids: list[int]) -> str:
-        return self._decode(ids)
-
-
-class Qwen3TextEncoder:
+class Qwen3TextEncoder(TextEncoder):
     """Text features for Z-Image: Qwen3's `hidden_states[-2]` of the chat-templated prompts, as a `Conditioning`."""
 
     family = FAMILY
 
     def __init__(self, model: Qwen3Model, tokenizer: QwenPromptTokenizer):
-        if tokenizer.vocab_size > model.config.vocab_size:
-            raise CheckpointError(
-                f"the tokenizer {tokenizer.source} has {tokenizer.vocab_size} tokens but the Qwen3 embedding has "
-                f"{model.config.vocab_size} rows: tokenizer and weights come from different models."
-            )
-        self.model = model
-        self.tokenizer = tokenizer
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.embed_tokens.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
-
-    def to(self, device: torch.device | str) -> Qwen3TextEncoder:
-        self.model.to(device)
-        return self
+        super().__init__(model, tokenizer, "Qwen3")
 
     def format_prompts(self, prompts: Sequence[str], system_prompt: str | None = None) -> list[str]:
         """Each prompt in Qwen3's chat template (see the module docstring). Z-Image was trained without a system
@@ -215,13 +187,7 @@ class Qwen3TextEncoder:
                 dropped = self.tokenizer.decode(row[max_length:])
                 warn_cut("Qwen3", index, len(row), max_length, dropped, hint=f" to fit max_length={max_length}")
         rows = [row[:max_length] for row in rows]
-        length = max(len(row) for row in rows)
-        ids = torch.full((len(rows), length), self.tokenizer.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = True
-        return ids, mask
+        return right_padded(rows, self.tokenizer.pad_id, max(len(row) for row in rows))
 
     @torch.no_grad()
     def encode(
@@ -304,29 +270,9 @@ def config_from_shapes(
             f"{where}: its config says model_type '{stored['model_type']}' but the tensors are a Qwen3 decoder. The "
             "config belongs to another model; remove or fix it."
         )
-    vocab_size, hidden_size = _shape_of(shapes, "embed_tokens.weight", where)
-    head_dim = _shape_of(shapes, "layers.0.self_attn.q_norm.weight", where)[0]
-    q_rows = _shape_of(shapes, "layers.0.self_attn.q_proj.weight", where)[0]
-    kv_rows = _shape_of(shapes, "layers.0.self_attn.k_proj.weight", where)[0]
-    if q_rows % head_dim or kv_rows % head_dim:
-        raise CheckpointError(
-            f"{where}: q_proj has {q_rows} rows and k_proj {kv_rows}, not multiples of the q-norm width {head_dim}."
-        )
-    derived = {
-        "vocab_size": vocab_size,
-        "hidden_size": hidden_size,
-        "intermediate_size": _shape_of(shapes, "layers.0.mlp.gate_proj.weight", where)[0],
-        "num_hidden_layers": 1 + max(int(m.group(1)) for k in shapes if (m := _LAYER_KEY.match(k))),
-        "num_attention_heads": q_rows // head_dim,
-        "num_key_value_heads": kv_rows // head_dim,
-        "head_dim": head_dim,
-    }
-    conflicts = [f"{k}: config {stored[k]}, tensors {v}" for k, v in derived.items() if k in stored and stored[k] != v]
-    if conflicts:
-        raise CheckpointError(
-            f"{where}: its config does not match its tensor shapes ({'; '.join(conflicts)}). The config belongs to "
-            "another model size; remove or fix it."
-        )
+    head_dim = shape_of(shapes, "layers.0.self_attn.q_norm.weight", where, "Qwen3")[0]
+    derived = decoder_dimensions(shapes, head_dim, where, "Qwen3", " (head_dim is the q-norm width.)")
+    check_stored(derived, stored, where)
     fields = {**QWEN3_DEFAULTS, **stored, **derived, "use_cache": False}
     try:
         return Qwen3Config.from_dict(fields, attn_implementation=ATTN_IMPLEMENTATION)
@@ -342,12 +288,6 @@ def check_zimage_width(hidden_size: int, where: str) -> None:
             f"{where} holds {name} (hidden size {hidden_size}), not Qwen3-4B: Z-Image takes Qwen3-4B's {ZIMAGE_WIDTH}"
             f"-wide features. {_EXPECTED}"
         )
-
-
-def _shape_of(shapes: Mapping[str, tuple[int, ...]], key: str, where: str) -> tuple[int, ...]:
-    if key not in shapes:
-        raise CheckpointError(f"{where}: the Qwen3 tensor '{key}' is missing; the file is incomplete.")
-    return shapes[key]
 
 
 def _qwen3_weights(checkpoint: Checkpoint) -> _Weights:
@@ -376,19 +316,8 @@ def _resolve_tokenizer(
     search: list[str],
     path: str,
 ) -> QwenPromptTokenizer:
-    if isinstance(tokenizer, QwenPromptTokenizer):
-        return tokenizer
-    if isinstance(tokenizer, PreTrainedTokenizerBase | tokenizers.Tokenizer):
-        return QwenPromptTokenizer(tokenizer, f"the {type(tokenizer).__name__} passed as tokenizer=")
-    if tokenizer is not None:
-        return QwenPromptTokenizer.from_path(tokenizer)
-    found = find_qwen_tokenizer(search)
-    if found is None:
-        raise CheckpointError(
-            f"{path}: no Qwen tokenizer found; looked for tokenizer.json, or vocab.json with merges.txt, in "
-            f"{', '.join(dict.fromkeys(search))}. " + _TOKENIZER_HELP
-        )
-    return QwenPromptTokenizer.from_path(found)
+    failure = f"{path}: no Qwen tokenizer found; looked for tokenizer.json, or vocab.json with merges.txt,"
+    return resolve_tokenizer(tokenizer, QwenPromptTokenizer, find_qwen_tokenizer, search, failure, _TOKENIZER_HELP)
 
 
 def _build_model(
