@@ -108,6 +108,13 @@ SIGNATURES: tuple[Signature, ...] = (
         "vae", "diffusers", "an LTX-Video VAE (diffusers layout)", ("decoder.mid_block.resnets.0.conv1.conv.weight",)
     ),
     Signature("gemma2", "original", "a Gemma-2 text encoder", ("model.layers.0.post_feedforward_layernorm.weight",)),
+    Signature(
+        "qwen3",
+        "original",
+        "a Qwen3 text encoder",
+        ("model.layers.0.self_attn.q_norm.weight",),
+        ("model.layers.0.pre_feedforward_layernorm.weight",),  # Gemma-3 has q/k norms too
+    ),
     Signature("t5", "original", "a T5 text encoder", ("encoder.block.0.layer.0.SelfAttention.q.weight",)),
 )
 
@@ -177,6 +184,7 @@ def describe_contents(checkpoint: Checkpoint) -> str:
         "vae.",
         "first_stage_model.",
         "text_encoders.gemma2_2b.transformer.",
+        "text_encoders.qwen3_4b.transformer.",
         "",
     ):
         if prefix and not checkpoint.has_prefix(prefix):

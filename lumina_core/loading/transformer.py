@@ -91,6 +91,7 @@ NEXT_STEP = {
     "vae": " Load it with load_vae (the Load Lumina VAE node).",
     "gemma2": " Load it with load_text_encoder (the Load Gemma Text Encoder node).",
     "t5": " Load it with load_text_encoder (the Load T5 Text Encoder node).",
+    "qwen3": " Load it with load_text_encoder (the text-encoder loader node).",
 }
 
 

@@ -123,3 +123,10 @@ def test_describes_qwen3_to_the_gemma_loader(tiny):
 
     with pytest.raises(UnsupportedModelError, match="a Qwen3 text encoder"):
         load_gemma_text_encoder(tiny.write("comfy.safetensors"))
+
+
+def test_the_transformer_loader_names_a_qwen3_file(tiny):
+    from lumina_core.loading.transformer import load_transformer
+
+    with pytest.raises(UnsupportedModelError, match="holds a Qwen3 text encoder.*load_text_encoder"):
+        load_transformer(tiny.write("comfy.safetensors"))
