@@ -189,3 +189,16 @@ def test_gguf_from_our_converter_is_a_lumina2_file_that_loads_as_zimage(referenc
     assert model.family == "zimage"
     args = inputs()
     assert relative_error(model(*args), ours(*args)) < 0.02
+
+
+def test_the_diffusers_key_map_is_a_bijection(reference):
+    """Every diffusers name maps to one original name, each used once, and back (the tables name every tensor)."""
+    from lumina_core.loading.keymaps.zimage import map_diffusers_keys, to_diffusers
+
+    keys = list(reference.state_dict())
+    plan, unmatched = map_diffusers_keys(keys)
+    assert unmatched == [] and sorted(s for group in plan.values() for s in group) == sorted(keys)
+    assert plan["layers.0.attention.qkv.weight"] == [f"layers.0.attention.to_{p}.weight" for p in "qkv"]
+    back = to_diffusers(original_state_dict(reference), dim=reference.config.dim)
+    assert set(back) == set(keys) and all(torch.equal(back[k], reference.state_dict()[k]) for k in keys)
+    assert map_diffusers_keys(["siglip_embedder.1.weight"])[1] == ["siglip_embedder.1.weight"]  # Omni: not ours
