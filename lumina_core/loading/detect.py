@@ -115,6 +115,15 @@ SIGNATURES: tuple[Signature, ...] = (
         ("model.layers.0.self_attn.q_norm.weight",),
         ("model.layers.0.pre_feedforward_layernorm.weight",),  # Gemma-3 has q/k norms too
     ),
+    # Gemma (v1), Lumina-Next's encoder: the decoder norms without Gemma-2's feed-forward pair or Gemma-3's q_norm,
+    # the rule lumina_core.text.gemma loads it by.
+    Signature(
+        "gemma",
+        "original",
+        "a Gemma (v1) text encoder (Lumina-Next's)",
+        ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.post_attention_layernorm.weight"),
+        ("model.layers.0.post_feedforward_layernorm.weight", "model.layers.0.self_attn.q_norm.weight"),
+    ),
     Signature("t5", "original", "a T5 text encoder", ("encoder.block.0.layer.0.SelfAttention.q.weight",)),
 )
 
