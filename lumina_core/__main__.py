@@ -10,8 +10,8 @@ from .errors import LuminaCoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .pipeline import RECIPES
     from .sampling import SCHEDULES, SOLVERS
+    from .sampling.recipes import RECIPES
     from .text.prompts import SYSTEM_PROMPTS
 
     parser = OneLineParser(

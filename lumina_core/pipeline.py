@@ -20,6 +20,7 @@ from .models.ltxv import DEFAULT_FRAME_RATE
 from .outputs import to_pil
 from .sampling import check_settings, sample
 from .sampling.memory import check_memory
+from .sampling.recipes import named_recipe
 from .text import load_text_encoder
 from .vae import load_vae
 from .vae.load import is_video_vae
@@ -28,34 +29,14 @@ from .validation import check_float, check_int
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
-# Settings whose best value depends on the model family, used where a request leaves them None: the reference
-# recipes (Lumina-Image 2.0's sample.py: shift 6 with renormalisation; Lumina-Next's demo: shift 4, no
-# renormalisation; LTX-Video: its resolution-dependent "ltx" schedule, whose shift None follows the token
-# count, cfg 3 and plain guidance; Z-Image-Turbo: 8 Euler steps without guidance at its scheduler's shift 3).
-# Sources: docs/sampling.md, 'Family defaults'.
-FAMILY_DEFAULTS = {
-    "lumina2": {"steps": 30, "cfg": 4.0, "shift": 6.0, "schedule": "shifted_linear", "renorm_cfg": 1.0},
-    "lumina_next": {"steps": 30, "cfg": 4.0, "shift": 4.0, "schedule": "shifted_linear", "renorm_cfg": 0.0},
-    "ltxv": {"steps": 30, "cfg": 3.0, "shift": None, "schedule": "ltx", "renorm_cfg": 0.0},
-    "zimage": {"steps": 8, "cfg": 1.0, "shift": 3.0, "schedule": "shifted_linear", "renorm_cfg": 0.0},
-}
-# Other released recipes of a family, which its files cannot tell from the default one: name -> (family, settings).
-# Z-Image (base) has Z-Image-Turbo's tensors but is sampled like an undistilled model: its diffusers scheduler's
-# shift 6, 50 steps (28-50) and guidance 4 in diffusers' pos + g(pos - neg), which is cfg 5 here (ComfyUI's template
-# runs it at cfg 4 with shift 3), no guidance normalisation.
-RECIPES = {
-    **{family: (family, settings) for family, settings in FAMILY_DEFAULTS.items()},
-    "zimage_base": ("zimage", {"steps": 50, "cfg": 5.0, "shift": 6.0, "schedule": "shifted_linear", "renorm_cfg": 0.0}),
-}
-
 
 @dataclass
 class ImageRequest:
     """Everything `text_to_image` needs; defaults follow `lumina_core.sample`, and None takes the recipe's value:
-    `recipe` names a row of RECIPES (e.g. "zimage_base"), None the model family's default (FAMILY_DEFAULTS).
-    system_prompt applies to Lumina-Image 2.0 only (Lumina-Next and Z-Image have no template). model_options:
-    the model's own keywords (Lumina-Next's rope_scaling, context_drop_ratio...). tokenizer: a tokenizer folder or
-    file for a single-file text encoder without one beside it (T5, Qwen3)."""
+    `recipe` names a row of `lumina_core.sampling.recipes.RECIPES` (e.g. "zimage_base"), None the model family's
+    default. system_prompt applies to Lumina-Image 2.0 only (Lumina-Next and Z-Image have no template).
+    model_options: the model's own keywords (Lumina-Next's rope_scaling, context_drop_ratio...). tokenizer: a
+    tokenizer folder or file for a single-file text encoder without one beside it (T5, Qwen3)."""
 
     prompt: str
     negative_prompt: str = ""
@@ -77,11 +58,8 @@ class ImageRequest:
 
     def for_family(self, family: str) -> ImageRequest:
         """A copy with the settings left None filled in from the recipe (by default the family's own)."""
-        recipe_family, defaults = RECIPES.get(self.recipe or family, ("lumina2", FAMILY_DEFAULTS["lumina2"]))
-        if self.recipe is not None and (self.recipe not in RECIPES or recipe_family != family):
-            known = ", ".join(name for name, (owner, _) in RECIPES.items() if owner == family)
-            raise InvalidInputError(f"recipe {self.recipe!r} is not one of this {family} model's: {known}.")
-        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+        recipe = named_recipe(self.recipe, family)
+        return replace(self, **{k: v for k, v in recipe.items() if getattr(self, k) is None})
 
 
 @dataclass

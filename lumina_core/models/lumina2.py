@@ -165,7 +165,8 @@ class Lumina2Transformer(NextDiT):
     Call: model(x, sigma, context, context_mask) -> velocity, with x (B, C, H, W) the normalised FLUX
     latent (H, W multiples of the patch size), sigma (B,) in [0, 1] with 1 = noise, context (B, L, cap_feat_dim)
     text features (Gemma-2 for Lumina 2), context_mask (B, L) bool with at least one True per row;
-    velocity = noise - data.
+    velocity = noise - data. Computed on x's device, in `compute_dtype` (x's dtype when None), and returned in
+    x's dtype; `operations` supplies the layers (see `lumina_core.common.ops`).
     """
 
     family = FAMILY
@@ -174,7 +175,7 @@ class Lumina2Transformer(NextDiT):
     rope_positions = 512  # the original's axes_lens (300, 512, 512): 8192 px at patch 2
     # The model works in the normalised FLUX VAE latent: z_model = (z_vae - shift) * scale
     # (docs/models.md, 'Latent normalisations').
-    latent_scale, latent_shift = latents.FLUX
+    latent_format = latents.FLUX
     caption_start = 0  # RoPE position of the first caption token on the first axis
     cond_silu = True  # the blocks' adaLN projection applies SiLU to the timestep embedding first
 
@@ -182,20 +183,16 @@ class Lumina2Transformer(NextDiT):
         super().__init__()
         self.config = cfg
         self.x_embedder = operations.Linear(cfg.patch_size**2 * cfg.in_channels, cfg.dim)
-        self.t_embedder = TimestepEmbedder(cfg.t_emb_dim, operations, hidden_dim=cfg.t_hidden_dim)
+        self.t_embedder = TimestepEmbedder(cfg.t_emb_dim, operations=operations, hidden_dim=cfg.t_hidden_dim)
         self.cap_embedder = nn.Sequential(
             RMSNorm(cfg.cap_feat_dim, cfg.norm_eps), operations.Linear(cfg.cap_feat_dim, cfg.dim)
         )
         if cfg.pad_multiple > 1:
             self.x_pad_token = nn.Parameter(torch.empty(1, cfg.dim))
             self.cap_pad_token = nn.Parameter(torch.empty(1, cfg.dim))
-
-        def blocks(count: int, modulated: bool) -> nn.ModuleList:
-            return nn.ModuleList(TransformerBlock(cfg, modulated, operations, self.cond_silu) for _ in range(count))
-
-        self.context_refiner = blocks(cfg.n_refiner_layers, modulated=False)
-        self.noise_refiner = blocks(cfg.n_refiner_layers, modulated=True)
-        self.layers = blocks(cfg.n_layers, modulated=True)
+        self.context_refiner = _blocks(cfg, cfg.n_refiner_layers, False, operations, self.cond_silu)
+        self.noise_refiner = _blocks(cfg, cfg.n_refiner_layers, True, operations, self.cond_silu)
+        self.layers = _blocks(cfg, cfg.n_layers, True, operations, self.cond_silu)
         self.final_layer = FinalLayer(cfg.dim, cfg.patch_size**2 * cfg.in_channels, cfg.t_emb_dim, operations)
 
     def forward(self, x, sigma, context, context_mask):
@@ -205,10 +202,10 @@ class Lumina2Transformer(NextDiT):
         """The network in Lumina time: t (B,) in [0, 1] with 0 = noise; returns data - noise, shaped like x."""
         cfg = self.config
         check_inputs(self.model_name, cfg, x, t, context, context_mask, self._features_message)
-        dtype = self.dtype
-        context, context_mask = context.to(x.device), context_mask.to(x.device)
-        t_emb = self.t_embedder(t.to(x.device) * cfg.time_scale)
-        caption, caption_mask, caption_slots = self._embed_caption(context.to(dtype), context_mask)
+        dtype = self.compute_dtype or x.dtype
+        context, context_mask = context.to(x.device, dtype), context_mask.to(x.device)
+        t_emb = self.t_embedder(t.to(x.device) * cfg.time_scale, dtype)
+        caption, caption_mask, caption_slots = self._embed_caption(context, context_mask)
         image = self.x_embedder(patchify(x.to(dtype), cfg.patch_size, channels_last=True))  # (B, N, D)
         height, width = x.shape[-2] // cfg.patch_size, x.shape[-1] // cfg.patch_size
         if cfg.pad_multiple > 1:
@@ -278,6 +275,10 @@ class Lumina2Transformer(NextDiT):
             f"({self.text_encoder_name}); got {tuple(context.shape)}{_foreign_width(context)}: is the text encoder "
             "the one made for this model?"
         )
+
+
+def _blocks(cfg: Lumina2Config, count: int, modulated: bool, operations, cond_silu: bool) -> nn.ModuleList:
+    return nn.ModuleList(TransformerBlock(cfg, modulated, operations, cond_silu) for _ in range(count))
 
 
 # Feature widths of the text encoders this package loads, to name the model a wrong conditioning was made for.

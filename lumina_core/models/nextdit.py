@@ -5,8 +5,10 @@ a SwiGLU feed-forward, each branch input scaled by (1 + s) and its output gated 
 an adaLN projection of the conditioning vector. They differ in what the attention sees (Lumina 2 and Z-Image:
 a joint caption + image sequence; Lumina-Next: image tokens plus a gated cross-attention to the caption), so
 each family passes its own attention call to `SandwichBlock.run`. Attribute names equal the original
-checkpoint key segments of every family. Layers are built from `operations` (default `torch.nn`; see
-`common/ops.py`).
+checkpoint key segments of every family.
+
+Every layer comes from an `operations` namespace (default `torch.nn`; see `lumina_core.common.ops`), and every
+forward computes on its input's device; the model casts its input to its `compute_dtype` first.
 """
 
 from __future__ import annotations
@@ -40,21 +42,15 @@ class NextDiTShape:
 
 
 class NextDiT(nn.Module):
-    """What both Lumina transformers expose besides their forward: dtype, device and the size rule.
+    """What both Lumina transformers expose besides their forward: the size rule and the compute dtype.
 
-    Subclasses set `model_name` and `self.config` (with patch_size and in_channels) and create `x_embedder`.
+    Subclasses set `model_name`, `latent_format` and `self.config` (with patch_size and in_channels).
     """
 
     model_name = ""
     rope_positions: int | None = None  # positions per image axis of the original RoPE table: the largest size
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.x_embedder.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.x_embedder.weight.device
+    # The dtype the forward computes in (its loader sets it; None: the input's dtype); it returns the input's.
+    compute_dtype: torch.dtype | None = None
 
     def latent_shape(self, batch_size: int, height: int, width: int) -> tuple[int, int, int, int]:
         """Latent shape for an image of height x width pixels; both must be multiples of 16, within the RoPE table."""
@@ -125,7 +121,7 @@ class SandwichBlock(nn.Module):
 class TimestepEmbedder(nn.Module):
     """Sinusoidal features of t (256 wide) through a two-layer SiLU MLP, hidden_dim wide inside (default out_dim)."""
 
-    def __init__(self, out_dim: int, operations=nn, hidden_dim: int | None = None, frequency_dim: int = 256):
+    def __init__(self, out_dim: int, frequency_dim: int = 256, operations=nn, hidden_dim: int | None = None):
         super().__init__()
         self.frequency_dim = frequency_dim
         hidden_dim = hidden_dim or out_dim
@@ -133,8 +129,9 @@ class TimestepEmbedder(nn.Module):
             operations.Linear(frequency_dim, hidden_dim), nn.SiLU(), operations.Linear(hidden_dim, out_dim)
         )
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.frequency_dim).to(self.mlp[0].weight.dtype))
+    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """t (B,) -> (B, out_dim) in `dtype`, the model's compute dtype (t itself stays float32)."""
+        return self.mlp(timestep_embedding(t, self.frequency_dim).to(dtype))
 
 
 class FinalLayer(nn.Module):

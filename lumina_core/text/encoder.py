@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ..common.ops import default_compute_dtype, default_device
 from ..errors import CheckpointError, InvalidInputError
 
 
@@ -56,18 +57,25 @@ def resolve_tokenizer(
     help_text: str,
 ) -> PromptTokenizer:
     """A `kind` tokenizer from what a loader was given: one already built, a backend, a path (`kind.from_path`), or
-    None, which takes the first folder of `search` that `find` accepts; failure starts the error when none does,
-    help_text ends it."""
+    None, which takes the first folder of `search` that `find` accepts and that holds a tokenizer of this kind (a
+    folder may hold another model's, such as ComfyUI's bundled tokenizers side by side); failure starts the error
+    when none does, help_text ends it."""
     if isinstance(tokenizer, kind):
         return tokenizer
     if isinstance(tokenizer, PreTrainedTokenizerBase | tokenizers.Tokenizer):
         return kind(tokenizer, f"the {type(tokenizer).__name__} passed as tokenizer=")
     if tokenizer is not None:
         return kind.from_path(tokenizer)
-    found = find(search)
-    if found is None:
-        raise CheckpointError(f"{failure} in {', '.join(dict.fromkeys(search))}. {help_text}")
-    return kind.from_path(found)
+    rejected = []
+    for folder in dict.fromkeys(search):
+        if find([folder]) is None:
+            continue
+        try:
+            return kind.from_path(folder)
+        except CheckpointError as err:
+            rejected.append(str(err))
+    seen = f" ({rejected[0]})" if rejected else ""
+    raise CheckpointError(f"{failure} in {', '.join(dict.fromkeys(search))}{seen}. {help_text}")
 
 
 class TextEncoder:
@@ -90,11 +98,13 @@ class TextEncoder:
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        """Where encode runs unless told otherwise: where the weights are."""
+        return default_device(self.model)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
+        """The compute dtype (the loader's choice; the embedding table is stored in it)."""
+        return default_compute_dtype(self.model)
 
     def to(self, device: torch.device | str) -> TextEncoder:
         self.model.to(device)

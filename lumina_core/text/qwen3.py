@@ -38,16 +38,17 @@ from functools import partial
 
 import tokenizers
 import torch
+from torch import nn
 from transformers import PreTrainedTokenizerBase, Qwen2Tokenizer, Qwen3Config, Qwen3Model
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
+from ..common.ops import FP8_DTYPES, adopt_operations
 from ..conditioning import Conditioning
 from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from ..gguf.reader import read_metadata
 from ..gguf.text import byte_level_bpe
-from ..loading import scaled_fp8
 from ..loading.files import Checkpoint, is_gguf, open_checkpoint, preview, read_json
-from ..loading.modules import FP8_DTYPES, assign_tensors, build_on_meta
+from ..loading.modules import assign_tensors, build_with_precision
 from .encoder import (
     PromptTokenizer,
     TextEncoder,
@@ -160,6 +161,7 @@ class Qwen3TextEncoder(TextEncoder):
     """Text features for Z-Image: Qwen3's `hidden_states[-2]` of the chat-templated prompts, as a `Conditioning`."""
 
     family = FAMILY
+    max_tokens = MAX_TOKENS  # the longest prompt it encodes (hosts size their memory by it)
 
     def __init__(self, model: Qwen3Model, tokenizer: QwenPromptTokenizer):
         super().__init__(model, tokenizer, "Qwen3")
@@ -196,15 +198,18 @@ class Qwen3TextEncoder(TextEncoder):
         system_prompt: str | None = None,
         negative: bool = False,
         max_length: int = MAX_TOKENS,
+        device: torch.device | str | None = None,
     ) -> Conditioning:
-        """Encode prompts for Z-Image: embeds (B, L, hidden) float32, zero at padded positions, mask (B, L) bool.
+        """Encode prompts for Z-Image, on `device` (None: where the weights are): embeds (B, L, hidden) float32,
+        zero at padded positions, mask (B, L) bool.
 
         negative has no effect (an empty negative prompt is templated like any other); it is accepted so that
         every text encoder of the package is called alike.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         ids, mask = self.tokenize(self.format_prompts(prompts, system_prompt), max_length)
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        device = self.device if device is None else torch.device(device)
+        ids, mask = ids.to(device), mask.to(device)
         output = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
         # hidden_states = (embeddings, layer 0 out, ..., last layer out after the final norm)
         features = torch.where(mask[..., None], output.hidden_states[-2].float(), 0.0)
@@ -220,7 +225,7 @@ class _Weights:
     def names(self) -> dict[str, str]:
         """Qwen3Model name -> stored key, for every tensor the model uses."""
         root, keys = self.root, self.checkpoint.keys
-        names = {k[len(root) :]: k for k in keys if k.startswith(root) and not scaled_fp8.is_auxiliary(k)}
+        names = {k[len(root) :]: k for k in keys if k.startswith(root)}
         return {name: key for name, key in names.items() if name not in _UNUSED and "." in name}
 
 
@@ -230,10 +235,16 @@ def load_qwen3_text_encoder(
     device: torch.device | str = "cpu",
     tokenizer: str | os.PathLike | QwenPromptTokenizer | PreTrainedTokenizerBase | tokenizers.Tokenizer | None = None,
     tokenizer_dirs: Sequence[str | os.PathLike] = (),
+    *,
+    compute_dtype: torch.dtype | None = None,
+    operations=None,
 ) -> Qwen3TextEncoder:
     """Load Qwen3-4B and its tokenizer from a folder, a single file or a GGUF (see the module docstring).
 
-    dtype: the compute dtype; None keeps the stored embedding's dtype (bf16 for fp8 files, float32 for GGUF).
+    dtype: the storage dtype of the Linear weights; None keeps them as stored (fp8 stays fp8; GGUF: float32).
+    compute_dtype: None is dtype, else bf16 for an fp8 file, else the stored embedding's dtype. operations as for
+    `load_transformer`: transformers builds the model, then its layers become the operations' (see
+    `lumina_core.common.ops.adopt_operations`).
     tokenizer: a folder, a tokenizer.json, or a built tokenizer; None takes a GGUF's own, else looks beside the
     weights (the folder, a sibling `tokenizer/`), then in `tokenizer_dirs`.
     Raises CheckpointError (unreadable or incomplete files, no tokenizer) or UnsupportedModelError (another model
@@ -255,7 +266,9 @@ def load_qwen3_text_encoder(
         tokenizer = _gguf_tokenizer(path)
     nearby = [folder, os.path.join(os.path.dirname(folder), "tokenizer")]
     qwen_tokenizer = _resolve_tokenizer(tokenizer, [*nearby, *map(os.fspath, tokenizer_dirs)], path)
-    model = _build_model(weights, stored, dtype, torch.device(device), is_gguf(path))
+    if dtype is None and is_gguf(path):  # GGUF files mix stored types; float32 holds every one exactly
+        dtype = torch.float32
+    model = _build_model(weights, stored, dtype, compute_dtype, operations, torch.device(device))
     return Qwen3TextEncoder(model, qwen_tokenizer)
 
 
@@ -321,23 +334,32 @@ def _resolve_tokenizer(
 
 
 def _build_model(
-    weights: _Weights, stored: Mapping[str, object], dtype: torch.dtype | None, device: torch.device, gguf: bool
+    weights: _Weights,
+    stored: Mapping[str, object],
+    dtype: torch.dtype | None,
+    compute_dtype: torch.dtype | None,
+    operations,
+    device: torch.device,
 ) -> Qwen3Model:
     names = weights.names()
     checkpoint = weights.checkpoint
     shapes = {name: checkpoint.shape(key) for name, key in names.items()}
+    dtypes = {name: checkpoint.dtype(key) for name, key in names.items()}
     config = config_from_shapes(shapes, stored, weights.where)
-    model = build_on_meta(partial(Qwen3Model, config))
-    if dtype is None:
-        stored_dtypes = {checkpoint.dtype(key) for key in names.values()}
-        embedding = checkpoint.dtype(names["embed_tokens.weight"])
-        dtype = torch.float32 if gguf else torch.bfloat16 if stored_dtypes & set(FP8_DTYPES) else embedding
+    if compute_dtype is None and dtype is None:
+        fp8 = any(d in FP8_DTYPES for d in dtypes.values())
+        compute_dtype = torch.bfloat16 if fp8 else dtypes["embed_tokens.weight"]
+
+    def build(layers) -> nn.Module:
+        return adopt_operations(Qwen3Model(config), layers)
+
+    model, precision = build_with_precision(build, dtypes, dtype, compute_dtype, operations)
     described = (
         f"{weights.where} (a Qwen3 decoder, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
         f"{config.num_attention_heads} heads, {config.num_key_value_heads} KV heads, head_dim {config.head_dim})"
     )
-    readers = {name: partial(_read, checkpoint, key, dtype) for name, key in names.items()}
-    assign_tensors(model, readers, shapes, described, None, device)
+    readers = {name: partial(checkpoint.load, key) for name, key in names.items()}
+    assign_tensors(model, readers, shapes, described, precision, device)
     # The RoPE frequencies are non-persistent buffers, absent from checkpoints: rebuild them as Qwen3Model does.
     model.rotary_emb = Qwen3RotaryEmbedding(config).to(device)
     left = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
@@ -346,8 +368,3 @@ def _build_model(
             f"Qwen3Model has tensors this loader does not fill (a transformers change?): {preview(left)}"
         )
     return model
-
-
-def _read(checkpoint: Checkpoint, key: str, dtype: torch.dtype):
-    tensor = scaled_fp8.read_weight(checkpoint, key)  # GGUF weights stay packed; assign_tensors keeps them so
-    return tensor if not isinstance(tensor, torch.Tensor) else tensor.to(dtype)
