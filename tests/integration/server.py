@@ -184,6 +184,15 @@ def shrink(graph: dict, seed: int | None = None) -> dict:
     return rw.apply_overrides(graph, seed=seed, sets=sets)
 
 
+def comparable(graph: dict) -> dict:
+    """An API graph as ComfyUI executes it: class and inputs per node, and the title where the twin names one."""
+    return {
+        node_id: {"class_type": node["class_type"], "inputs": node["inputs"]}
+        | ({"title": node["_meta"]["title"]} if "title" in node.get("_meta", {}) else {})
+        for node_id, node in graph.items()
+    }
+
+
 def assert_success(server: Server, run: Run, size: tuple[int, int] = (96, 64)) -> list[dict]:
     assert run.status == "success", f"{run.status}: {run.data}\n{server.log_tail()}"
     return assert_outputs(server, run.history, size)

@@ -28,6 +28,7 @@ from tests.integration.server import (
     SMALL,
     Server,
     assert_outputs,
+    comparable,
     shrink,
 )
 
@@ -127,15 +128,6 @@ def drop_file(page: Page, path: Path) -> list[str]:
         page.dispatch_event("#graph-canvas", event, {"dataTransfer": transfer})
     page.wait_for_function("() => window.__luminaLoad !== null")
     return page.evaluate("() => window.__luminaLoad.missing")
-
-
-def comparable(graph: dict) -> dict:
-    """An API graph as ComfyUI executes it: class and inputs per node, and the title where the twin names one."""
-    return {
-        node_id: {"class_type": node["class_type"], "inputs": node["inputs"]}
-        | ({"title": node["_meta"]["title"]} if "title" in node.get("_meta", {}) else {})
-        for node_id, node in graph.items()
-    }
 
 
 def widget_values(names: list[str], values: list, saved: list | dict) -> tuple[dict, dict]:
