@@ -113,6 +113,19 @@ def page(server: Server, tmp_path_factory):
             context.close()
 
 
+@pytest.fixture
+def page_errors(page: Page):
+    """The uncaught errors the page raises during one test."""
+    errors = []
+
+    def record(error) -> None:
+        errors.append(error)
+
+    page.on("pageerror", record)
+    yield errors
+    page.remove_listener("pageerror", record)
+
+
 def stay_on_the_server(route, server: Server) -> None:
     """Requests to anywhere but the ComfyUI under test (the frontend asks the internet for news) are refused here."""
     if urllib.parse.urlsplit(route.request.url).netloc == server.address:
@@ -141,18 +154,11 @@ def widget_values(names: list[str], values: list, saved: list | dict) -> tuple[d
 
 
 @pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=lambda p: p.name)
-def test_dropped_workflow_loads_and_runs(server: Server, page: Page, workflow: Path):
+def test_dropped_workflow_loads_and_runs(server: Server, page: Page, page_errors: list, workflow: Path):
     twin_path = REPO / "workflows" / "api" / workflow.name
     assert twin_path.is_file(), f"{workflow.name} has no API twin at workflows/api/{workflow.name}"
     saved_nodes = {str(node["id"]): node for node in json.loads(workflow.read_text(encoding="utf-8"))["nodes"]}
     twin = rw.load_graph(twin_path)
-    errors = []
-
-    def record_error(error) -> None:
-        errors.append(error)
-
-    page.on("pageerror", record_error)
-
     missing = drop_file(page, workflow)
     assert not missing, f"{workflow.name}: the frontend found no node type {missing}"
     loaded = {node["id"]: node for node in page.evaluate(LOADED_NODES)}
@@ -174,6 +180,5 @@ def test_dropped_workflow_loads_and_runs(server: Server, page: Page, workflow: P
     assert comparable(answer.value.request.post_data_json["prompt"]) == comparable(shrink(twin))
     history = rw.get_history(server.address, body["prompt_id"], wait=RUN_TIMEOUT)
     files = assert_outputs(server, history)
-    assert not errors, f"the page raised: {errors}"
-    page.remove_listener("pageerror", record_error)
+    assert not page_errors, f"the page raised: {page_errors}"
     print(f"{workflow.name}: dropped, checked and run from the UI -> {[f['path'] for f in files]}")
