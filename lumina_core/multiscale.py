@@ -28,7 +28,7 @@ from .errors import InvalidInputError
 from .models.ltxv import VAE_SCALE_FACTORS
 from .models.ltxv_upsampler import LatentUpsampler
 from .sampling import sample
-from .sampling.recipes import get_recipe
+from .sampling.recipes import named_recipe
 from .vae.ltx_video import LTXVideoVAE
 from .vae.ltx_video_media import VideoGuide, encode_conditions
 from .validation import check_float
@@ -100,8 +100,8 @@ class MultiscaleRecipe:
 
 
 def _recipe(name: str) -> dict[str, Any]:
-    recipe = get_recipe(name)
-    return {"sigmas": recipe.sigmas, "cfg": recipe.cfg}
+    recipe = named_recipe(name, "ltxv")
+    return {"sigmas": recipe["sigmas"], "cfg": recipe["cfg"]}
 
 
 def small_size(width: int, height: int, downscale: float = DOWNSCALE) -> tuple[int, int]:

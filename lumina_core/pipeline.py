@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 from PIL import Image
@@ -23,7 +23,7 @@ from .multiscale import MultiscaleRecipe, multiscale_sample, tone_map
 from .outputs import to_pil
 from .sampling import check_settings, sample
 from .sampling.memory import check_memory
-from .sampling.recipes import family_defaults, get_recipe
+from .sampling.recipes import named_recipe
 from .text import load_text_encoder
 from .vae import VideoGuide, encode_conditions, encode_video, load_vae
 from .vae.load import is_video_vae
@@ -35,10 +35,11 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 @dataclass
 class ImageRequest:
-    """Everything `text_to_image` needs; defaults follow `lumina_core.sample`, and None takes the family's
-    default (`lumina_core.sampling.recipes`). system_prompt applies to Lumina-Image 2.0 only (Lumina-Next has no
-    template).
-    model_options: the model's own keywords (Lumina-Next's rope_scaling, context_drop_ratio...)."""
+    """Everything `text_to_image` needs; defaults follow `lumina_core.sample`, and None takes the recipe's value:
+    `recipe` names a row of `lumina_core.sampling.recipes.RECIPES` (e.g. "zimage_base"), None the model family's
+    default. system_prompt applies to Lumina-Image 2.0 only (Lumina-Next and Z-Image have no template).
+    model_options: the model's own keywords (Lumina-Next's rope_scaling, context_drop_ratio...). tokenizer: a
+    tokenizer folder or file for a single-file text encoder without one beside it (T5, Qwen3)."""
 
     prompt: str
     negative_prompt: str = ""
@@ -47,7 +48,7 @@ class ImageRequest:
     height: int = 1024
     batch_size: int = 1
     seed: int = 0
-    steps: int = 30
+    steps: int | None = None
     cfg: float | None = None
     shift: float | None = None
     solver: str = "euler"
@@ -55,10 +56,14 @@ class ImageRequest:
     cfg_trunc: float = 1.0
     renorm_cfg: float | None = None
     model_options: dict | None = None
+    recipe: str | None = None
+    tokenizer: str | None = None
 
     def for_family(self, family: str) -> ImageRequest:
-        """A copy with the settings left None filled in from the family's defaults."""
-        return replace(self, **{k: v for k, v in family_defaults(family).items() if getattr(self, k) is None})
+        """A copy with the settings left None filled in from the recipe (by default the family's own)."""
+        recipe = named_recipe(self.recipe, family)  # also a distilled recipe's sigmas and tone map, read when sampling
+        settings = {f.name for f in fields(self)}
+        return replace(self, **{k: v for k, v in recipe.items() if k in settings and getattr(self, k) is None})
 
 
 @dataclass(frozen=True)
@@ -75,11 +80,10 @@ class GuideFile:
 class VideoRequest(ImageRequest):
     """An ImageRequest for a video model (LTX-Video): 768x512, 97 frames at 25 fps by default.
 
-    max_tokens: the T5 prompt length (128 as diffusers' pipeline, up to 256). tokenizer: a T5 tokenizer folder
-    or file, for a single-file T5 with none beside it. decode_timestep and decode_noise_scale: the
-    timestep-conditioned VAE's decode settings (0.9.1 and later), seeded by `seed`.
-    recipe: a named sampling recipe (`sampling.recipes.RECIPES`, e.g. "ltxv-0.9.8-distilled"): its fixed sigmas
-    replace steps / schedule / shift, its cfg applies unless cfg is set, its tone map is applied to the result.
+    max_tokens: the T5 prompt length (128 as diffusers' pipeline, up to 256). decode_timestep and
+    decode_noise_scale: the timestep-conditioned VAE's decode settings (0.9.1 and later), seeded by `seed`.
+    A recipe with fixed sigmas (a distilled model's, e.g. "ltxv-0.9.8-distilled") replaces steps / schedule /
+    shift with them, and its tone map, if any, is applied to the result.
     conditions: images or clips at frames (keyframes, first and last frame); condition_noise_scale: the original
     inference's re-noising of kept frames (0.15 there; 0 = off). input_video + denoise: video-to-video from that
     file's first `frames` frames. upsampler: an LTX latent upsampler file, which turns the run into the multi-scale
@@ -92,10 +96,8 @@ class VideoRequest(ImageRequest):
     frames: int = 97
     frame_rate: float = DEFAULT_FRAME_RATE
     max_tokens: int = 128
-    tokenizer: str | None = None
     decode_timestep: float = DEFAULT_DECODE_TIMESTEP
     decode_noise_scale: float = DEFAULT_DECODE_NOISE_SCALE
-    recipe: str | None = None
     conditions: tuple[GuideFile, ...] = ()
     condition_noise_scale: float = 0.15
     input_video: str | None = None
@@ -104,12 +106,6 @@ class VideoRequest(ImageRequest):
     refine_recipe: str | None = None
     refine_steps: int = 10
     refine_denoise: float = 0.4
-
-    def for_family(self, family: str) -> VideoRequest:
-        """As ImageRequest's, with a recipe's guidance taking the place of the family's cfg."""
-        if self.recipe is not None and self.cfg is None:
-            return replace(self, cfg=get_recipe(self.recipe).cfg).for_family(family)
-        return super().for_family(family)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -193,10 +189,9 @@ def check_request(request: ImageRequest) -> None:
 
 
 def _check_video_settings(request: VideoRequest) -> None:
-    """The recipes exist; conditions, video-to-video and multi-scale numbers are in range."""
-    for name in (request.recipe, request.refine_recipe):
-        if name is not None:
-            get_recipe(name)
+    """Conditions, video-to-video and multi-scale numbers are in range; the second pass's recipe exists."""
+    if request.refine_recipe is not None:
+        named_recipe(request.refine_recipe, "ltxv")
     for number, guide in enumerate(request.conditions, start=1):
         check_int(f"condition {number}'s frame", guide.frame_index, rule="a pixel frame of the video; negative from "
                   "the end")  # fmt: skip
@@ -228,7 +223,7 @@ def _generate(transformer, text_encoder, vae, request, device, dtype, on_step, v
     positive, negative = _encode(text_encoder, request, dtype, device)
     _free_memory()
     if is_video:
-        latent = _sample_video(transformer, vae, positive, negative, request, dtype, device, on_step)
+        latent = _sample_video(transformer, vae, positive, negative, request, dtype, device, on_step, model.family)
     else:
         latent = _sample(transformer, positive, negative, request, dtype, device, on_step)
     _free_memory()
@@ -247,8 +242,8 @@ def _frames(request: ImageRequest, is_video: bool) -> dict:
     return {"frames": request.frames} if is_video else {}
 
 
-def _encode(path, request: ImageRequest, dtype, device) -> tuple[Conditioning, Conditioning]:
-    tokenizer = {"tokenizer": request.tokenizer} if isinstance(request, VideoRequest) and request.tokenizer else {}
+def _encode(path, request: ImageRequest, dtype, device) -> tuple[Conditioning, Conditioning | None]:
+    tokenizer = {"tokenizer": request.tokenizer} if request.tokenizer else {}
     encoder = load_text_encoder(path, dtype=dtype, device=device, **tokenizer)
     if encoder.family == "ltxv":
         return tuple(
@@ -256,6 +251,8 @@ def _encode(path, request: ImageRequest, dtype, device) -> tuple[Conditioning, C
         )
     template = request.system_prompt if encoder.family == "lumina2" else None
     positive = encoder.encode([request.prompt], system_prompt=template)
+    if request.cfg == 1.0:  # no guidance (Z-Image-Turbo's recipe): the negative prompt is never used
+        return positive, None
     negative = encoder.encode([request.negative_prompt], system_prompt=template, negative=True)
     return positive, negative
 
@@ -273,23 +270,20 @@ def _sample(path, positive, negative, request: ImageRequest, dtype, device, on_s
     )  # fmt: skip
 
 
-def _sample_video(transformer, vae_path, positive, negative, request: VideoRequest, dtype, device, on_step):
+def _sample_video(transformer, vae_path, positive, negative, request: VideoRequest, dtype, device, on_step, family):
     """Sample a video: plain, from conditions and an input video, or as the multi-scale recipe. The VAE is loaded
     only when the run encodes something, and stays beside the transformer only for the multi-scale recipe (it
     encodes the conditions again at the larger size)."""
-    recipe = get_recipe(request.recipe) if request.recipe else None
-    refine = get_recipe(request.refine_recipe) if request.refine_recipe else None
     if request.upsampler and request.input_video:
         raise InvalidInputError(
             "video-to-video (an input video) and the multi-scale recipe (an upsampler) do not combine: run one, "
             "then the other."
         )
+    recipe = named_recipe(request.recipe, family)
     guides = [VideoGuide(_as_media(read_frames(g.path)), g.frame_index, g.strength) for g in request.conditions]
     needs_vae = guides or request.input_video or request.upsampler
     vae = load_vae(vae_path, dtype=dtype, device=device) if needs_vae else None
-    first = {"sigmas": recipe.sigmas} if recipe else {"steps": request.steps, "schedule": request.schedule,
-                                                      "shift": request.shift}  # fmt: skip
-    first["cfg"] = request.cfg
+    first = _pass_schedule(request, recipe, request.cfg)
     options = _sample_options(request, on_step)
     with torch.no_grad():
         if request.input_video:
@@ -305,14 +299,26 @@ def _sample_video(transformer, vae_path, positive, negative, request: VideoReque
     if request.upsampler is None:
         latent = sample(model, positive, negative, width=request.width, height=request.height, frames=request.frames,
                         **first, **options)  # fmt: skip
-        return tone_map(latent, recipe.tone_map) if recipe and recipe.tone_map else latent
-    second = {"sigmas": refine.sigmas, "cfg": refine.cfg} if refine else {
-        "steps": request.refine_steps, "denoise": request.refine_denoise, "schedule": request.schedule,
-        "shift": request.shift, "cfg": request.cfg}  # fmt: skip
-    plan = MultiscaleRecipe(first_pass=first, second_pass=second, tone_map=refine.tone_map if refine else 0.0)
+        return tone_map(latent, recipe["tone_map"]) if recipe.get("tone_map") else latent
+    if request.refine_recipe:
+        refine = named_recipe(request.refine_recipe, family)
+        second, finish = _pass_schedule(request, refine, refine["cfg"]), refine.get("tone_map", 0.0)
+    else:
+        second = {"steps": request.refine_steps, "denoise": request.refine_denoise, "schedule": request.schedule,
+                  "shift": request.shift, "cfg": request.cfg}  # fmt: skip
+        finish = 0.0
+    plan = MultiscaleRecipe(first_pass=first, second_pass=second, tone_map=finish)
     upsampler = load_latent_upsampler(request.upsampler, dtype=dtype, device=device)
     return multiscale_sample(model, upsampler, vae, positive, negative, width=request.width, height=request.height,
                              frames=request.frames, guides=guides, recipe=plan, **options)  # fmt: skip
+
+
+def _pass_schedule(request: VideoRequest, recipe: dict, cfg: float) -> dict:
+    """`sample` keywords for one pass's schedule and guidance: a recipe's fixed sigmas, else the request's steps,
+    schedule and shift."""
+    if recipe.get("sigmas") is None:
+        return {"steps": request.steps, "schedule": request.schedule, "shift": request.shift, "cfg": cfg}
+    return {"sigmas": recipe["sigmas"], "cfg": cfg}
 
 
 def _sample_options(request: VideoRequest, on_step) -> dict:

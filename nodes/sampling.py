@@ -11,7 +11,7 @@ from ..lumina_core.models.ltxv import DEFAULT_FRAME_RATE
 from ..lumina_core.models.lumina_next import ROPE_SCALINGS
 from ..lumina_core.multiscale import tone_map
 from ..lumina_core.sampling import SCHEDULES, SOLVERS, check_settings
-from ..lumina_core.sampling.recipes import RECIPES, family_defaults, get_recipe
+from ..lumina_core.sampling.recipes import RECIPES, family_defaults, named_recipe
 from ..lumina_core.text.prompts import SYSTEM_PROMPTS
 from ..lumina_core.vae import encode_conditions, first_frame_conditioning
 from . import comfy_bridge as bridge
@@ -53,25 +53,27 @@ VIDEO_OPTIONS = {
 
 
 class GemmaEncode:
-    DISPLAY_NAME = "Gemma Encode (Lumina)"
+    DISPLAY_NAME = "Gemma / Qwen3 Encode (Lumina, Z-Image)"
     DESCRIPTION = ("Encodes a prompt for the model its text encoder belongs to. For Lumina-Image 2.0 (Gemma-2) the "
                    "prompt gets the chosen system prompt template, and an empty prompt is encoded as '' without "
                    "one, as the original code does for negative prompts. Lumina-Next (Gemma) takes the bare "
-                   "prompt.")  # fmt: skip
+                   "prompt; Z-Image (Qwen3-4B) takes it in Qwen3's chat template, as its pipeline does (at most 512 "
+                   "tokens).")  # fmt: skip
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LUMINA_CONDITIONING",)
     RETURN_NAMES = ("conditioning",)
     FUNCTION = "encode"
-    SERVES = ("lumina2", "lumina_next")
+    SERVES = ("lumina2", "lumina_next", "zimage")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "text_encoder": ("LUMINA_TEXT_ENCODER", {"tooltip": "From Load Gemma Text Encoder."}),
+            "text_encoder": ("LUMINA_TEXT_ENCODER", {"tooltip": "From Load Gemma / Qwen3 Text Encoder."}),
             "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Long, detailed prompts work best."}),
             "system_prompt": (list(SYSTEM_PROMPTS), {
                 "default": "real", "tooltip": "Lumina-Image 2.0's sample.py presets; 'real' is its default. "
-                                              "Ignored for Lumina-Next, which was trained without one."}),
+                                              "Ignored for Lumina-Next and Z-Image, which were trained without "
+                                              "one."}),
         }}  # fmt: skip
 
     def encode(self, text_encoder: Handle, prompt: str, system_prompt: str):
@@ -110,7 +112,8 @@ def _encode(node, text_encoder: Handle, prompts: list[str], **options) -> tuple:
         other = next((cls for cls in (GemmaEncode, T5Encode) if text_encoder.family in cls.SERVES), None)
         where = f"encode with {other.DISPLAY_NAME} instead" if other else "no encode node of this pack takes it"
         raise lumina_core.InvalidInputError(f"this text encoder serves {text_encoder.family}: {where}.")
-    device = text_encoder.load(encoding_memory(text_encoder.model, len(prompts)))
+    tokens = getattr(text_encoder.model, "max_tokens", 256)
+    device = text_encoder.load(encoding_memory(text_encoder.model, len(prompts), tokens))
     conditioning = text_encoder.model.encode(prompts, device=device, **options)
     return (conditioning.to(bridge.intermediate_device()),)
 
@@ -119,9 +122,10 @@ class FlowSampler:
     DISPLAY_NAME = "Flow Sampler (Lumina)"
     DESCRIPTION = ("Flow-matching sampler for every Lumina family: Lumina-Image 2.0's CFG truncation and "
                    "renormalisation (original semantics), Lumina-Next's resolution extrapolation, context drop and "
-                   "few-step sigmoid schedule, LTX-Video text- and image-to-video. shift, schedule and cfg_renorm "
-                   "default to auto: the model family's reference recipe. Outputs a standard LATENT (raw VAE space) "
-                   "that core nodes accept.")  # fmt: skip
+                   "few-step sigmoid schedule, Z-Image (Turbo: 8 euler steps, cfg 1, no negative needed), "
+                   "LTX-Video text- and image-to-video. shift, schedule and cfg_renorm default to auto: the model "
+                   "family's reference recipe. Outputs a standard LATENT (raw VAE space) that core nodes "
+                   "accept.")  # fmt: skip
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "sample"
@@ -131,8 +135,7 @@ class FlowSampler:
         return {
             "required": {
                 "model": ("LUMINA_MODEL", {"tooltip": "From Load Lumina Transformer."}),
-                "positive": ("LUMINA_CONDITIONING", {"tooltip": "What to draw: a Gemma Encode of your prompt."}),
-                "negative": ("LUMINA_CONDITIONING", {"tooltip": "An empty Gemma Encode gives the usual negative."}),
+                "positive": ("LUMINA_CONDITIONING", {"tooltip": "What to draw: an Encode of your prompt."}),
                 "width": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": SIZE_MULTIPLE,
                                   "tooltip": "Pixels, a multiple of 16; a connected latent sets the size instead."}),
                 "height": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": SIZE_MULTIPLE,
@@ -141,14 +144,16 @@ class FlowSampler:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
                                  "tooltip": "Noise is drawn on the CPU: a seed gives the same image on any device."}),
                 "steps": ("INT", {"default": 18, "min": 1, "max": 500,
-                                  "tooltip": "Solver steps ending at sigma 0; the reference recipe is 18 midpoint."}),
+                                  "tooltip": "Solver steps ending at sigma 0; the reference recipes: 18 midpoint "
+                                             "(Lumina-Image 2.0), 8 euler (Z-Image-Turbo), 50 euler (Z-Image)."}),
                 "cfg": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
-                                  "tooltip": "Guidance scale; 1 turns guidance (and the uncond pass) off."}),
+                                  "tooltip": "Guidance scale; 1 turns guidance (and the uncond pass) off, as "
+                                             "Z-Image-Turbo is run. Z-Image base: 5 (diffusers' guidance_scale 4)."}),
                 "shift": ("FLOAT", {"default": AUTO, "min": AUTO, "max": 100.0, "step": 0.1, "tooltip":
                                     "Schedule shift. -1 = auto, the family's: 6 for Lumina-Image 2.0, 4 for "
-                                    "Lumina-Next, from the video's token count for LTX-Video. Less for very few "
-                                    "steps (e.g. 3 for 20 euler steps on Lumina-Image 2.0); 0 = the schedule's own "
-                                    "default."}),
+                                    "Lumina-Next, 3 for Z-Image (Turbo; the base model's scheduler uses 6), from "
+                                    "the video's token count for LTX-Video. Less for very few steps (e.g. 3 for 20 "
+                                    "euler steps on Lumina-Image 2.0); 0 = the schedule's own default."}),
                 "solver": (sorted(SOLVERS), {"default": "midpoint", "tooltip":
                            "Model calls per step: euler 1, midpoint 2, heun 2 (1 on the last), rk4 4; dopri5 is "
                            "adaptive (its calls depend on the model; steps only set where previews are taken)."}),
@@ -163,12 +168,15 @@ class FlowSampler:
                               "Lumina-Next's reference never truncates."}),
                 "cfg_renorm": ("FLOAT", {"default": AUTO, "min": AUTO, "max": 10.0, "step": 0.05, "tooltip":
                                "Clamp the guided velocity's norm to this times the conditional one; 0 = off. "
-                               "-1 = auto, the family's: 1 for Lumina-Image 2.0, 0 for Lumina-Next and "
-                               "LTX-Video."}),
+                               "-1 = auto, the family's: 1 for Lumina-Image 2.0, 0 for Lumina-Next, Z-Image "
+                               "and LTX-Video."}),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
                                       "tooltip": "Below 1, start from the input latent (img2img)."}),
             },
             "optional": {
+                "negative": ("LUMINA_CONDITIONING", {"tooltip": "What to steer away from: an Encode of an empty "
+                             "prompt gives the usual negative. Needed when cfg is not 1; unused (and may be left "
+                             "out) at cfg 1, e.g. for Z-Image-Turbo."}),
                 "latent": ("LATENT", {"tooltip": "Start latent for denoise < 1; sets the size."}),
                 **NEXT_OPTIONS,
                 **VIDEO_OPTIONS,
@@ -184,10 +192,11 @@ class FlowSampler:
                                     "With guides: before each step the kept guide frames get this x sigma^2 of "
                                     "fresh noise (the original pipeline's 0.15; helps motion start from a still); "
                                     "0 = off." + VIDEO_ONLY}),
-                "recipe": (["none", *RECIPES], {"default": "none", "tooltip": "A distilled LTX-Video model's "
-                           "recipe: its fixed sigmas replace steps, shift and schedule, and its cfg (1, no guidance) "
-                           "replaces cfg. ltxv-0.9.8-distilled for one pass or the small pass; the -refine ones on "
-                           "an upsampled latent (denoise 1)." + VIDEO_ONLY}),
+                "recipe": (["none", *RECIPES], {"default": "none", "tooltip": "none: the widgets above. A named "
+                           "recipe of the model's family replaces steps, cfg, shift, schedule and cfg_renorm with "
+                           "its own: zimage_base for Z-Image base; for a distilled LTX-Video model "
+                           "ltxv-0.9.8-distilled (fixed sigmas, no guidance; one pass or the small pass) and the "
+                           "-refine ones on an upsampled latent (denoise 1)."}),
             },
         }  # fmt: skip
 
@@ -204,12 +213,19 @@ class FlowSampler:
                 return f"{name} {size} is not a multiple of {SIZE_MULTIPLE}; try {nearest}."
         return True
 
-    def sample(self, model: Handle, positive, negative, width, height, batch_size, seed, steps, cfg, shift, solver,
-               schedule, cfg_trunc, cfg_renorm, denoise, latent=None, frames=97, frame_rate=DEFAULT_FRAME_RATE,
+    def sample(self, model: Handle, positive, negative=None, *, width, height, batch_size, seed, steps, cfg, shift,
+               solver, schedule, cfg_trunc, cfg_renorm, denoise, latent=None, frames=97, frame_rate=DEFAULT_FRAME_RATE,
                first_frame=None, vae=None, first_frame_strength=1.0, guides=None, condition_noise=0.15,
                recipe="none", **next_options):  # fmt: skip
-        distilled = None if recipe == "none" else get_recipe(recipe)
-        cfg = distilled.cfg if distilled else cfg
+        named = None if recipe == "none" else named_recipe(recipe, model.family)
+        if named is not None:  # the recipe's settings replace the widgets; shift None is the schedule's own rule
+            steps, cfg, schedule, cfg_renorm = named["steps"], named["cfg"], named["schedule"], named["renorm_cfg"]
+            shift = named["shift"] or 0.0
+        if negative is None and cfg != 1.0:
+            raise lumina_core.InvalidInputError(
+                f"cfg {cfg} guides away from a negative prompt, but none is connected: connect an Encode of an empty "
+                "prompt to negative, or set cfg 1 (no guidance)."
+            )
         recipe = family_defaults(model.family)
         schedule = recipe["schedule"] if schedule == "auto" else schedule
         shift = recipe["shift"] if shift < 0 else shift or None  # 0: the schedule's own default (ltx: token count)
@@ -228,7 +244,7 @@ class FlowSampler:
         if first_frame is not None:
             init, noise_mask = _first_frame(model, vae, first_frame, first_frame_strength, (batch_size, *shape[1:]))
         conditions = None if guides is None else _guide_conditions(model, guides, (batch_size, *shape[1:]))
-        progress = bridge.Progress(distilled.steps if distilled else steps)
+        progress = bridge.Progress(steps)
         guided = cfg != 1.0
         run_shape = _with_guide_frames((batch_size, *shape[1:]), guides)
         device = model.load(sampling_memory(module, run_shape, guided))
@@ -243,14 +259,14 @@ class FlowSampler:
                 steps=steps, cfg=cfg, shift=shift, solver=solver, schedule=schedule, cfg_trunc=cfg_trunc,
                 renorm_cfg=cfg_renorm, denoise=denoise, init_latent=init, noise_mask=noise_mask, callback=on_step,
                 interrupt=bridge.check_interrupted,  # Cancel between blocks; model.load made room already
-                device=device, sigmas=distilled.sigmas if distilled else None, conditions=conditions,
+                device=device, sigmas=named.get("sigmas") if named else None, conditions=conditions,
                 condition_noise_scale=condition_noise if conditions else 0.0,
                 **_family_options(model.family, next_options), **_video_options(module, frames, frame_rate),
             )  # fmt: skip
         finally:
             progress.close()
-        if distilled and distilled.tone_map:
-            samples = tone_map(samples, distilled.tone_map)
+        if named and named.get("tone_map"):
+            samples = tone_map(samples, named["tone_map"])
         out = {"samples": module.latent_format.to_raw(samples).to(bridge.intermediate_device())}
         if video:
             out["frame_rate"] = frame_rate  # read by LTX-Video Decode, which hands it to the save node

@@ -19,7 +19,7 @@ from diffusers import LTXLatentUpsamplePipeline
 from lumina_core.loading.transformer import load_transformer
 from lumina_core.loading.upsampler import load_latent_upsampler
 from lumina_core.multiscale import MultiscaleRecipe, adain, multiscale_sample, small_size, tone_map, upsample_latent
-from lumina_core.sampling.recipes import RECIPES
+from lumina_core.sampling.recipes import DISTILLED_FIRST_PASS, DISTILLED_SECOND_PASS
 from lumina_core.vae import VideoGuide, load_vae
 from tests.fixtures.ltx_vae_files import build_reference, write_layouts
 from tests.fixtures.ltxv_files import make_reference, write_layout
@@ -101,11 +101,11 @@ def run_chain(models, upsample_pipe, inputs, adain_factor: float = 1.0) -> torch
         output_type="latent",
     )  # fmt: skip
     first = pipe(
-        height=small_h, width=small_w, timesteps=timesteps([*RECIPES["ltxv-0.9.8-distilled"].sigmas, 0.0]),
+        height=small_h, width=small_w, timesteps=timesteps([*DISTILLED_FIRST_PASS, 0.0]),
         generator=torch.Generator().manual_seed(SEED), **common,
     ).frames  # fmt: skip
     upsampled = upsample_pipe(latents=first, adain_factor=adain_factor, output_type="latent").frames
-    second = [1.0, *RECIPES["ltxv-0.9.8-distilled-refine"].sigmas, 0.0]
+    second = [1.0, *DISTILLED_SECOND_PASS, 0.0]
     return pipe(
         height=big_h, width=big_w, latents=upsampled, timesteps=timesteps(second), denoise_strength=0.75,
         generator=torch.Generator().manual_seed(SEED), **common,
@@ -134,7 +134,7 @@ def test_the_multiscale_recipe_matches_the_pipelines(models, upsample_pipe, inpu
         "no AdaIN": run_ours(models, inputs, adain_factor=0.0),
         "tone-mapped": run_ours(models, inputs, tone_map=0.6),
         "refined from noise, not the upsampled latent": run_ours(
-            models, inputs, second_pass={"sigmas": [1.0, *RECIPES["ltxv-0.9.8-distilled-refine"].sigmas]}
+            models, inputs, second_pass={"sigmas": [1.0, *DISTILLED_SECOND_PASS]}
         ),
     }
     for name, result in wrong.items():

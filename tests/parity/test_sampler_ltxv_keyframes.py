@@ -18,7 +18,7 @@ from lumina_core.errors import InvalidInputError
 from lumina_core.loading.transformer import load_transformer
 from lumina_core.models.ltxv_keyframes import VideoCondition
 from lumina_core.sampling import build_sigmas, sample
-from lumina_core.sampling.recipes import RECIPES
+from lumina_core.sampling.recipes import DISTILLED_FIRST_PASS
 from lumina_core.vae import VideoGuide, encode_conditions, load_vae
 from tests.fixtures.ltx_vae_files import build_reference, write_layouts
 from tests.fixtures.ltxv_files import make_reference, write_layout
@@ -142,7 +142,7 @@ def test_condition_noise_matches_the_pipeline(model, vaes, pipe, inputs):
 
 def test_distilled_sigmas_match_the_pipeline(model, vaes, pipe, inputs):
     """The 0.9.8 distilled first pass's fixed list (7 steps, the last to 0), with a first and a last frame."""
-    sigmas = list(RECIPES["ltxv-0.9.8-distilled"].sigmas)
+    sigmas = list(DISTILLED_FIRST_PASS)
     items = [("image", 0, 1.0), ("image", -1, 1.0)]
     expected = run_pipeline(pipe, inputs, items, sigmas=[*sigmas, 0.0])
     assert relative_error(run_sample(model, our_conditions(vaes[0], inputs, items), inputs, sigmas=sigmas),
