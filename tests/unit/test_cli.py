@@ -317,7 +317,10 @@ def run_until_interrupted(code: str, ready: str) -> tuple[int, str, float]:
     Returns the exit code, the stderr (the text read up to `ready`, then the rest, as pipes allow) and the seconds
     from Ctrl-C to the exit."""
     repo = Path(__file__).resolve().parents[2]
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=repo, stderr=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored and children inherit that (CI may run us so): the child
+    # gets the default disposition back, as a terminal's foreground process has.
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=repo, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     seen = ""
     while ready not in seen:
         char = process.stderr.read(1)
