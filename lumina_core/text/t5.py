@@ -28,13 +28,16 @@ Sources:
   in `comfy/text_encoders/t5_tokenizer/`; see `find_t5_tokenizer`);
 - tensors already in memory (a dequantised GGUF) with `t5_encoder_from_state_dict`.
 
-fp8 weights are a storage format: they compute in bf16, multiplied by their `scale_weight` where ComfyUI's
-scaled-fp8 files have one. In fp16 the feed-forward output projections `wo` stay float32, as transformers'
-`from_pretrained` keeps them (`_keep_in_fp32_modules`), because T5 v1.1 overflows fp16 there.
+fp8 weights are a storage format: the Linear weights stay fp8 in memory and each layer casts its own to bf16
+per call, multiplied by its `scale_weight` where ComfyUI's scaled-fp8 files have one (`lumina_core.common.ops`).
+In fp16 the feed-forward output projections `wo` stay float32, as transformers' `from_pretrained` keeps them
+(`_keep_in_fp32_modules`), because T5 v1.1 overflows fp16 there; their input is then cast to float32 as
+transformers does, but never down to a narrower storage dtype (fp8, fp16 computed in float32).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -45,15 +48,19 @@ from functools import cache, partial
 
 import tokenizers
 import torch
+from torch import nn
 from transformers import PreTrainedTokenizerBase, T5Config, T5EncoderModel, T5TokenizerFast
+from transformers.models.t5.modeling_t5 import T5DenseActDense, T5DenseGatedActDense
 
+from ..common.ops import FP8_DTYPES, adopt_operations
 from ..conditioning import Conditioning
 from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from ..gguf.quantized import QuantizedTensor
 from ..gguf.reader import read_metadata
 from ..gguf.text import sentencepiece_model
 from ..loading.files import Checkpoint, is_gguf, open_checkpoint, preview, read_json
-from ..loading.modules import FP8_DTYPES, assign_tensors, build_on_meta
+from ..loading.modules import assign_tensors, build_with_precision
+from .encoder import PromptTokenizer, TextEncoder, check_stored, resolve_tokenizer, right_padded, shape_of
 from .truncation import warn_cut
 
 FAMILY = "ltxv"
@@ -67,9 +74,6 @@ ENCODER_MARKER = "encoder.block.0.layer.0.SelfAttention.q.weight"
 _EMBEDDING_NAMES = ("encoder.embed_tokens.weight", "shared.weight")  # the same (tied) table under either name
 _RELATIVE_BIAS = "encoder.block.{}.layer.0.SelfAttention.relative_attention_bias.weight"
 _BLOCK_KEY = re.compile(r"^encoder\.block\.(\d+)\.")
-# ComfyUI's scaled-fp8 files store, beside each fp8 linear weight, a scalar `scale_weight` (the stored weight
-# times it is the real weight) and optionally `scale_input` (for fp8 matmuls, not needed to dequantise).
-_SCALE_WEIGHT, _SCALE_INPUT = ".scale_weight", ".scale_input"
 
 # Every T5 tokenizer's ids (T5, mT5, UMT5): the embedding rows the model was trained with for them.
 _PAD_ID, _EOS_ID = 0, 1
@@ -122,7 +126,7 @@ def find_t5_tokenizer(directories: Iterable[str | os.PathLike]) -> str | None:
     return None
 
 
-class T5PromptTokenizer:
+class T5PromptTokenizer(PromptTokenizer):
     """A T5 tokenizer as LTX-Video's pipelines call it: the pieces then `</s>`, `<pad>` to pad.
 
     backend: a transformers tokenizer (T5TokenizerFast) or a `tokenizers.Tokenizer` whose post-processor
@@ -131,21 +135,9 @@ class T5PromptTokenizer:
     """
 
     def __init__(self, backend: PreTrainedTokenizerBase | tokenizers.Tokenizer, source: str):
-        self.source = source
-        if isinstance(backend, tokenizers.Tokenizer):
-            self._encode: Callable[[str], list[int]] = lambda text: backend.encode(text).ids
-            self._decode: Callable[[list[int]], str] = backend.decode
-            vocab, self.vocab_size = backend.get_vocab(with_added_tokens=True), backend.get_vocab_size(True)
-        elif isinstance(backend, PreTrainedTokenizerBase):
-            self._encode = lambda text: backend(text)["input_ids"]
-            self._decode = partial(backend.decode, skip_special_tokens=False)
-            vocab, self.vocab_size = backend.get_vocab(), len(backend)
-        else:
-            raise InvalidInputError(
-                f"{source}: expected a transformers tokenizer or a tokenizers.Tokenizer, got {type(backend).__name__}."
-            )
-        self.pad_id, self.eos_id = vocab.get("<pad>"), vocab.get("</s>")
-        if (self.pad_id, self.eos_id) != (_PAD_ID, _EOS_ID) or self._encode("") != [_EOS_ID]:
+        super().__init__(backend, source)
+        self.pad_id, self.eos_id = self.vocab.get("<pad>"), self.vocab.get("</s>")
+        if (self.pad_id, self.eos_id) != (_PAD_ID, _EOS_ID) or self.encode("") != [_EOS_ID]:
             raise CheckpointError(
                 f"{source} is not a T5 tokenizer: T5's has '<pad>' as id {_PAD_ID} and '</s>' as id {_EOS_ID} (found "
                 f"{self.pad_id} and {self.eos_id}) and ends every text with '</s>'. " + _TOKENIZER_HELP
@@ -175,13 +167,6 @@ class T5PromptTokenizer:
             backend = _load_tokenizer(T5TokenizerFast.from_pretrained, folder, source, local_files_only=True)
         return cls(backend, source)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of one text, `</s>` last."""
-        return self._encode(text)
-
-    def decode(self, ids: list[int]) -> str:
-        return self._decode(ids)
-
 
 def _load_tokenizer(
     factory: Callable[..., PreTrainedTokenizerBase | tokenizers.Tokenizer], location: str, source: str, **kwargs
@@ -198,31 +183,13 @@ def _load_tokenizer(
         raise CheckpointError(f"{source} is not a readable T5 tokenizer ({type(err).__name__}: {err}).{hint}") from None
 
 
-class T5TextEncoder:
+class T5TextEncoder(TextEncoder):
     """Text features for LTX-Video: T5's last hidden state and the padding mask, as a `Conditioning`."""
 
     family = FAMILY
 
     def __init__(self, model: T5EncoderModel, tokenizer: T5PromptTokenizer):
-        if tokenizer.vocab_size > model.config.vocab_size:
-            raise CheckpointError(
-                f"the tokenizer {tokenizer.source} has {tokenizer.vocab_size} tokens but the T5 embedding has "
-                f"{model.config.vocab_size} rows: tokenizer and weights come from different models."
-            )
-        self.model = model
-        self.tokenizer = tokenizer
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.shared.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.shared.weight.dtype
-
-    def to(self, device: torch.device | str) -> T5TextEncoder:
-        self.model.to(device)
-        return self
+        super().__init__(model, tokenizer, "T5")
 
     def tokenize(
         self, prompts: Sequence[str], max_tokens: int = DEFAULT_MAX_TOKENS
@@ -240,13 +207,7 @@ class T5TextEncoder:
                 f"was trained with); got {max_tokens}."
             )
         rows = [self._cut(i, self.tokenizer.encode(text), max_tokens) for i, text in enumerate(prompts)]
-        length = max(MIN_TOKENS, *(len(row) for row in rows))
-        ids = torch.full((len(rows), length), self.tokenizer.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = True
-        return ids, mask
+        return right_padded(rows, self.tokenizer.pad_id, max(MIN_TOKENS, *(len(row) for row in rows)))
 
     def _cut(self, index: int, ids: list[int], max_tokens: int) -> list[int]:
         if len(ids) <= max_tokens:
@@ -258,9 +219,13 @@ class T5TextEncoder:
 
     @torch.no_grad()
     def encode(
-        self, prompts: list[str] | str, max_tokens: int = DEFAULT_MAX_TOKENS, mask_padding: bool = True
+        self,
+        prompts: list[str] | str,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        mask_padding: bool = True,
+        device: torch.device | str | None = None,
     ) -> Conditioning:
-        """Encode prompts for LTX-Video.
+        """Encode prompts for LTX-Video, on `device` (None: where the weights are).
 
         Returns embeds (B, L, d_model) float32, zero at padded positions, mask (B, L) bool, family "ltxv"
         (L: see `tokenize`). mask_padding=False runs T5 without the padding mask, as diffusers' LTXPipeline
@@ -268,7 +233,8 @@ class T5TextEncoder:
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         ids, mask = self.tokenize(prompts, max_tokens)
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        device = self.device if device is None else torch.device(device)
+        ids, mask = ids.to(device), mask.to(device)
         hidden = self.model(input_ids=ids, attention_mask=mask if mask_padding else None).last_hidden_state
         features = torch.where(mask[..., None], hidden.float(), 0.0)
         return Conditioning(features, mask, self.family)
@@ -280,10 +246,15 @@ def load_t5_text_encoder(
     device: torch.device | str = "cpu",
     tokenizer: str | os.PathLike | T5PromptTokenizer | PreTrainedTokenizerBase | tokenizers.Tokenizer | None = None,
     tokenizer_dirs: Sequence[str | os.PathLike] = (),
+    *,
+    compute_dtype: torch.dtype | None = None,
+    operations=None,
 ) -> T5TextEncoder:
     """Load a T5 encoder from a folder or a single file (see the module docstring), with its tokenizer.
 
-    dtype: the compute dtype; None keeps the stored embedding's dtype, bf16 for fp8 files.
+    dtype: the weights' dtype; None keeps the stored one (fp8 files stay fp8). compute_dtype: None takes dtype,
+    or the stored embedding's dtype, bf16 for fp8 files. operations as for `load_transformer`: transformers
+    builds the model, then its Linear and Embedding layers become the operations' (`adopt_operations`).
     tokenizer: a path (folder or file) or a built tokenizer; None looks beside the weights (the folder, a sibling
     `tokenizer/`), then in `tokenizer_dirs`. Raises CheckpointError (unreadable or incomplete files, no
     tokenizer) or UnsupportedModelError (another model), naming the file, what was found and what was expected.
@@ -299,7 +270,7 @@ def load_t5_text_encoder(
     if tokenizer is None and is_gguf(path):  # a llama.cpp T5 GGUF carries its tokenizer in its metadata
         tokenizer = gguf_tokenizer(path)
     t5_tokenizer = _resolve_tokenizer(tokenizer, [*nearby, *map(os.fspath, tokenizer_dirs)], path)
-    model = _build_model(weights, stored, dtype, torch.device(device))
+    model = _build_model(weights, stored, dtype, torch.device(device), compute_dtype, operations)
     return T5TextEncoder(model, t5_tokenizer)
 
 
@@ -320,7 +291,7 @@ def t5_encoder_from_state_dict(
     state = {**state, **dict.fromkeys(_EMBEDDING_NAMES, embedding)}
     readers = {k: (lambda tensor=t: tensor) for k, t in state.items()}
     shapes, dtypes = {k: tuple(t.shape) for k, t in state.items()}, {k: t.dtype for k, t in state.items()}
-    model = _build_model(_Weights(readers, shapes, dtypes, where), None, dtype, torch.device(device))
+    model = _build_model(_Weights(readers, shapes, dtypes, where), None, dtype, torch.device(device), None, None)
     return T5TextEncoder(model, tokenizer)
 
 
@@ -340,9 +311,9 @@ def config_from_shapes(
             f"{where}: its config says model_type '{stored['model_type']}' but the tensors are a T5 encoder. The "
             "config belongs to another model; remove or fix it."
         )
-    vocab_size, d_model = _shape_of(shapes, "shared.weight", where)
-    buckets, heads = _shape_of(shapes, _RELATIVE_BIAS.format(0), where)
-    inner = _shape_of(shapes, "encoder.block.0.layer.0.SelfAttention.q.weight", where)[0]
+    vocab_size, d_model = shape_of(shapes, "shared.weight", where, "T5")
+    buckets, heads = shape_of(shapes, _RELATIVE_BIAS.format(0), where, "T5")
+    inner = shape_of(shapes, "encoder.block.0.layer.0.SelfAttention.q.weight", where, "T5")[0]
     if inner % heads:
         raise CheckpointError(
             f"{where}: q has {inner} rows, not a multiple of the {heads} heads of relative_attention_bias."
@@ -353,17 +324,12 @@ def config_from_shapes(
         "vocab_size": vocab_size,
         "d_model": d_model,
         "d_kv": inner // heads,
-        "d_ff": _shape_of(shapes, f"encoder.block.0.layer.1.DenseReluDense.{ffn_in}.weight", where)[0],
+        "d_ff": shape_of(shapes, f"encoder.block.0.layer.1.DenseReluDense.{ffn_in}.weight", where, "T5")[0],
         "num_layers": 1 + max(int(m.group(1)) for k in shapes if (m := _BLOCK_KEY.match(k))),
         "num_heads": heads,
         "relative_attention_num_buckets": buckets,
     }
-    conflicts = [f"{k}: config {stored[k]}, tensors {v}" for k, v in derived.items() if k in stored and stored[k] != v]
-    if conflicts:
-        raise CheckpointError(
-            f"{where}: its config does not match its tensor shapes ({'; '.join(conflicts)}). The config belongs to "
-            "another model size; remove or fix it."
-        )
+    check_stored(derived, stored, where)
     fields = {**T5_V1_1_DEFAULTS, "feed_forward_proj": "gated-gelu" if gated else "relu", **stored, **derived}
     try:
         config = T5Config.from_dict(fields, attn_implementation=ATTN_IMPLEMENTATION)
@@ -375,12 +341,6 @@ def config_from_shapes(
             f"{'wi_0/wi_1 (gated)' if gated else 'wi (not gated)'}. Fix or remove the config."
         )
     return config
-
-
-def _shape_of(shapes: Mapping[str, tuple[int, ...]], key: str, where: str) -> tuple[int, ...]:
-    if key not in shapes:
-        raise CheckpointError(f"{where}: the T5 tensor '{key}' is missing; the file is incomplete.")
-    return shapes[key]
 
 
 @dataclass(frozen=True)
@@ -413,8 +373,7 @@ def _t5_weights(checkpoint: Checkpoint) -> _Weights:
             f"{where} holds a UMT5 encoder (every block has its own relative_attention_bias, as in Wan's "
             f"umt5-xxl), not T5 v1.1. {_EXPECTED}"
         )
-    names = {k[len(root) :]: k for k in keys if k.startswith(root + "encoder.") and not k.endswith(_SCALE_INPUT)}
-    names = {name: key for name, key in names.items() if not name.endswith(_SCALE_WEIGHT)}
+    names = {k[len(root) :]: k for k in keys if k.startswith(root + "encoder.")}
     embedding = next((root + n for n in _EMBEDDING_NAMES if root + n in checkpoint), None)
     if embedding is None:
         raise CheckpointError(
@@ -422,20 +381,11 @@ def _t5_weights(checkpoint: Checkpoint) -> _Weights:
             "The file is incomplete."
         )
     read_embedding = cache(partial(checkpoint.load, embedding))  # one tensor for the two tied names
-    readers = {name: partial(_dequantised, checkpoint, key) for name, key in names.items()}
+    readers = {name: partial(checkpoint.load, key) for name, key in names.items()}
     readers |= dict.fromkeys(_EMBEDDING_NAMES, read_embedding)
     names |= dict.fromkeys(_EMBEDDING_NAMES, embedding)
     shapes = {name: checkpoint.shape(key) for name, key in names.items()}
     return _Weights(readers, shapes, {name: checkpoint.dtype(key) for name, key in names.items()}, where)
-
-
-def _dequantised(checkpoint: Checkpoint, key: str) -> torch.Tensor:
-    """The tensor, times its ComfyUI scaled-fp8 `scale_weight` when it has one (computed in float32)."""
-    tensor = checkpoint.load(key)
-    scale_key = key.removesuffix(".weight") + _SCALE_WEIGHT
-    if scale_key not in checkpoint:
-        return tensor
-    return tensor.float() * checkpoint.load(scale_key).float()
 
 
 def gguf_tokenizer(path: str) -> T5PromptTokenizer | None:
@@ -451,35 +401,41 @@ def _resolve_tokenizer(
     search: list[str],
     path: str,
 ) -> T5PromptTokenizer:
-    if isinstance(tokenizer, T5PromptTokenizer):
-        return tokenizer
-    if isinstance(tokenizer, PreTrainedTokenizerBase | tokenizers.Tokenizer):
-        return T5PromptTokenizer(tokenizer, f"the {type(tokenizer).__name__} passed as tokenizer=")
-    if tokenizer is not None:
-        return T5PromptTokenizer.from_path(tokenizer)
-    found = find_t5_tokenizer(search)
-    if found is None:
-        raise CheckpointError(
-            f"{path}: no T5 tokenizer found; looked for {' or '.join(TOKENIZER_FILES)} in "
-            f"{', '.join(dict.fromkeys(search))}. " + _TOKENIZER_HELP
-        )
-    return T5PromptTokenizer.from_path(found)
+    failure = f"{path}: no T5 tokenizer found; looked for {' or '.join(TOKENIZER_FILES)}"
+    return resolve_tokenizer(tokenizer, T5PromptTokenizer, find_t5_tokenizer, search, failure, _TOKENIZER_HELP)
 
 
 def _build_model(
-    weights: _Weights, stored: Mapping[str, object] | None, dtype: torch.dtype | None, device: torch.device
+    weights: _Weights,
+    stored: Mapping[str, object] | None,
+    dtype: torch.dtype | None,
+    device: torch.device,
+    compute_dtype: torch.dtype | None,
+    operations,
 ) -> T5EncoderModel:
     config = config_from_shapes(weights.shapes, stored, weights.where)
-    model = build_on_meta(partial(T5EncoderModel, config))
-    if dtype is None:
+    if compute_dtype is None:
         fp8 = any(d in FP8_DTYPES for d in weights.dtypes.values())
-        dtype = torch.bfloat16 if fp8 else weights.dtypes["shared.weight"]
+        compute_dtype = dtype if dtype not in (None, *FP8_DTYPES) else torch.bfloat16 if fp8 else None
+        compute_dtype = compute_dtype or weights.dtypes["shared.weight"]
+    # Per tensor, what the weights are read into: `wo` stays float32 in fp16, as transformers keeps it.
+    targets = {name: _target_dtype(name, dtype or stored_dtype, compute_dtype)
+               for name, stored_dtype in weights.dtypes.items()}  # fmt: skip
+
+    def build(layers) -> nn.Module:
+        model = adopt_operations(T5EncoderModel(config), layers)
+        for module in model.modules():
+            if isinstance(module, (T5DenseActDense, T5DenseGatedActDense)):
+                module.__class__ = _storage_blind(type(module))
+        return model
+
+    model, precision = build_with_precision(build, targets, None, compute_dtype, operations)
     described = (
         f"{weights.where} (a T5 encoder, {config.num_layers} layers, d_model {config.d_model}, {config.num_heads} "
         f"heads of {config.d_kv}, d_ff {config.d_ff}, {'gated GELU' if config.is_gated_act else 'ReLU'})"
     )
-    readers = {name: partial(_cast, read, _target_dtype(name, dtype)) for name, read in weights.readers.items()}
-    assign_tensors(model, readers, weights.shapes, described, None, device)
+    readers = {name: partial(_cast, read, targets[name]) for name, read in weights.readers.items()}
+    assign_tensors(model, readers, weights.shapes, described, precision, device)
     model.encoder.embed_tokens.weight = model.shared.weight  # tied, as T5EncoderModel builds it
     left = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
     if left:
@@ -489,12 +445,39 @@ def _build_model(
     return model
 
 
-def _target_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+def _target_dtype(name: str, dtype: torch.dtype, compute_dtype: torch.dtype) -> torch.dtype:
     # transformers' from_pretrained keeps T5's `wo` in float32 when loading in fp16 (T5PreTrainedModel.
     # _keep_in_fp32_modules), and T5's feed-forward casts its input to wo's dtype.
-    return torch.float32 if dtype == torch.float16 and name.endswith(".DenseReluDense.wo.weight") else dtype
+    if compute_dtype == torch.float16 and name.endswith(".DenseReluDense.wo.weight"):
+        return torch.float32
+    return dtype
 
 
 def _cast(read: Callable[[], torch.Tensor], dtype: torch.dtype) -> torch.Tensor | QuantizedTensor:
     tensor = read()  # GGUF weights stay packed; assign_tensors makes QuantizedLinears of them
-    return tensor if isinstance(tensor, QuantizedTensor) else tensor.to(dtype)
+    if isinstance(tensor, QuantizedTensor) or not tensor.dtype.is_floating_point:
+        return tensor
+    return tensor.to(dtype)
+
+
+@functools.cache
+def _storage_blind(cls: type[nn.Module]) -> type[nn.Module]:
+    """transformers' T5 feed-forward, with `wo`'s input cast only up to float32, never down to a storage dtype.
+
+    transformers casts the input of `wo` to `wo.weight.dtype`, to run `wo` in float32 under fp16 (where it keeps
+    that weight in float32). Here a weight may be stored narrower than the compute dtype (fp8, or fp16 computed
+    in float32) and cast per call by its layer, so the input goes to float32 where `wo` is kept in float32 and
+    otherwise keeps the compute dtype.
+    """
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "wi_0"):  # gated (T5 v1.1): act(wi_0 x) * wi_1 x
+            hidden = self.act(self.wi_0(hidden_states)) * self.wi_1(hidden_states)
+        else:
+            hidden = self.act(self.wi(hidden_states))
+        hidden = self.dropout(hidden)
+        if getattr(self.wo.weight, "dtype", None) == torch.float32:  # a QuantizedLinear has no weight
+            hidden = hidden.float()
+        return self.wo(hidden)
+
+    return type(cls.__name__, (cls,), {"forward": forward, "__doc__": cls.__doc__})

@@ -8,8 +8,6 @@ for at least 18 of the 20 held-out captions. Skipped unless COMFYUI_DIR names a 
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,41 +15,31 @@ from PIL import Image
 from lumina_core.shapes import analysis, dataset
 from lumina_core.shapes.draw import held_out_seeds, shipped_files
 from scripts import run_workflow as rw
-from tests.integration.test_comfyui import (
+from tests.integration.server import (
     COMFYUI_DIR,
     REPO,
+    SKIP_REASON,
     TEXT_ENCODER,
     TRANSFORMER,
     VAE,
     assert_success,
+    comfyui_server,
     run_graph,
-    running_server,
-)  # fmt: skip
+)
 
 WORKFLOW = REPO / "workflows" / "api" / "lumina2_t2i.json"
-WORKFLOW_NAMES = {"transformer": ("diffusion_models", TRANSFORMER), "text_encoder": ("text_encoders", TEXT_ENCODER),
-                  "vae": ("vae", VAE)}  # fmt: skip
+WORKFLOW_NAMES = {"transformer": f"diffusion_models/{TRANSFORMER}", "text_encoder": f"text_encoders/{TEXT_ENCODER}",
+                  "vae": f"vae/{VAE}"}  # fmt: skip
 MIN_SCORE = 0.9
 
-pytestmark = [
-    pytest.mark.comfyui,
-    pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout (and COMFYUI_PYTHON)"),
-]
+pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(not COMFYUI_DIR, reason=SKIP_REASON)]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfyui_shapes")
-    models = base / "models"
-    for role, path in shipped_files().items():
-        folder, name = WORKFLOW_NAMES[role]
-        (models / folder).mkdir(parents=True)
-        shutil.copy(path, models / folder / name)
-    config = base / "extra_model_paths.yaml"
-    folders = "".join(f"    {folder}: {folder}\n" for folder, _ in WORKFLOW_NAMES.values())
-    config.write_text(f"lumina_shapes_test:\n    base_path: {models}\n{folders}")
-    with running_server(base, config) as server:
-        yield server
+    trained = {WORKFLOW_NAMES[role]: path for role, path in shipped_files().items()}
+    with comfyui_server(tmp_path_factory.mktemp("comfyui_shapes"), replace=trained) as running:
+        yield running
 
 
 def test_shipped_workflow_draws_the_held_out_captions(server):
