@@ -173,9 +173,9 @@ def train_autoencoder(images: torch.Tensor, config: TrainingConfig, log: Log = p
         for step in range(steps):
             x = pictures[torch.randint(len(pictures), (batch_size,), generator=generator)]
             mean = vae.encoder(x)[:, : AUTOENCODER.z_channels]  # the log-variance half is never used
-            z = (mean - vae.shift) * vae.scale  # model space, where the transformer works
+            z = vae.latent_format.to_model(mean)  # model space, where the transformer works
             noisy = z + config.latent_noise * torch.randn(z.shape, generator=generator)
-            error = vae.decoder(noisy / vae.scale + vae.shift) - x
+            error = vae.decoder(vae.latent_format.to_raw(noisy)) - x
             penalty = (z.mean(dim=(0, 2, 3)) ** 2 + (z.var(dim=(0, 2, 3)) - 1) ** 2).mean()
             loss = error.abs().mean() + error.square().mean() + config.latent_penalty * penalty
             optimiser.zero_grad(set_to_none=True)
