@@ -45,10 +45,11 @@ from . import FILES, dataset, text
 from .draw import SYSTEM_PROMPT
 
 # dim 256: every Linear of the main layers takes whole 256-value rows, so K-quants and IQ4_XS quantize them
-# (narrower rows would fall back to F16 in the converter). The caption width is the tiny Gemma-2's.
+# (narrower rows would fall back to F16 in the converter). The caption width is the tiny Gemma-2's. The timestep
+# widths are Lumina-Image 2.0's rule (min(dim, 1024)) spelled out, as the loader reads them back from the file.
 TRANSFORMER = Lumina2Config(
     in_channels=16, dim=256, n_layers=2, n_refiner_layers=1, n_heads=4, n_kv_heads=2, ffn_hidden=512,
-    cap_feat_dim=text.GEMMA["hidden_size"], axes_dims=default_axes_dims(64),
+    cap_feat_dim=text.GEMMA["hidden_size"], axes_dims=default_axes_dims(64), adaln_dim=256, t_hidden_dim=256,
 )  # fmt: skip
 # Four levels for the 8x downscale; widths of 32, the GroupNorm group count loaders assume for FLUX files.
 AUTOENCODER = AutoencoderConfig(channels=32, channel_mult=(1, 1, 1, 1), num_res_blocks=1, z_channels=16)

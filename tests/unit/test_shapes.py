@@ -64,7 +64,7 @@ def test_quick_training_writes_files_the_normal_loaders_read(quick_run):
     for role, name in FILES.items():
         assert record["files"][role] == {"file": name, "sha256": sha256(out / name)}
     model = load_transformer(out / FILES["transformer"])
-    assert model.family == "lumina2" and model.config == TRANSFORMER and model.dtype == torch.bfloat16
+    assert model.family == "lumina2" and model.config == TRANSFORMER and model.compute_dtype == torch.bfloat16
     encoder = load_text_encoder(out / FILES["text_encoder"])
     assert encoder.family == "lumina2" and encoder.model.config.hidden_size == TRANSFORMER.cap_feat_dim
     assert load_vae(out / FILES["vae"]).latent_channels == TRANSFORMER.in_channels
