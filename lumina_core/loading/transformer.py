@@ -36,11 +36,17 @@ class TransformerFamily:
     map_diffusers_keys: Callable[[list[str]], tuple[dict[str, list[str]], list[str]]]
     diffusers_config: dict[str, str]  # config.json field -> config field, for what shapes cannot tell
     unused_keys: frozenset[str]
+    # For LoRA files: original key -> its other names (diffusers', trainers'), each with the row block it forms of a
+    # fused tensor (None: the whole tensor); and the released model's config, to recognise a family by its names.
+    alternative_names: Callable[[str], list[tuple[str, int | None]]]
+    default_config: Callable[[], object]
     # How a plan's diffusers sources form one original tensor: False, row blocks to concatenate (a split
     # qkv); True, identical copies (a duplicated projection) of which the first is read and the rest checked.
     diffusers_copies: bool = False
     # (safetensors metadata, file path) -> config fields the file's own metadata states, for what shapes cannot tell.
     metadata_config: Callable[[Mapping[str, str], str], dict] | None = None
+    # (original key, shape (out, in)) -> row counts of the blocks `alternative_names` numbers; None: nothing is fused.
+    part_rows: Callable[[str, tuple[int, ...]], list[int]] | None = None
 
 
 FAMILIES: dict[str, TransformerFamily] = {
@@ -51,6 +57,9 @@ FAMILIES: dict[str, TransformerFamily] = {
         map_diffusers_keys=lumina2_keys.map_diffusers_keys,
         diffusers_config=lumina2_keys.DIFFUSERS_CONFIG,
         unused_keys=lumina2.UNUSED_KEYS,
+        alternative_names=lumina2_keys.alternative_names,
+        part_rows=lumina2_keys.part_rows,
+        default_config=lumina2.Lumina2Config,
     ),
     "lumina_next": TransformerFamily(
         name="Lumina-Next",
@@ -60,6 +69,8 @@ FAMILIES: dict[str, TransformerFamily] = {
         diffusers_config=lumina_next_keys.DIFFUSERS_CONFIG,
         unused_keys=lumina_next.UNUSED_KEYS,
         diffusers_copies=True,
+        alternative_names=lumina_next_keys.alternative_names,
+        default_config=lumina_next.LuminaNextConfig,
     ),
     "ltxv": TransformerFamily(
         name="LTX-Video",
@@ -69,6 +80,8 @@ FAMILIES: dict[str, TransformerFamily] = {
         diffusers_config=ltxv_keys.DIFFUSERS_CONFIG,
         unused_keys=ltxv.UNUSED_KEYS,
         metadata_config=ltxv_keys.config_from_metadata,
+        alternative_names=ltxv_keys.alternative_names,
+        default_config=ltxv.LTXVideoConfig,
     ),
 }
 

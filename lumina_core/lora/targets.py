@@ -1,0 +1,113 @@
+"""Which layer of a loaded model each module name in a LoRA file means.
+
+A name is one of the family's namings: original / ComfyUI (the model's own module paths), diffusers, or a trainer's
+variant, as the family's key map lists them (`alternative_names`); a split q/k/v name means a row block of the fused
+qkv, sized by the model's own head counts (`part_rows`). It comes under a container prefix (`diffusion_model.`,
+`transformer.`, ...) or none, or with its dots flattened to underscores after a kohya-style prefix
+(`lora_unet_layers_0_attention_qkv`). The table is built from the model's Linear layers, so the names resolve the same
+whatever file layout the model itself was loaded from.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache, partial
+
+from torch import nn
+
+from ..gguf.quantized import QuantizedLinear
+from ..loading.modules import build_on_meta
+from ..loading.transformer import FAMILIES
+
+# Containers that keep dotted module paths, most specific first ("" = a bare name).
+DOTTED_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.", "")
+# kohya-style prefixes before an underscore-flattened path: kohya and ComfyUI (original names), OneTrainer and
+# SimpleTuner (diffusers names); either naming is accepted after each.
+FLAT_PREFIXES = ("lora_unet_", "lora_transformer_", "lycoris_")
+# Text-encoder parts some LoRA files carry: never applied to a transformer, reported as such.
+TEXT_ENCODER_PREFIXES = ("lora_te", "text_encoder", "te.", "te1.", "te2.")
+# Other models' LoRAs, by a fragment of their names, for the error message.
+FOREIGN_MODELS = (
+    ("double_blocks", "FLUX"), ("single_transformer_blocks", "FLUX (diffusers)"), ("joint_blocks", "SD3"),
+    ("input_blocks", "SD 1.x / SDXL"), ("down_blocks", "SD 1.x / SDXL (diffusers)"),
+    ("blocks_0_self_attn", "Wan"), ("blocks.0.self_attn", "Wan"), ("transformer_blocks_0_img_mod", "Qwen-Image"),
+    ("transformer_blocks.0.img_mod", "Qwen-Image"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Target:
+    module: str  # the model's module path, e.g. "layers.0.attention.qkv"
+    part: int | None  # row block of a fused weight (q, k, v = 0, 1, 2), None for the whole weight
+
+
+def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's Linear layers (float or GGUF-quantized), by module path: what a LoRA can change."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, QuantizedLinear))}
+
+
+def name_table(model: nn.Module) -> dict[str, Target]:
+    """Every name a LoRA file may give each Linear layer of `model` (dotted and underscore-flattened)."""
+    alternative_names = FAMILIES[model.family].alternative_names
+    table: dict[str, Target] = {}
+    clashes = set()
+    for module in linear_layers(model):
+        names = [(module, None)] + [
+            (k.removesuffix(".weight"), part) for k, part in alternative_names(module + ".weight")
+        ]
+        for name, part in names:
+            for spelling in {name, name.replace(".", "_")}:
+                if table.setdefault(spelling, Target(module, part)) != Target(module, part):
+                    clashes.add(spelling)
+    for spelling in clashes:  # an underscore spelling two paths share says nothing
+        del table[spelling]
+    return table
+
+
+def resolve(name: str, table: dict[str, Target]) -> Target | None:
+    """The target of a LoRA module name as the file spells it, or None."""
+    for prefix in FLAT_PREFIXES:
+        if name.startswith(prefix):
+            return table.get(name[len(prefix) :])
+    for prefix in DOTTED_PREFIXES:
+        if name.startswith(prefix) and name[len(prefix) :] in table:
+            return table[name[len(prefix) :]]
+    return None
+
+
+def is_text_encoder(name: str) -> bool:
+    return name.startswith(TEXT_ENCODER_PREFIXES)
+
+
+def family_votes(names: Iterable[str]) -> Counter[str]:
+    """family id -> how many of the LoRA module `names` that family's released model has (block numbers aside)."""
+    names = [_template(_strip(name)) for name in names]
+    return Counter({family_id: sum(n in _family_templates(family_id) for n in names) for family_id in FAMILIES})
+
+
+def foreign_model(names: Iterable[str]) -> str | None:
+    """The model outside this package a LoRA was made for, when a fragment of its names says so."""
+    names = list(names)
+    return next((model for fragment, model in FOREIGN_MODELS if any(fragment in n for n in names)), None)
+
+
+def _strip(name: str) -> str:
+    for prefix in FLAT_PREFIXES + DOTTED_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
+
+
+def _template(name: str) -> str:
+    # Block numbers differ between a LoRA and the released config: "layers.17.attention" -> "layers.#.attention".
+    return re.sub(r"(?<=[._])\d+(?=[._])", "#", name)
+
+
+@cache
+def _family_templates(family_id: str) -> frozenset[str]:
+    family = FAMILIES[family_id]
+    model = build_on_meta(partial(family.build, family.default_config()))
+    return frozenset(_template(name) for name in name_table(model))
