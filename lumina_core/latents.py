@@ -1,7 +1,7 @@
 """Latent normalisations: z_model = (z_vae - shift) * scale. VAE weights do not carry these numbers."""
 
-FLUX = (0.3611, 0.1159)  # FLUX.1 `ae`, used by Lumina-Image 2.0 (lumina2.md §6)
-SDXL = (0.13025, 0.0)  # SDXL VAE, used by Lumina-Next (lumina_next.md §6)
+FLUX = (0.3611, 0.1159)  # FLUX.1 `ae`, used by Lumina-Image 2.0 (docs/models.md, 'Latent normalisations')
+SDXL = (0.13025, 0.0)  # SDXL VAE, used by Lumina-Next (same section)
 
 FLUX_CHANNELS, SDXL_CHANNELS = 16, 4
 

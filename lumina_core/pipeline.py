@@ -28,8 +28,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 # Settings whose best value depends on the model family, used where a request leaves them None: the reference
 # recipes (Lumina-Image 2.0's sample.py: shift 6 with renormalisation; Lumina-Next's demo: shift 4, no
-# renormalisation, lumina_next.md §7.1; LTX-Video: its resolution-dependent "ltx" schedule, whose shift None
-# follows the token count, cfg 3 and plain guidance, ltx_video.md §6.3).
+# renormalisation; LTX-Video: its resolution-dependent "ltx" schedule, whose shift None follows the token
+# count, cfg 3 and plain guidance). Sources: docs/sampling.md, 'Family defaults'.
 FAMILY_DEFAULTS = {
     "lumina2": {"cfg": 4.0, "shift": 6.0, "schedule": "shifted_linear", "renorm_cfg": 1.0},
     "lumina_next": {"cfg": 4.0, "shift": 4.0, "schedule": "shifted_linear", "renorm_cfg": 0.0},

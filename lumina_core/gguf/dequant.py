@@ -1,7 +1,7 @@
 """GGML block formats unpacked with plain torch ops, straight into the compute dtype on the compute device.
 
 Every format is a run of fixed-size blocks (`GGML_QUANT_SIZES`: elements per block, bytes per block); the
-block layouts are those of ggml's `ggml-common.h` (see the table in shared/reference/gguf.md section 2).
+block layouts are those of ggml's `ggml-common.h` (see docs/formats.md, 'GGUF block layouts').
 Each unpacker takes blocks as a (n, bytes_per_block) uint8 tensor and writes the (n, elements_per_block) values
 into an output of the requested dtype, computing every product and sum in float32 in the same order as
 `gguf.quants.dequantize` (numpy, float32), so float32 results are equal bit for bit and other dtypes are those

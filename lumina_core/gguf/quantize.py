@@ -4,7 +4,7 @@ The legacy formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and BF16 go through `gguf.quan
 is bit-exact with ggml's reference quantizer. gguf-py cannot produce K-quants, so Q4_K, Q5_K and Q6_K are
 packed here with plain min/max scales: valid blocks that every GGUF reader decodes (llama.cpp,
 ComfyUI-GGUF, gguf-py), though less accurate than llama-quantize's search for the best scales, which
-also weighs errors by an importance matrix. Block layouts: shared/reference/gguf.md section 2.
+also weighs errors by an importance matrix. Block layouts: docs/formats.md, 'GGUF block layouts'.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ checkpoint. One table per generation, because llama.cpp's `ffn_norm` is Gemma (v
 `post_attention_layernorm` but Gemma-2's `pre_feedforward_layernorm`.
 
 Values: llama.cpp adds 1 to every Gemma norm weight (its RMSNorm multiplies by w, Gemma's by 1 + w;
-shared/reference/gguf.md section 7), so `GEMMA_NORM_OFFSET` is subtracted again when such a tensor is read.
+docs/formats.md, 'GGUF text encoders'), so `GEMMA_NORM_OFFSET` is subtracted again when such a tensor is read.
 
 Tokenizer: a SentencePiece model proto written from `tokenizer.ggml.tokens`, `scores` and `token_type`
 (the piece types share SentencePiece's numbering), the special ids, `add_space_prefix`,

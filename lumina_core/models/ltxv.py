@@ -1,9 +1,9 @@
 """LTX-Video 0.9.x: the Lightricks text-to-video DiT (arXiv 2501.00103), 2B (0.9.0-0.9.6) and 13B (0.9.7/0.9.8).
 
-Written from the architecture description in shared/reference/ltx_video.md (§2), which follows
-Lightricks/LTX-Video `ltx_video/models/transformers/transformer3d.py`; diffusers' `LTXVideoTransformer3DModel`
-is the parity oracle in tests. Module attribute names equal the original checkpoint's key segments, so the
-original Lightricks and ComfyUI files load without renaming.
+Written from Lightricks/LTX-Video `ltx_video/models/transformers/transformer3d.py` (summarised in docs/models.md,
+'LTX-Video transformer'); diffusers' `LTXVideoTransformer3DModel` is the parity oracle in tests. Module attribute
+names equal the original checkpoint's key segments, so the original Lightricks and ComfyUI files load without
+renaming.
 
 Every latent cell is one token (patch size 1), ordered frame, row, column. Each block is a PixArt-style
 adaLN-single block: a per-block learned `scale_shift_table` plus one shared timestep modulation give the
@@ -40,8 +40,9 @@ from ..errors import InvalidInputError
 
 FAMILY = "ltxv"
 T5_XXL_WIDTH = 4096
-# The causal video VAE's compression (ltx_video.md §4.1): one latent cell is 8 frames x 32 x 32 pixels. Sizes
-# must be multiples of it, and it turns latent positions into the pixel positions the RoPE is defined on.
+# The causal video VAE's compression (docs/models.md, 'LTX-Video VAE'): one latent cell is 8 frames x 32 x 32
+# pixels. Sizes must be multiples of it, and it turns latent positions into the pixel positions the RoPE is
+# defined on.
 VAE_SCALE_FACTORS = (8, 32, 32)
 DEFAULT_FRAME_RATE = 25.0  # diffusers' LTXPipeline and ComfyUI's LTXVConditioning
 
@@ -99,7 +100,9 @@ class LTXVideoConfig:
 
 
 def config_from_shapes(shapes: dict[str, tuple[int, ...]], **stored) -> LTXVideoConfig:
-    """Derive the config from the tensor shapes of an original-keyed state dict (ltx_video.md §2.2).
+    """Derive the config from the tensor shapes of an original-keyed state dict.
+
+    See docs/models.md, 'LTX-Video config from shapes'.
 
     Read from shapes: width, in/out channels, layer count, cross-attention width, caption width, FFN width.
     `stored` carries what shapes cannot tell, from the checkpoint's config or the caller: n_heads (or head_dim,
@@ -135,7 +138,9 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], **stored) -> LTXVideo
 def rope_angles(
     frames: int, height: int, width: int, frame_rate: float, cfg: LTXVideoConfig, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """(frames*height*width, dim/2) float32 RoPE angles, one per channel pair, for a latent grid (ltx_video.md §2.6).
+    """(frames*height*width, dim/2) float32 RoPE angles, one per channel pair, for a latent grid.
+
+    See docs/models.md, 'LTX-Video RoPE'.
 
     Token (f, h, w) sits at pixel coordinates (8f, 32h, 32w), the frame one causal-fixed to max(0, 8f - 7) when the
     config says so and divided by the frame rate (seconds); each coordinate divided by its maximum gives a fraction

@@ -1,9 +1,9 @@
 """Lumina-Image 2.0: the Next-DiT with caption and image refiners (Alpha-VLLM, arXiv 2503.21758).
 
-Written from the architecture description in shared/reference/lumina2.md (§1-2), which follows
-Alpha-VLLM/Lumina-Image-2.0 `models/model.py`; diffusers' `Lumina2Transformer2DModel` is the parity
-oracle in tests. Module attribute names equal the original checkpoint's key segments, so the original
-and ComfyUI files load without renaming.
+Written from Alpha-VLLM/Lumina-Image-2.0 `models/model.py` (summarised in docs/models.md,
+'Lumina-Image 2.0 transformer'); diffusers' `Lumina2Transformer2DModel` is the parity oracle in tests. Module
+attribute names equal the original checkpoint's key segments, so the original and ComfyUI files load without
+renaming.
 
 The network runs in Lumina time (t = 0 noise, t = 1 data) and predicts data - noise; `forward` wraps it
 in the package's convention: sigma = 1 - t and velocity = noise - data.
@@ -72,7 +72,9 @@ def default_axes_dims(head_dim: int) -> tuple[int, int, int]:
 
 
 def config_from_shapes(shapes: dict[str, tuple[int, ...]], **stored) -> Lumina2Config:
-    """Derive the config from the tensor shapes of an original-keyed state dict (lumina2.md §1.3).
+    """Derive the config from the tensor shapes of an original-keyed state dict.
+
+    See docs/models.md, 'Lumina-Image 2.0 config from shapes'.
 
     `stored` carries what shapes cannot tell when the file says it (a diffusers config.json, or the
     caller): patch_size (2 in every release), axes_dims (default_axes_dims), norm_eps, rope_theta.
@@ -141,7 +143,8 @@ class Lumina2Transformer(NextDiT):
 
     family = FAMILY
     model_name = "Lumina-Image 2.0"
-    # The model works in the normalised FLUX VAE latent: z_model = (z_vae - shift) * scale (lumina2.md §6).
+    # The model works in the normalised FLUX VAE latent: z_model = (z_vae - shift) * scale
+    # (docs/models.md, 'Latent normalisations').
     latent_scale, latent_shift = latents.FLUX
 
     def __init__(self, cfg: Lumina2Config):

@@ -1,9 +1,9 @@
 """Lumina-Next: the Next-DiT 2B text-to-image transformer (Alpha-VLLM, arXiv 2406.18583).
 
-Written from the architecture description in shared/reference/lumina_next.md (§3), which follows
-Alpha-VLLM/Lumina-T2X `lumina_next_t2i_mini/models/nextdit.py`; diffusers' `LuminaNextDiT2DModel` is the
-parity oracle in tests. Module attribute names equal the original checkpoint's key segments, so the
-original (`consolidated.*`) and ComfyUI files load without renaming.
+Written from Alpha-VLLM/Lumina-T2X `lumina_next_t2i_mini/models/nextdit.py` (summarised in docs/models.md,
+'Lumina-Next transformer'); diffusers' `LuminaNextDiT2DModel` is the parity oracle in tests. Module attribute
+names equal the original checkpoint's key segments, so the original (`consolidated.*`) and ComfyUI files load
+without renaming.
 
 Unlike Lumina-Image 2.0 there is no joint caption/image sequence: image tokens attend to themselves
 (2-D RoPE, grouped kv heads) and, with the same rotated queries, to Gemma-2B (Gemma 1) caption tokens in
@@ -110,7 +110,9 @@ class LuminaNextConfig(NextDiTShape):
 
 
 def config_from_shapes(shapes: dict[str, tuple[int, ...]], **stored) -> LuminaNextConfig:
-    """Derive the config from the tensor shapes of an original-keyed state dict (lumina_next.md §3.2).
+    """Derive the config from the tensor shapes of an original-keyed state dict.
+
+    See docs/models.md, 'Lumina-Next config from shapes'.
 
     `stored` carries what shapes cannot tell when the file says it (a diffusers config.json, or the
     caller): patch_size (2 in every release), norm_eps, rope_theta, sample_size.
@@ -163,7 +165,7 @@ def rope_2d(positions: torch.Tensor, head_dim: int, theta: float, linear_factor:
     """cos/sin (B, L, 1, head_dim/2) for (B, L, 2) (row, col) positions in the Lumina-Next layout.
 
     Row and column pairs interleave inside a head: pair 2k turns with the row at frequency k and pair
-    2k+1 with the column (lumina_next.md §3.6), unlike the concatenated axis blocks of Lumina 2.
+    2k+1 with the column (docs/models.md, 'Lumina-Next RoPE'), unlike the concatenated axis blocks of Lumina 2.
     """
     half = head_dim // 2
     angles = rope_angles(positions, (half, half), theta, linear_factor, ntk_factor)  # (B, L, [rows | cols])
@@ -244,9 +246,11 @@ class LuminaNextTransformer(NextDiT):
 
     family = FAMILY
     model_name = "Lumina-Next"
-    # Guidance touches only the first 3 of the 4 latent channels, as the reference sampler does (lumina_next.md §7).
+    # Guidance touches only the first 3 of the 4 latent channels, as the reference sampler does
+    # (docs/sampling.md, 'Lumina-Next guidance').
     cfg_channels = 3
-    # The model works in the scaled SDXL VAE latent: z_model = z_vae * 0.13025 (lumina_next.md §6).
+    # The model works in the scaled SDXL VAE latent: z_model = z_vae * 0.13025
+    # (docs/models.md, 'Latent normalisations').
     latent_scale, latent_shift = latents.SDXL
 
     def __init__(self, cfg: LuminaNextConfig):

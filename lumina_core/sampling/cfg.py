@@ -4,7 +4,7 @@ Every variant answers two questions the sampler asks at each model evaluation:
   - `needs_uncond(sigma, step, total)`: run the unconditional pass here, or only the conditional one?
   - `combine(cond, uncond)`: the guided velocity from the two predictions, both (B, C, H, W) float32.
 
-Three published semantics differ (`lumina2.md` §7.3). The two implemented here:
+Three published semantics differ (docs/sampling.md, 'CFG truncation and renormalisation'). The two implemented here:
 
 | | `OriginalCFG` (Alpha-VLLM `forward_with_cfg`) | `DiffusersCFG` (`Lumina2Pipeline`) |
 |---|---|---|

@@ -6,7 +6,7 @@ velocity v = noise - data = dx/dsigma, shaped like x. `model.latent_shape(batch_
 latent shape for an image size and raises InvalidInputError for sizes the model cannot take.
 
 Where the defaults follow the original Lumina-Image 2.0 code (Alpha-VLLM `NextDiT.forward_with_cfg`, `sample.py`)
-rather than diffusers' Lumina2Pipeline, and why (details in `lumina2.md` §7):
+rather than diffusers' Lumina2Pipeline, and why (docs/sampling.md, 'CFG truncation and renormalisation'):
   - Truncation is a threshold in Lumina time t = 1 - sigma (`cfg_trunc`): guidance covers the early, noisy part
     while t < cfg_trunc, tested at every model evaluation as the original does. diffusers instead counts a
     fraction of the steps, so its "0.25" guides the first quarter of the steps where the original's 0.25 with
@@ -22,7 +22,7 @@ rather than diffusers' Lumina2Pipeline, and why (details in `lumina2.md` §7):
     ComfyUI. This keeps "steps" meaning the same thing across every sampler in the ComfyUI graph.
 `cfg_mode="diffusers"` reproduces the pipeline's truncation and normalisation for parity tests.
 
-Lumina-Next (`lumina_next.md` §7) differs in three ways the caller chooses:
+Lumina-Next (docs/sampling.md, 'Lumina-Next guidance') differs in three ways the caller chooses:
   - Guidance on the first 3 of the 4 latent channels only (`cfg_channels`; the 4th takes the conditional
     prediction), as the original `forward_with_cfg` and diffusers' LuminaPipeline do. `cfg_channels=None` takes
     the model's own `cfg_channels` attribute (3 for Lumina-Next), else guides every channel; an int overrides it,
@@ -31,15 +31,15 @@ Lumina-Next (`lumina_next.md` §7) differs in three ways the caller chooses:
   - Model keywords (RoPE scaling, proportional attention...) reach every model call through `model_options`.
   - The paper's few-step recipe: the "sigmoid" schedule with a higher-order or adaptive ("dopri5") solver.
 
-Video models (LTX-Video, `ltx_video.md` §6) have `is_video = True`: latents are (B, C, F, H, W), `frames` is
-required (8k + 1) and reaches `model.latent_shape(batch_size, height, width, frames=frames)`, and the frame rate
-is a model keyword (`model_options={"frame_rate": 25.0}`). Their reference recipe is the "ltx" schedule with
-shift=None (the shift follows the latent's token count) and plain guidance: renorm_cfg=0. Cond and uncond are
-batched in one call as for images; diffusers orders its batch [uncond, cond], which changes nothing because
-every sample is computed on its own.
+Video models (LTX-Video; docs/sampling.md, 'LTX-Video sampling') have `is_video = True`: latents are (B, C, F, H, W),
+`frames` is required (8k + 1) and reaches `model.latent_shape(batch_size, height, width, frames=frames)`, and the frame
+rate is a model keyword (`model_options={"frame_rate": 25.0}`). Their reference recipe is the "ltx" schedule with
+shift=None (the shift follows the latent's token count) and plain guidance: renorm_cfg=0. Cond and uncond are batched in
+one call as for images; diffusers orders its batch [uncond, cond], which changes nothing because every sample is
+computed on its own.
 
-Noise masks (image-to-video, `ltx_video.md` §7.1): `sample(init_latent=..., noise_mask=...)` generates where the
-mask is 1 and keeps init_latent where it is 0, for models that take one sigma per latent token
+Noise masks (image-to-video; docs/sampling.md, 'Noise masks'): `sample(init_latent=..., noise_mask=...)` generates where
+the mask is 1 and keeps init_latent where it is 0, for models that take one sigma per latent token
 (`per_token_sigma = True`: LTX-Video). Each token runs on its own clock, sigma_token = mask·sigma, which is the
 timestep ComfyUI gives its LTX model (denoise_mask·sigma):
   - the start is x = (1 - s0)·init + s0·noise with s0 = mask·sigma0, token by token;
@@ -82,7 +82,7 @@ class SamplingStats:
 
     sample resets the fields when it starts and updates them as it goes, so they also describe a run that a
     callback cancelled.
-      model_calls:    model forward calls (NFE, the unit of `lumina_next.md` §2.3). A cond + uncond pair batched
+      model_calls:    model forward calls (NFE; docs/sampling.md, 'Steps and model calls'). A cond + uncond pair batched
                       into one call counts once.
       uncond_calls:   how many of those also carried the unconditional half (each costs about twice as much).
       solver_steps:   accepted solver steps: `steps` for the fixed-step solvers, the substeps for dopri5.

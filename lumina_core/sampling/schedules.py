@@ -3,7 +3,7 @@
 A schedule is a pure function `(steps, shift) -> sigmas`: a float64 CPU tensor of length steps + 1 that falls
 from the noisiest sigma to exactly 0 (sigma = 1 is pure noise, 0 is clean data). Each of the `steps` intervals is
 one solver step, so "30 steps" means 30 intervals ending at sigma = 0, as in diffusers and ComfyUI. The original
-Lumina samplers count grid points instead (30 points = 29 intervals, see `lumina_next.md` §2.3).
+Lumina samplers count grid points instead (30 points = 29 intervals; docs/sampling.md, 'Steps and model calls').
 
 Every schedule takes the static time shift (`shift_sigmas`) as its last stage, as the original code shifts its
 grid after building it: shift 1 leaves a schedule's own spacing, and s > 1 moves every point towards the noise end.
@@ -67,9 +67,9 @@ def sigmoid(steps: int, shift: float, steepness: float = SIGMOID_STEEPNESS) -> t
     """The sigmoid time discretisation of the Lumina-Next paper (arXiv 2406.18583), then the static shift.
 
     The paper proposes it for 5-10 step sampling with higher-order solvers: small steps at both ends of the path
-    and large ones in the middle. The released code has none (`lumina_next.md` §7.1) and we found no formula to
-    follow, so this is our parametrisation: with u = i / steps running evenly from 0 to 1, the
-    Lumina time is the logistic curve rescaled to pass through both ends,
+    and large ones in the middle. The released code has none and we found no formula to follow, so this is our
+    parametrisation: with u = i / steps running evenly from 0 to 1, the Lumina time is the logistic curve
+    rescaled to pass through both ends,
         t_i = (S(k·(u - 1/2)) - S(-k/2)) / (S(k/2) - S(-k/2)),   S(z) = 1 / (1 + e^-z),  k = steepness,
     and sigma_i = shift_sigmas(1 - t_i, shift). It is symmetric in t, tends to linspace as k -> 0, and packs
     the steps harder towards both ends as k grows. The shift keeps both ends packed (its slope is s at
@@ -87,9 +87,10 @@ def sigmoid(steps: int, shift: float, steepness: float = SIGMOID_STEEPNESS) -> t
     return shift_sigmas(1 - t, shift)
 
 
-# LTX-Video's resolution-dependent shift (ltx_video.md §6.2: the original rf.py, diffusers' LTXPipeline scheduler
-# config, ComfyUI's LTXVScheduler): mu is linear in the latent token count through these two points, and the
-# exponential time shift with mu is the static shift with s = e^mu. The schedule ends at a last non-zero sigma of 0.1.
+# LTX-Video's resolution-dependent shift (docs/sampling.md, 'LTX-Video schedule': the original rf.py, diffusers'
+# LTXPipeline scheduler config, ComfyUI's LTXVScheduler): mu is linear in the latent token count through these two
+# points, and the exponential time shift with mu is the static shift with s = e^mu. The schedule ends at a last non-zero
+# sigma of 0.1.
 LTX_SHIFT_POINTS = ((1024, 0.95), (4096, 2.05))  # (tokens, mu)
 LTX_TERMINAL = 0.1
 

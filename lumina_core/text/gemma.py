@@ -11,7 +11,7 @@ The two generations are told apart by their tensors, never by the file name: Gem
 post-feedforward norms, Gemma (v1) only `input_layernorm` and `post_attention_layernorm` (VARIANTS). The
 encoder's `family` names the diffusion model it conditions, so a miswired graph fails with a clear message.
 
-Prompts, per the original code (lumina_next.md section 4, lumina2.md sections 3-4):
+Prompts, per the original code (docs/models.md, 'Gemma text encoders and prompts'):
 - Lumina 2: "<system text> <Prompt Start> <prompt>", BOS, no EOS, right padded to the longest row.
 - Lumina-Next: the prompt as typed (no system prompt), BOS, no EOS, right padded to the longest row rounded
   up to a multiple of 8 (`padding=True, pad_to_multiple_of=8, max_length=256, truncation=True`). `sample.py`

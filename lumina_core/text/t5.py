@@ -6,7 +6,7 @@ transformers' `T5EncoderModel` (`models/t5/modeling_t5.py`). LTX-Video condition
 the output of the encoder's final layer norm (Lightricks/LTX-Video `pipeline_ltx_video.py`, diffusers
 `LTXPipeline._get_t5_prompt_embeds`, ComfyUI `comfy/text_encoders/lt.py`).
 
-Tokens (ltx_video.md sections 5 and 8): T5TokenizerFast, the pieces then `</s>`, no start token, right padded
+Tokens (docs/models.md, 'T5-XXL text encoder'): T5TokenizerFast, the pieces then `</s>`, no start token, right padded
 with `<pad>` (id 0). A prompt longer than `max_tokens` keeps its first `max_tokens - 1` pieces and its `</s>`
 (transformers' `truncation=True`), with a warning naming what was dropped. Rows are padded to at least 128
 tokens: diffusers pads to exactly `max_sequence_length` = 128, the original 0.9.0 to 128, ComfyUI to at least

@@ -340,8 +340,8 @@ def load_vae(
     (ComfyUI) or `first_stage_model.` (SD), a diffusers VAE folder or pipeline folder (with `vae/`), or a single
     diffusers-keyed file; the format is read from the tensor names. `dtype=None` keeps a bf16/fp32 FLUX VAE's
     dtype and loads fp16 files, and any SDXL-shaped (4-channel) VAE, as float32: the SDXL VAE overflows in half
-    precision and decodes black images (lumina_next.md §6). `num_groups`,
-    `scale`, `shift` default to a diffusers folder's config.json, else as in `config_from_state_dict`.
+    precision and decodes black images. `num_groups`, `scale`, `shift` default to a diffusers folder's
+    config.json, else as in `config_from_state_dict`.
     """
     path = os.fspath(path)
     if os.path.isdir(os.path.join(path, "vae")):

@@ -1,8 +1,8 @@
 """The LTX-Video causal video VAE (HaCohen et al., "LTX-Video: Realtime Video Latent Diffusion", arXiv 2501.00103),
 versions 0.9.0 to 0.9.8: 128 latent channels, 32x32 spatial and 8x temporal compression.
 
-Follows Lightricks/LTX-Video `ltx_video/models/autoencoders/causal_video_autoencoder.py` (commit bc4ab62) and the
-reference note ltx_video.md §4; diffusers' `AutoencoderKLLTXVideo` is the parity oracle. Three generations, told
+Follows Lightricks/LTX-Video `ltx_video/models/autoencoders/causal_video_autoencoder.py` (commit bc4ab62), summarised in
+docs/models.md, 'LTX-Video VAE'; diffusers' `AutoencoderKLLTXVideo` is the parity oracle. Three generations, told
 apart by their tensors:
 
 - 0.9.0: plain decoder (no timestep), strided-conv encoder;
@@ -45,7 +45,7 @@ from .ltx_video_blocks import (
 from .ltx_video_tiling import TileSettings, decode_tiled
 
 FAMILY = "ltxv"
-DEFAULT_DECODE_TIMESTEP = 0.05  # Lightricks' recommendation for 0.9.1+ (ltx_video.md §4.5)
+DEFAULT_DECODE_TIMESTEP = 0.05  # Lightricks' recommendation for 0.9.1+ (docs/models.md, 'LTX-Video VAE')
 DEFAULT_DECODE_NOISE_SCALE = 0.025
 
 # Block kinds of the original config, and the (time, rows, columns) stride of each resampling kind. Encoder

@@ -1,7 +1,7 @@
 """Building blocks of the LTX-Video causal video VAE (HaCohen et al., "LTX-Video: Realtime Video Latent Diffusion",
 arXiv 2501.00103), written from the architecture description in Lightricks/LTX-Video
-`ltx_video/models/autoencoders/causal_video_autoencoder.py` (commit bc4ab62) and the reference note
-(ltx_video.md §4), not copied from any implementation.
+`ltx_video/models/autoencoders/causal_video_autoencoder.py` (commit bc4ab62; summarised in
+docs/models.md, 'LTX-Video VAE'), not copied from any implementation.
 
 Module attribute names equal the original checkpoint's key segments (`res_blocks`, `conv.conv`, `norm3.norm`,
 `time_embedder.timestep_embedder.linear_1`), so Lightricks and ComfyUI files load without renaming. Tensors are
@@ -32,7 +32,7 @@ def space_to_depth(x: torch.Tensor, factors: tuple[int, int, int], width_first: 
     """(B, C, F, H, W) -> (B, C*t*h*w, F/t, H/h, W/w) with factors (t, h, w).
 
     Channels are ordered (c, t, h, w), or (c, t, w, h) with `width_first`: the VAE's patchify at both ends
-    uses the latter (ltx_video.md §4.3), its down/upsamplers the former.
+    uses the latter (width before height), its down/upsamplers the former.
     """
     b, c, f, h, w = x.shape
     ft, fh, fw = factors

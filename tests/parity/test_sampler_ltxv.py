@@ -7,9 +7,9 @@ normalised latent space (the pipeline un-normalises with the VAE statistics only
 compared directly. The pipeline needs no VAE for this: without one it takes the release's 32 x 32 x 8
 compression, which our latent_shape uses too.
 
-What the comparison pins down (`ltx_video.md` §6): timestep = sigma x 1000 and no sign flip; the schedule
-(token-count shift, terminal stretch to 0.1); plain CFG with diffusers' [uncond, cond] batch; the frame rate
-reaching the temporal RoPE; 5-D latents through the sampler.
+What the comparison pins down (docs/sampling.md, 'LTX-Video sampling'): timestep = sigma x 1000 and no sign
+flip; the schedule (token-count shift, terminal stretch to 0.1); plain CFG with diffusers' [uncond, cond] batch;
+the frame rate reaching the temporal RoPE; 5-D latents through the sampler.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from tests.fixtures.prompts import prompt_pair
 STEPS, CFG, FRAME_RATE = 4, 3.0, 24.0
 FRAMES, HEIGHT, WIDTH = 17, 64, 96  # latent 3 x 2 x 3: 18 tokens
 LATENT = (2, 8, 3, 2, 3)
-# The released scheduler config (diffusers/LTX-Video-0.9.x scheduler_config.json, ltx_video.md §6.2).
+# The released scheduler config (diffusers/LTX-Video-0.9.x scheduler_config.json;
+# docs/sampling.md, 'LTX-Video schedule').
 SCHEDULER = dict(
     use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024, max_image_seq_len=4096,
     shift_terminal=0.1,

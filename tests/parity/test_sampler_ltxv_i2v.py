@@ -32,7 +32,8 @@ STEPS, CFG, FRAME_RATE = 4, 3.0, 24.0
 FRAMES, HEIGHT, WIDTH = 17, 64, 96  # latent 3 x 2 x 3: 18 tokens, 6 of them the conditioning frame
 LATENT = (2, 8, 3, 2, 3)
 TOLERANCE = 1e-5
-# The released scheduler config (diffusers/LTX-Video-0.9.x scheduler_config.json, ltx_video.md §6.2).
+# The released scheduler config (diffusers/LTX-Video-0.9.x scheduler_config.json;
+# docs/sampling.md, 'LTX-Video schedule').
 SCHEDULER = dict(
     use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024, max_image_seq_len=4096,
     shift_terminal=0.1,

@@ -5,11 +5,11 @@ precomputed prompt features (batch 2, captions of 9 and 6 tokens, negatives of 3
 output_type="latent" result is the raw latent, before the VAE's 1 / 0.13025 scaling, which is what `sample`
 returns, so the two are compared directly.
 
-What the comparison pins down (`lumina_next.md` §7): the sign and time conversion (the network takes
-t = 1 - sigma and returns data - noise), the learned-sigma half dropped, the scheduler's static shift, guidance
-on the first 3 of the 4 channels with the 4th conditional, and the RoPE scaling / proportional attention options
-reaching every call. The pipeline is given `sigmas=linspace(1, 1/N, N)`: its default schedule shifts the last
-sigma twice (see `test_pipeline_default_schedule_is_not_shifted_linear`), which none of our schedules copies.
+What the comparison pins down (docs/sampling.md, 'Lumina-Next guidance'): the sign and time conversion (the network
+takes t = 1 - sigma and returns data - noise), the learned-sigma half dropped, the scheduler's static shift, guidance on
+the first 3 of the 4 channels with the 4th conditional, and the RoPE scaling / proportional attention options reaching
+every call. The pipeline is given `sigmas=linspace(1, 1/N, N)`: its default schedule shifts the last sigma twice (see
+`test_pipeline_default_schedule_is_not_shifted_linear`), which none of our schedules copies.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ import pytest
 
 from lumina_core.text import SYSTEM_PROMPTS, format_negative_prompt, format_prompt
 
-# Verbatim from sample.py --system_type (lumina2.md section 4).
+# Verbatim from Alpha-VLLM/Lumina-Image-2.0 sample.py --system_type.
 SAMPLE_PY_TEXTS = {
     "real": "You are an assistant designed to generate superior images with the superior degree of image-text "
     "alignment based on textual prompts or user prompts.",

@@ -3,7 +3,7 @@
 The original names (Lightricks single files and ComfyUI: `vae.*` in all-in-one checkpoints, bare in standalone VAE
 files) are the attribute names of `lumina_core.vae.ltx_video.LTXVideoVAE`. They list each half's blocks flat:
 `decoder.up_blocks.N` is a group of resnets (`res_x`), a width-changing resnet (`res_x_y`) or an up/downsampler
-(`conv`), in execution order. diffusers nests the same modules (ltx_video.md §4.7):
+(`conv`), in execution order. diffusers nests the same modules (docs/formats.md, 'LTX-Video VAE keys'):
 
     decoder: mid_block, then per up block k: conv_in (res_x_y), upsamplers.0, resnets (+ time_embedder)
     encoder: per down block k: resnets, downsamplers.0, conv_out (res_x_y), then mid_block

@@ -1,8 +1,8 @@
-"""LTX-Video key names: original Lightricks / ComfyUI (the naming our modules use) <-> diffusers (ltx_video.md §3).
+"""LTX-Video key names: original Lightricks / ComfyUI (the naming our modules use) <-> diffusers.
 
-diffusers renames four module names and keeps everything else, with no fused or split tensors. The table
-below lists every key as a pair; block keys are matched after removing their `transformer_blocks.N.` prefix,
-so lookups are exact and independent of order.
+diffusers renames four module names and keeps everything else, with no fused or split tensors (docs/formats.md,
+'LTX-Video transformer keys'). The table below lists every key as a pair; block keys are matched after removing their
+`transformer_blocks.N.` prefix, so lookups are exact and independent of order.
 
 Also here: the fields of the JSON `config` that original files keep in their safetensors metadata, and of a
 diffusers `config.json`, that tensor shapes cannot tell.

@@ -1,4 +1,4 @@
-"""Lumina-Next key names: original (the naming our modules use) <-> diffusers (lumina_next.md §5.3).
+"""Lumina-Next key names: original (the naming our modules use) <-> diffusers (docs/formats.md, 'Lumina-Next keys').
 
 One table of exact name pairs serves both directions. Block keys are matched after removing their
 `layers.N.` prefix, so lookups are exact and independent of order. Nothing is fused or split, but
