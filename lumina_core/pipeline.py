@@ -16,6 +16,7 @@ from PIL import Image
 from .conditioning import Conditioning
 from .errors import InvalidInputError
 from .loading.transformer import inspect_transformer, load_transformer
+from .lora import apply_loras, load_lora
 from .models.ltxv import DEFAULT_FRAME_RATE
 from .outputs import to_pil
 from .sampling import check_settings, sample
@@ -41,7 +42,8 @@ FAMILY_DEFAULTS = {
 class ImageRequest:
     """Everything `text_to_image` needs; defaults follow `lumina_core.sample`, and None takes the family's
     default (FAMILY_DEFAULTS). system_prompt applies to Lumina-Image 2.0 only (Lumina-Next has no template).
-    model_options: the model's own keywords (Lumina-Next's rope_scaling, context_drop_ratio...)."""
+    model_options: the model's own keywords (Lumina-Next's rope_scaling, context_drop_ratio...).
+    loras: (LoRA file, strength) pairs applied to the transformer, in order (`lumina_core.lora.apply_loras`)."""
 
     prompt: str
     negative_prompt: str = ""
@@ -58,6 +60,7 @@ class ImageRequest:
     cfg_trunc: float = 1.0
     renorm_cfg: float | None = None
     model_options: dict | None = None
+    loras: tuple[tuple[str | os.PathLike, float], ...] = ()
 
     def for_family(self, family: str) -> ImageRequest:
         """A copy with the settings left None filled in from the family's defaults."""
@@ -157,9 +160,10 @@ def _generate(transformer, text_encoder, vae, request, device, dtype, on_step, v
     )  # fmt: skip
     model.latent_shape(request.batch_size, request.height, request.width, **_frames(request, is_video))
     _check_vae(vae, is_video)
+    loras = [(load_lora(path), strength) for path, strength in request.loras]  # unreadable files fail now
     positive, negative = _encode(text_encoder, request, dtype, device)
     _free_memory()
-    latent = _sample(transformer, positive, negative, request, dtype, device, on_step, is_video)
+    latent = _sample(transformer, loras, positive, negative, request, dtype, device, on_step, is_video)
     _free_memory()
     decoded = _decode(vae, latent, request, dtype, device, is_video)
     _free_memory()
@@ -183,8 +187,8 @@ def _encode(path, request: ImageRequest, dtype, device) -> tuple[Conditioning, C
     return positive, negative
 
 
-def _sample(path, positive, negative, request: ImageRequest, dtype, device, on_step, is_video) -> torch.Tensor:
-    model = load_transformer(path, dtype=dtype, device=device)
+def _sample(path, loras, positive, negative, request: ImageRequest, dtype, device, on_step, is_video) -> torch.Tensor:
+    model = apply_loras(load_transformer(path, dtype=dtype, device=device), loras)
     callback = None if on_step is None else (lambda i, total, x, denoised: on_step(i + 1, total))
     options = dict(request.model_options or {})
     if is_video:

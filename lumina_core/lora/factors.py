@@ -37,7 +37,7 @@ ENDINGS = {
     ".lora_down.weight": DOWN, ".lora_up.weight": UP, ".lora.down.weight": DOWN, ".lora.up.weight": UP,
     ".alpha": ALPHA, ".dora_scale": DORA,
 }  # fmt: skip
-# Key fragments of the LyCORIS and full-weight formats ComfyUI's own LoRA code applies and this package does not.
+# Key endings of the LyCORIS and full-weight formats ComfyUI's own LoRA code applies and this package does not.
 OTHER_FORMATS = {
     ".hada_w1_a": "LoHa", ".lokr_w1": "LoKr", ".lokr_w1_a": "LoKr", ".a1.weight": "GLoRA", ".oft_blocks": "OFT",
     ".oft_R.weight": "BOFT", ".diff": "full weight difference", ".diff_b": "full bias difference",
@@ -175,7 +175,7 @@ def _metadata_alphas(metadata: Mapping[str, str], path: str) -> Callable[[str], 
 
 
 def _no_factors_message(path: str, keys: list[str]) -> str:
-    formats = sorted({name for fragment, name in OTHER_FORMATS.items() for k in keys if fragment in k})
+    formats = sorted({name for ending, name in OTHER_FORMATS.items() for k in keys if k.endswith(ending)})
     if formats:
         return (
             f"{path} holds {' and '.join(formats)} changes (e.g. {preview(sorted(keys), 3)}), not low-rank LoRA "
