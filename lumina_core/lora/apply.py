@@ -7,9 +7,9 @@ bit-identical, and `remove_loras(patched)` simply hands it back. Per changed lay
 
 - a float Linear gets a merged weight W' = W + sum_i strength_i * scale_i * up_i @ down_i, computed in float32 and
   stored in W's dtype (one extra copy of that weight; `merge=False` keeps W and uses the side path instead);
-- a GGUF-quantized layer keeps its packed weight and gets the side path (`LowRankLinear`), every LoRA stacked into
-  one pair of factors;
-- a DoRA change needs the weight's norms, so its layer is merged even when quantized (dequantized once, here).
+- a layer whose stored weight is not what it computes with (GGUF-packed, fp8 storage, scaled fp8) keeps it and gets
+  the side path (`LowRankLinear`), every LoRA stacked into one pair of factors: merging into fp8 would round;
+- a DoRA change needs the weight's norms, so its layer is merged even then (dequantized once, here).
 
 DoRA: V = W + scale * up @ down, then V's columns (dora_scale (1, in)) or rows ((out, 1) / (out,)) are rescaled to the
 stored magnitudes, and strength s blends W + s * (DoRA(W) - W), as ComfyUI does. Changes apply in list order, so a
@@ -37,6 +37,8 @@ from .side_path import LowRankLinear
 from .targets import Target, family_votes, foreign_model, is_text_encoder, linear_layers, name_table, resolve
 
 logger = logging.getLogger("lumina_core.lora")
+
+MERGEABLE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 LoraSpec = tuple[LoRA | str | os.PathLike, float]
 
@@ -189,19 +191,35 @@ def _patch(lora: LoRA, name: str, change: LowRank, strength: float, target: Targ
 
 
 def _patched_layer(layer: nn.Module, patches: list[Patch], merge: bool, dtype: torch.dtype) -> nn.Module:
-    quantized = isinstance(layer, QuantizedLinear)
     has_dora = any(p.change.dora_scale is not None for p in patches)
-    if not has_dora and (quantized or not merge):
+    if not has_dora and not (merge and _holds_its_weight(layer)):
         return _side_path(layer, patches, dtype)
-    if quantized:  # a DoRA needs the weight itself: dequantize once and keep the result as a float layer
-        weight = layer.dequantized_weight(dtype, layer.packed.device)
-        merged = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
-        merged.bias = layer.bias
-    else:
-        weight = layer.weight
+    if _holds_its_weight(layer):
         merged = _shallow_copy(layer)
-    merged.weight = nn.Parameter(merged_weight(weight, patches), requires_grad=False)
+        merged.weight = nn.Parameter(merged_weight(layer.weight, patches), requires_grad=False)
+        return merged
+    # A DoRA needs the weight itself: the quantized (or scaled) one is dequantized once into a float layer.
+    weight = merged_weight(effective_weight(layer), patches).to(dtype)
+    merged = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+    merged.weight = nn.Parameter(weight, requires_grad=False)
+    merged.bias = layer.bias
     return merged
+
+
+def _holds_its_weight(layer: nn.Module) -> bool:
+    """Whether the layer's stored weight is the weight it computes with, in a dtype torch computes in: then a
+    merge stays exact. Not for GGUF-packed, fp8-stored or fp8-with-scale layers."""
+    weight = getattr(layer, "weight", None)
+    return isinstance(weight, torch.Tensor) and weight.dtype in MERGEABLE_DTYPES and not hasattr(layer, "scale_weight")
+
+
+def effective_weight(layer: nn.Module) -> torch.Tensor:
+    """The float32 weight a Linear layer computes with: dequantized, or stored weight x `scale_weight`."""
+    if isinstance(layer, QuantizedLinear):
+        return layer.dequantized_weight(torch.float32, layer.packed.device)
+    weight = layer.weight.to(torch.float32)
+    scale = getattr(layer, "scale_weight", None)
+    return weight * scale.to(weight.device, torch.float32) if scale is not None else weight
 
 
 def merged_weight(weight: torch.Tensor, patches: list[Patch]) -> torch.Tensor:
