@@ -34,7 +34,16 @@ from ..loading.files import preview
 from ..loading.transformer import FAMILIES
 from .factors import LoRA, LowRank, load_lora
 from .side_path import LowRankLinear
-from .targets import Target, family_votes, foreign_model, is_text_encoder, linear_layers, name_table, resolve
+from .targets import (
+    NameTable,
+    Target,
+    family_votes,
+    foreign_model,
+    is_text_encoder,
+    linear_layers,
+    name_table,
+    target_rows,
+)
 
 logger = logging.getLogger("lumina_core.lora")
 
@@ -101,14 +110,14 @@ def _as_lora(lora: LoRA | str | os.PathLike) -> LoRA:
     return lora if isinstance(lora, LoRA) else load_lora(lora)
 
 
-def _plan(model, lora: LoRA, strength: float, table, layers) -> list[tuple[str, Patch]]:
+def _plan(model, lora: LoRA, strength: float, table: NameTable, layers) -> list[tuple[str, Patch]]:
     """(module path, patch) for every change of `lora` this model has a layer for; raises or warns about the rest."""
     family = FAMILIES[model.family]
     _check_family(model, lora)
     found: dict[Target, tuple[str, LowRank]] = {}
     unused = list(lora.other_keys)
     for name, change in lora.modules.items():
-        target = resolve(name, table)
+        target = table.resolve(name)
         if target is None:
             unused.extend(change.keys)
         elif target in found and not found[target][1].same_as(change):
@@ -126,7 +135,7 @@ def _plan(model, lora: LoRA, strength: float, table, layers) -> list[tuple[str, 
     if strength == 0:
         return []
     return [
-        (t.module, _patch(lora, name, change, strength, t, layers[t.module], family))
+        (t.module, _patch(lora, name, change, strength, t, layers[t.module], model.family))
         for t, (name, change) in found.items()
     ]
 
@@ -165,13 +174,9 @@ def _warn_unused(lora: LoRA, unused: list[str], family: str) -> None:
     warnings.warn(message, stacklevel=4)
 
 
-def _patch(lora: LoRA, name: str, change: LowRank, strength: float, target: Target, layer, family) -> Patch:
-    out_features, in_features = layer.out_features, layer.in_features
-    rows = slice(0, out_features)
-    if target.part is not None:
-        sizes = family.part_rows(target.module + ".weight", (out_features, in_features))
-        start = sum(sizes[: target.part])
-        rows = slice(start, start + sizes[target.part])
+def _patch(lora: LoRA, name: str, change: LowRank, strength: float, target: Target, layer, family_id: str) -> Patch:
+    family, in_features = FAMILIES[family_id], layer.in_features
+    rows = target_rows(target, layer, family_id)
     expected = (rows.stop - rows.start, in_features)
     found = (change.up.shape[0], change.down.shape[1])
     if found != expected:

@@ -49,33 +49,55 @@ def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, QuantizedLinear))}
 
 
-def name_table(model: nn.Module) -> dict[str, Target]:
-    """Every name a LoRA file may give each Linear layer of `model` (dotted and underscore-flattened)."""
+@dataclass(frozen=True)
+class NameTable:
+    """The names a LoRA file may give the Linear layers of one model, without their container prefix."""
+
+    dotted: dict[str, Target]  # "layers.0.attention.qkv", "layers.0.attn.to_q", ...
+    flat: dict[str, Target]  # "layers_0_attention_qkv", ...: after a kohya-style prefix
+
+    def resolve(self, name: str) -> Target | None:
+        """The target of a LoRA module name as the file spells it, or None."""
+        for prefix in FLAT_PREFIXES:
+            if name.startswith(prefix):
+                return self.flat.get(name[len(prefix) :])
+        for prefix in DOTTED_PREFIXES:
+            if name.startswith(prefix) and name[len(prefix) :] in self.dotted:
+                return self.dotted[name[len(prefix) :]]
+        return None
+
+    def spelled(self) -> dict[str, Target]:
+        """Every full module name a file may use, prefix included (the form ComfyUI's LoRA key maps take)."""
+        dotted = {prefix + name: t for prefix in DOTTED_PREFIXES for name, t in self.dotted.items()}
+        return {**dotted, **{prefix + name: t for prefix in FLAT_PREFIXES for name, t in self.flat.items()}}
+
+
+def name_table(model: nn.Module) -> NameTable:
+    """Every name a LoRA file may give each Linear layer of `model`, in each family naming, dotted and flat."""
     alternative_names = FAMILIES[model.family].alternative_names
-    table: dict[str, Target] = {}
-    clashes = set()
+    dotted: dict[str, Target] = {}
+    flat: dict[str, Target] = {}
+    clashes: set[tuple[str, str]] = set()
     for module in linear_layers(model):
         names = [(module, None)] + [
             (k.removesuffix(".weight"), part) for k, part in alternative_names(module + ".weight")
         ]
         for name, part in names:
-            for spelling in {name, name.replace(".", "_")}:
+            for kind, table, spelling in (("dotted", dotted, name), ("flat", flat, name.replace(".", "_"))):
                 if table.setdefault(spelling, Target(module, part)) != Target(module, part):
-                    clashes.add(spelling)
-    for spelling in clashes:  # an underscore spelling two paths share says nothing
-        del table[spelling]
-    return table
+                    clashes.add((kind, spelling))
+    for kind, spelling in clashes:  # a spelling two layers share says nothing
+        del (dotted if kind == "dotted" else flat)[spelling]
+    return NameTable(dotted, flat)
 
 
-def resolve(name: str, table: dict[str, Target]) -> Target | None:
-    """The target of a LoRA module name as the file spells it, or None."""
-    for prefix in FLAT_PREFIXES:
-        if name.startswith(prefix):
-            return table.get(name[len(prefix) :])
-    for prefix in DOTTED_PREFIXES:
-        if name.startswith(prefix) and name[len(prefix) :] in table:
-            return table[name[len(prefix) :]]
-    return None
+def target_rows(target: Target, layer: nn.Module, model_family: str) -> slice:
+    """The rows of `layer`'s weight a change of `target` covers: all of them, or its part of a fused weight."""
+    if target.part is None:
+        return slice(0, layer.out_features)
+    sizes = FAMILIES[model_family].part_rows(target.module + ".weight", (layer.out_features, layer.in_features))
+    start = sum(sizes[: target.part])
+    return slice(start, start + sizes[target.part])
 
 
 def is_text_encoder(name: str) -> bool:
@@ -110,4 +132,5 @@ def _template(name: str) -> str:
 def _family_templates(family_id: str) -> frozenset[str]:
     family = FAMILIES[family_id]
     model = build_on_meta(partial(family.build, family.default_config()))
-    return frozenset(_template(name) for name in name_table(model))
+    table = name_table(model)
+    return frozenset(_template(name) for name in (*table.dotted, *table.flat))
