@@ -16,7 +16,14 @@ the text encoder).
 from importlib import import_module
 
 from .conditioning import Conditioning
-from .errors import CheckpointError, InvalidInputError, LuminaCoreError, SamplingError, UnsupportedModelError
+from .errors import (
+    CheckpointError,
+    DecodeError,
+    InvalidInputError,
+    LuminaCoreError,
+    SamplingError,
+    UnsupportedModelError,
+)
 
 _LAZY = {
     "load_transformer": "lumina_core.loading.transformer",
@@ -30,7 +37,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "Conditioning", "CheckpointError", "InvalidInputError", "LuminaCoreError", "SamplingError",
+    "Conditioning", "CheckpointError", "DecodeError", "InvalidInputError", "LuminaCoreError", "SamplingError",
     "UnsupportedModelError", *_LAZY,
 ]  # fmt: skip
 

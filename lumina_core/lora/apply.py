@@ -32,6 +32,7 @@ from ..errors import CheckpointError, UnsupportedModelError
 from ..gguf.quantized import QuantizedLinear
 from ..loading.files import preview
 from ..loading.transformer import FAMILIES
+from ..validation import check_float
 from .factors import LoRA, LowRank, load_lora
 from .side_path import LowRankLinear
 from .targets import (
@@ -77,7 +78,8 @@ def apply_loras(model: nn.Module, loras: Sequence[LoraSpec], merge: bool = True)
     merge: False puts float layers on the side path too (no extra weight memory, two thin matmuls per layer).
     """
     base = remove_loras(model)
-    state = LoraState(base, applied_loras(model) + tuple((_as_lora(lora), float(s)) for lora, s in loras))
+    new = tuple((_as_lora(lora), check_float("LoRA strength", strength)) for lora, strength in loras)
+    state = LoraState(base, applied_loras(model) + new)
     layers = linear_layers(base)
     table = name_table(base)
     patches: dict[str, list[Patch]] = {}

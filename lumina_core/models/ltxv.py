@@ -135,6 +135,21 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], **stored) -> LTXVideo
     )
 
 
+def _check_reach(max_positions: tuple[float, float, float], height: int, width: int, frames: int, rate: float) -> None:
+    """Refuse a size beyond what the fractional RoPE positions cover (seconds, pixels, pixels)."""
+    seconds, max_height, max_width = max_positions
+    for name, size, limit in (("width", width, max_width), ("height", height, max_height)):
+        if size > limit:
+            raise InvalidInputError(
+                f"{name} {size} is too large: LTX-Video's positions cover {limit:g} px per side; use {limit:g} or less."
+            )
+    if (frames - 1) / rate > seconds:
+        raise InvalidInputError(
+            f"{frames} frames at {rate:g} fps is too long: LTX-Video's positions cover {seconds:g} s, at most "
+            f"{int(seconds * rate) // 8 * 8 + 1} frames at this frame rate."
+        )
+
+
 def rope_angles(
     frames: int, height: int, width: int, frame_rate: float, cfg: LTXVideoConfig, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
@@ -323,12 +338,16 @@ class LTXVideoTransformer(nn.Module):
     def device(self) -> torch.device:
         return self.patchify_proj.weight.device
 
-    def latent_shape(self, batch_size: int, height: int, width: int, frames: int = 1) -> tuple[int, ...]:
+    def latent_shape(
+        self, batch_size: int, height: int, width: int, frames: int = 1, frame_rate: float = DEFAULT_FRAME_RATE
+    ) -> tuple[int, ...]:
         """(B, 128, F, H, W) latent for a video of `frames` frames of height x width pixels.
 
         Width and height must be positive multiples of 32 and the frame count 8k + 1 (1, 9, ..., 97, 121, 257): the
-        VAE compresses 32 x 32 pixels and 8 frames into one cell, keeping the first frame on its own.
+        VAE compresses 32 x 32 pixels and 8 frames into one cell, keeping the first frame on its own. The RoPE
+        positions cover `config.max_positions`: 2048 px per side and 20 s (at `frame_rate`).
         """
+        _check_reach(self.config.max_positions, height, width, frames, frame_rate)
         scale_t, scale_h, scale_w = VAE_SCALE_FACTORS
         for name, size, multiple in (("width", width, scale_w), ("height", height, scale_h)):
             if size < multiple or size % multiple:

@@ -26,6 +26,7 @@ from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from ..loading import files
 from ..loading.keymaps import ldm_vae
 from ..loading.modules import assign_tensors, build_on_meta
+from ..nonfinite import check_decoded
 
 LATENT_NORMALISATION = latents.BY_CHANNELS
 NORM_EPS = 1e-6  # every GroupNorm of the LDM autoencoder
@@ -249,7 +250,7 @@ class Autoencoder(nn.Module):
         z = (latent.float() / self.scale + self.shift).to(self.decoder.conv_in.weight)
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
-        return ((self.decoder(z).float() + 1) / 2).clamp(0, 1)
+        return check_decoded(self, latent, (self.decoder(z).float() + 1) / 2).clamp(0, 1)
 
 
 def _check_input(x: torch.Tensor, channels: int, multiple: int, name: str) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 
 import lumina_core as lc
 from lumina_core import tiny
-from lumina_core.errors import CheckpointError, UnsupportedModelError
+from lumina_core.errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from lumina_core.gguf.convert import convert
 from lumina_core.gguf.quantized import QuantizedLinear
 from lumina_core.loading.keymaps.lumina2 import qkv_rows
@@ -89,6 +89,8 @@ def test_strengths_add_stack_and_come_off(tmp_path):
     a = write_lora(tmp_path / "a.safetensors", random_changes(shapes, 2, seed=1), "comfy")
     b = write_lora(tmp_path / "b.safetensors", random_changes(shapes, 2, seed=2), "kohya")
     assert lc.apply_loras(model, [(a, 0.0)]) is model  # strength 0 is the base model
+    with pytest.raises(InvalidInputError, match="LoRA strength must be a finite number; got nan"):
+        lc.apply_loras(model, [(a, float("nan"))])
     both = lc.apply_loras(model, [(a, 0.5), (b, -1.5)])
     stacked = lc.apply_loras(lc.apply_loras(model, [(a, 0.5)]), [(b, -1.5)])
     assert [s for _, s in lc.lora.applied_loras(stacked)] == [0.5, -1.5]
