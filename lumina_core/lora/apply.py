@@ -19,34 +19,27 @@ DoRA after another LoRA normalises the already changed weight.
 from __future__ import annotations
 
 import copy
-import logging
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, UnsupportedModelError
+from ..errors import CheckpointError
 from ..gguf.quantized import QuantizedLinear
-from ..loading.files import preview
 from ..loading.transformer import FAMILIES
 from ..validation import check_float
+from .checks import check_family, nothing_matches, warn_unused
 from .factors import LoRA, LowRank, load_lora
 from .side_path import LowRankLinear
 from .targets import (
     NameTable,
     Target,
-    family_votes,
-    foreign_model,
-    is_text_encoder,
     linear_layers,
     name_table,
     target_rows,
 )
-
-logger = logging.getLogger("lumina_core.lora")
 
 MERGEABLE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -115,7 +108,7 @@ def _as_lora(lora: LoRA | str | os.PathLike) -> LoRA:
 def _plan(model, lora: LoRA, strength: float, table: NameTable, layers) -> list[tuple[str, Patch]]:
     """(module path, patch) for every change of `lora` this model has a layer for; raises or warns about the rest."""
     family = FAMILIES[model.family]
-    _check_family(model, lora)
+    check_family(model.family, lora.path, lora.modules)
     found: dict[Target, tuple[str, LowRank]] = {}
     unused = list(lora.other_keys)
     for name, change in lora.modules.items():
@@ -131,49 +124,15 @@ def _plan(model, lora: LoRA, strength: float, table: NameTable, layers) -> list[
         else:
             found.setdefault(target, (name, change))  # identical copies (diffusers' duplicated projections) apply once
     if not found:
-        raise CheckpointError(_nothing_matches(model, lora))
+        raise CheckpointError(nothing_matches(model.family, lora.path, lora.key_count, lora.modules))
     if unused:
-        _warn_unused(lora, unused, family.name)
+        warn_unused(lora.name, unused, lora.key_count, model.family, stacklevel=3)
     if strength == 0:
         return []
     return [
         (t.module, _patch(lora, name, change, strength, t, layers[t.module], model.family))
         for t, (name, change) in found.items()
     ]
-
-
-def _check_family(model, lora: LoRA) -> None:
-    names = [n for n in lora.modules if not is_text_encoder(n)]
-    votes = family_votes(names)
-    best, count = votes.most_common(1)[0]
-    if count > votes[model.family]:
-        raise UnsupportedModelError(
-            f"{lora.path} is a LoRA for {FAMILIES[best].name} ({count} of its {len(names)} layer names are "
-            f"{FAMILIES[best].name}'s), but this model is {FAMILIES[model.family].name}. Load it with a "
-            f"{FAMILIES[best].name} model."
-        )
-
-
-def _nothing_matches(model, lora: LoRA) -> str:
-    family = FAMILIES[model.family].name
-    names = sorted(lora.modules)
-    if names and all(is_text_encoder(n) for n in names):
-        return f"{lora.path} changes only a text encoder ({preview(names, 3)}); it has nothing for the {family} model."
-    other = foreign_model(names)
-    looks = f" It looks like a LoRA for {other}." if other else ""
-    return (
-        f"{lora.path}: none of its {lora.key_count} keys names a layer of this {family} model (e.g. "
-        f"{preview(names, 3)}).{looks} Expected original/ComfyUI, diffusers or kohya names of {family} layers."
-    )
-
-
-def _warn_unused(lora: LoRA, unused: list[str], family: str) -> None:
-    message = (
-        f"LoRA {lora.name}: {len(unused)} of its {lora.key_count} keys match no layer of this {family} model and are "
-        f"not applied (e.g. {preview(sorted(unused), 3)})"
-    )
-    logger.warning(message)
-    warnings.warn(message, stacklevel=4)
 
 
 def _patch(lora: LoRA, name: str, change: LowRank, strength: float, target: Target, layer, family_id: str) -> Patch:
