@@ -72,13 +72,20 @@ class NameTable:
         return {**dotted, **{prefix + name: t for prefix in FLAT_PREFIXES for name, t in self.flat.items()}}
 
 
-def name_table(model: nn.Module) -> NameTable:
-    """Every name a LoRA file may give each Linear layer of `model`, in each family naming, dotted and flat."""
+def weighted_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every module with a weight of its own (Linear layers, norms, embeddings), by path: what a full-weight patch
+    (ComfyUI's `.diff`, LoHa on a norm) can change."""
+    return {name: m for name, m in model.named_modules() if "weight" in m._parameters or isinstance(m, QuantizedLinear)}
+
+
+def name_table(model: nn.Module, modules: Iterable[str] | None = None) -> NameTable:
+    """Every name a LoRA file may give each of `modules` (default: the Linear layers) of `model`, in each family
+    naming, dotted and flat."""
     alternative_names = FAMILIES[model.family].alternative_names
     dotted: dict[str, Target] = {}
     flat: dict[str, Target] = {}
     clashes: set[tuple[str, str]] = set()
-    for module in linear_layers(model):
+    for module in linear_layers(model) if modules is None else modules:
         names = [(module, None)] + [
             (k.removesuffix(".weight"), part) for k, part in alternative_names(module + ".weight")
         ]
@@ -98,6 +105,12 @@ def target_rows(target: Target, layer: nn.Module, model_family: str) -> slice:
     sizes = FAMILIES[model_family].part_rows(target.module + ".weight", (layer.out_features, layer.in_features))
     start = sum(sizes[: target.part])
     return slice(start, start + sizes[target.part])
+
+
+def key_modules(keys: Iterable[str]) -> set[str]:
+    """The module names LoRA keys of any format may stand for: each key without its last one, two or three parts
+    (`.alpha`, `.hada_w1_a`; `.lora_A.weight`; `.lora.down.weight`, `.lora_A.default.weight`)."""
+    return {key.rsplit(".", cut)[0] for key in keys for cut in (1, 2, 3) if key.count(".") >= cut}
 
 
 def is_text_encoder(name: str) -> bool:
