@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..common.ops import cast_ops, default_compute_dtype
 from ..errors import CheckpointError
 from ..gguf.quantized import QuantizedLinear
 from ..loading.transformer import FAMILIES
@@ -81,7 +82,7 @@ def apply_loras(model: nn.Module, loras: Sequence[LoraSpec], merge: bool = True)
             patches.setdefault(module, []).append(patch)
     if not patches:
         return base
-    dtype = getattr(base, "dtype", torch.float32)
+    dtype = default_compute_dtype(base)
     patched = _copy_along(
         base, {module: _patched_layer(layers[module], ps, merge, dtype) for module, ps in patches.items()}
     )
@@ -164,9 +165,10 @@ def _patched_layer(layer: nn.Module, patches: list[Patch], merge: bool, dtype: t
         merged = _shallow_copy(layer)
         merged.weight = nn.Parameter(merged_weight(layer.weight, patches), requires_grad=False)
         return merged
-    # A DoRA needs the weight itself: the quantized (or scaled) one is dequantized once into a float layer.
+    # A DoRA needs the weight itself: the quantized (or scaled) one is dequantized once into a float layer, which
+    # computes wherever its input is, as the packed layer did.
     weight = merged_weight(effective_weight(layer), patches).to(dtype)
-    merged = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+    merged = cast_ops.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
     merged.weight = nn.Parameter(weight, requires_grad=False)
     merged.bias = layer.bias
     return merged

@@ -30,11 +30,6 @@ class LowRankLinear(nn.Module):
         self.register_buffer("up", up)
 
     @property
-    def weight(self) -> torch.Tensor | None:
-        # Model code reads a float layer's weight for its dtype (the timestep embedders); a quantized one has None.
-        return self.layer.weight
-
-    @property
     def in_features(self) -> int:
         return self.layer.in_features
 

@@ -71,6 +71,7 @@ from typing import Any
 
 import torch
 
+from ..common.ops import placement
 from ..conditioning import Conditioning, check_family, concat_conditionings
 from ..errors import InvalidInputError, SamplingError
 from ..nonfinite import check_conditioning, count_nonfinite, dtype_name, is_finite, model_name, model_output_error
@@ -171,14 +172,6 @@ def _masked_velocity(
 ) -> torch.Tensor:
     """mask·v(x, sigma): the velocity of a token whose own sigma is mask·sigma, per unit of the shared sigma."""
     return mask * velocity(x, sigma)
-
-
-def model_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
-    """The dtype and device of the model's first parameter (float32 on the CPU for a model without any)."""
-    param = next(model.parameters(), None)
-    if param is None:
-        return torch.float32, torch.device("cpu")
-    return param.dtype, param.device
 
 
 def _solver_step(solver: str, atol: float, rtol: float) -> StepFn:
@@ -401,8 +394,9 @@ def sample(
     stats: SamplingStats | None = None,
     interrupt: Callable[[], None] | None = None,
     make_room: Callable[[int, torch.device], None] | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Integrate the flow from noise to a clean latent; returns it in model space, float32, on the model's device.
+    """Integrate the flow from noise to a clean latent; returns it in model space, float32, on `device`.
 
     positive / negative: text conditionings with batch 1 (tiled to batch_size) or batch_size. Guidance runs when
         a negative is given and cfg != 1 (in `cfg_mode="diffusers"` only when cfg > 1, as the pipeline does).
@@ -438,6 +432,9 @@ def sample(
     model_options: keywords passed to every model call (e.g. Lumina-Next's RoPE scaling and proportional
         attention, LTX-Video's frame_rate); none at all when empty, as Lumina 2 takes none.
     stats: a `SamplingStats` to fill in with the run's model calls and solver steps.
+    device: where the latent lives and the model runs; None: the device of the model's first parameter. A host
+        that keeps part of the weights elsewhere (ComfyUI's partial loading) passes its compute device. The model
+        runs in its `compute_dtype` (its loader's choice; else the dtype of its weights).
     interrupt: called before every transformer block and after every step; raise from it to stop (ComfyUI's
         Cancel), so a long step stops within one block.
     make_room(bytes, device): called when the run's memory estimate (`sampling.memory`) exceeds what `device` has
@@ -471,7 +468,7 @@ def sample(
         if given is not None and not is_finite(given):
             raise InvalidInputError(f"{name} holds NaN/inf ({count_nonfinite(given)}); sampling needs finite values.")
 
-    dtype, device = model_dtype_device(model)
+    device, dtype = placement(model, device)
     guided = negative is not None and cfg != 1.0
     check_memory(model, shape, guided, dtype, device, make_room)
     if noise is None:

@@ -120,7 +120,7 @@ def test_side_path_on_float_layers_equals_merging(tmp_path):
     lora = write_lora(tmp_path / "a.safetensors", random_changes(linear_shapes(model), 3, seed=1), "comfy")
     merged, side = lc.apply_loras(model, [(lora, 0.7)]), lc.apply_loras(model, [(lora, 0.7)], merge=False)
     assert isinstance(side.transformer_blocks[0].attn1.to_q, LowRankLinear)
-    assert side.dtype == model.dtype  # dtype probes read through the side path to the layer's weight
+    assert side.transformer_blocks[0].attn1.to_q.layer is model.transformer_blocks[0].attn1.to_q
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 128, 2, 2, 3, generator=g), torch.rand(1, generator=g), torch.randn(1, 4, 32, generator=g)
     with torch.no_grad():
@@ -194,7 +194,7 @@ def test_dora_on_a_gguf_layer_is_merged_once(tmp_path):
     change = replace(random_changes({layer: tuple(weight.shape)}, 2, seed=1)[layer], dora_scale=torch.rand(1, 512) + 1)
     patched = lc.apply_loras(model, [(write_lora(tmp_path / "dora.safetensors", {layer: change}, "comfy"), 1.0)])
     merged = patched.get_submodule(layer)
-    assert type(merged) is nn.Linear and merged.bias is None
+    assert isinstance(merged, nn.Linear) and merged.bias is None
     torch.testing.assert_close(merged.weight, dora_weight(weight, change, True), rtol=1e-5, atol=1e-6)
 
 
@@ -273,3 +273,42 @@ def test_files_without_lora_factors(tmp_path):
     save_file(bad, tmp_path / "bad.safetensors")
     with pytest.raises(CheckpointError, match="are not a low-rank pair"):
         lc.load_lora(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["fp8", "scaled-fp8"])
+def test_fp8_layers_keep_their_weights_and_take_the_side_path(scaled, tmp_path):
+    """fp8 weights (and ComfyUI's fp8 x scale_weight) would round if merged: the side path leaves them as stored;
+    a DoRA layer is merged once from its effective weight."""
+    model = tiny.make_transformer(0)
+    state = tiny.transformer_tensors(model)
+    float8 = torch.float8_e4m3fn
+    effective = {}
+    if scaled:
+        tensors = {"scaled_fp8": torch.empty(0, dtype=float8)}
+        for name, value in state.items():
+            if name in {f"{m}.weight" for m in linear_shapes(model)}:
+                scale = value.abs().max() / 448.0
+                tensors[name] = (value / scale).to(float8)
+                tensors[name.removesuffix("weight") + "scale_weight"] = scale.reshape(())
+                effective[name] = tensors[name].float() * scale
+            else:
+                tensors[name] = value
+        save_file(tensors, tmp_path / "model.safetensors")
+        loaded = lc.load_transformer(tmp_path / "model.safetensors", compute_dtype=torch.float32)
+    else:
+        save_file(state, tmp_path / "model.safetensors")
+        loaded = lc.load_transformer(tmp_path / "model.safetensors", dtype=float8, compute_dtype=torch.float32)
+        effective = {k: v.float() for k, v in loaded.state_dict().items() if v.dtype == float8}
+    assert loaded.layers[0].attention.qkv.weight.dtype == float8
+    reference = tiny.make_transformer(0)
+    reference.load_state_dict({**model.state_dict(), **effective})
+    changes = random_changes(linear_shapes(model), 2, seed=1)
+    dora_layer = "layers.1.feed_forward.w3"
+    changes[dora_layer] = replace(changes[dora_layer], dora_scale=torch.rand(1, 64) + 0.5)
+    lora = write_lora(tmp_path / "lora.safetensors", changes, "comfy")
+    patched = lc.apply_loras(loaded, [(lora, 0.7)])
+    assert isinstance(patched.layers[0].attention.qkv, LowRankLinear)
+    assert patched.get_submodule(dora_layer).weight.dtype == torch.float32
+    x = torch.randn(1, 16, 4, 4), torch.rand(1), torch.randn(1, 3, 32), torch.ones(1, 3, dtype=torch.bool)
+    with torch.no_grad():
+        assert relative_error(patched(*x), lc.apply_loras(reference, [(lora, 0.7)])(*x)) < 1e-5
