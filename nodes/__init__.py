@@ -8,6 +8,7 @@ generic names (other packs register GGUFLoader and FlowSampler too; ComfyUI keep
 from . import comfy_bridge
 from .decode import LTXVideoDecode, LuminaVAEDecode
 from .loaders import GGUFLoader, LoadGemma, LoadLuminaTransformer, LoadLuminaVAE, LoadT5
+from .lora import LoadLuminaLoRA
 from .sampling import FlowSampler, GemmaEncode, T5Encode
 
 PREFIX = "Lumina"
@@ -27,8 +28,8 @@ def register(*classes: type) -> tuple[dict[str, type], dict[str, str]]:
 
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = register(
-    LoadLuminaTransformer, GGUFLoader, LoadGemma, GemmaEncode, LoadT5, T5Encode, FlowSampler, LoadLuminaVAE,
-    LuminaVAEDecode, LTXVideoDecode,
+    LoadLuminaTransformer, GGUFLoader, LoadLuminaLoRA, LoadGemma, GemmaEncode, LoadT5, T5Encode, FlowSampler,
+    LoadLuminaVAE, LuminaVAEDecode, LTXVideoDecode,
 )  # fmt: skip
 
 comfy_bridge.register_folders()

@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -36,8 +37,8 @@ COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
 WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
 PACK = "comfyui-lumina"
 OUR_NODES = (
-    "LuminaLoadTransformer", "LuminaGGUFLoader", "LuminaLoadGemma", "LuminaGemmaEncode", "LuminaLoadT5",
-    "LuminaT5Encode", "LuminaFlowSampler", "LuminaLoadVAE", "LuminaVAEDecode", "LuminaLTXVideoDecode",
+    "LuminaLoadTransformer", "LuminaGGUFLoader", "LuminaLoadLoRA", "LuminaLoadGemma", "LuminaGemmaEncode",
+    "LuminaLoadT5", "LuminaT5Encode", "LuminaFlowSampler", "LuminaLoadVAE", "LuminaVAEDecode", "LuminaLTXVideoDecode",
 )  # fmt: skip
 SAMPLER = "LuminaFlowSampler"
 # The file names the shipped workflows use, so they run unchanged apart from size and steps.
@@ -76,14 +77,15 @@ class Run:
 def write_models(root: Path) -> Path:
     """Tiny checkpoints under the names the workflows use; returns the extra_model_paths YAML."""
     models = root / "models"
-    for sub in ("diffusion_models", "text_encoders", "vae", "checkpoints"):
+    folder_names = ("diffusion_models", "text_encoders", "vae", "checkpoints", "loras")
+    for sub in folder_names:
         (models / sub).mkdir(parents=True)
     write_workflow_models({sub: models / sub for sub in WORKFLOW_FILES})
     convert(models / "diffusion_models" / TRANSFORMER, models / "diffusion_models" / GGUF_TRANSFORMER, "Q8_0")
     write_gemma_gguf(tiny.make_gemma(0), tiny.train_tokenizer(), models / "text_encoders" / GGUF_TEXT_ENCODER, Q.Q8_0)
     shutil.copy(models / "vae" / VAE, models / "checkpoints" / VAE_AS_CHECKPOINT)
     config = root / "extra_model_paths.yaml"
-    folders = "".join(f"    {sub}: {sub}\n" for sub in ("diffusion_models", "text_encoders", "vae", "checkpoints"))
+    folders = "".join(f"    {sub}: {sub}\n" for sub in folder_names)
     config.write_text(f"lumina_integration_test:\n    base_path: {models}\n{folders}")
     return config
 
@@ -421,3 +423,23 @@ def test_free_unloads_our_models(server):
     }
     assert run_graph(server, blank).status == "success"
     assert requested_during(13) == ours
+
+
+def test_lora_leaves_the_cached_model_as_it_was(server):
+    """The loader's cached model, sampled before and after a LoRA workflow reused it: the same picture; the LoRA
+    workflow's differs. Also with a GGUF transformer (whose layers take the LoRA as object patches)."""
+
+    def picture(graph: dict) -> np.ndarray:
+        files = assert_success(server, run_graph(server, graph))
+        with Image.open(server.output_dir / files[0]["path"]) as image:
+            return np.asarray(image, dtype=np.int16)
+
+    lora_graph = shrink(rw.load_graph(REPO / "workflows" / "api" / "lumina2_t2i_lora.json"))
+    lora_node = next(key for key, n in lora_graph.items() if n["class_type"] == "LuminaLoadLoRA")
+    base_graph = {k: v for k, v in lora_graph.items() if k != lora_node}
+    sampler = rw.nodes_of(base_graph, SAMPLER)[0]
+    base_graph[sampler] = {**base_graph[sampler], "inputs": {**base_graph[sampler]["inputs"], "model": ["1", 0]}}
+    gguf = {"1": node("LuminaGGUFLoader", file=GGUF_TRANSFORMER, weight_dtype="auto")}
+    for graph_base, graph_lora in ((base_graph, lora_graph), ({**base_graph, **gguf}, {**lora_graph, **gguf})):
+        before, with_lora, after = picture(graph_base), picture(graph_lora), picture(graph_base)
+        assert np.array_equal(before, after) and np.abs(with_lora - before).max() > 10

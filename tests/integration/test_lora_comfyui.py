@@ -1,0 +1,83 @@
+"""Our LoRA node against ComfyUI's own LoraLoaderModelOnly, inside the real ComfyUI (its modules in-process, CPU).
+
+Runs `comfy_lora.py` once with ComfyUI's interpreter from its checkout and asserts on what it measured. For every
+key style ComfyUI 0.3.64 maps on these models (its names `diffusion_model.<path>` and `lora_unet_<path>`: LoRA,
+DoRA per column and per row, LoHa, LoKr, full diffs on weights, biases and a norm), our node patches the same keys
+and ComfyUI merges bit-identical weights on our model and on its own (Lumina-Image 2.0 at the released width,
+LTX-Video). For the styles ComfyUI does not map (diffusers names, trainers' split q/k/v, `model.diffusion_model.`,
+bare names) it patches nothing, ours everything, equal to the core's apply_loras. On a GGUF model the node's
+object patches compute what the core computes, and the loaders' models are never changed. Skipped unless
+COMFYUI_DIR names a ComfyUI checkout (COMFYUI_PYTHON its interpreter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
+COMFY_MAPS = ("comfy", "kohya", "dora_columns", "dora_rows", "loha", "lokr", "diff")
+ONLY_OURS = {"lumina2": ("diffusers", "split_qkv", "comfy_checkpoint_prefix", "bare"),
+             "ltxv": ("diffusers", "comfy_checkpoint_prefix", "bare")}  # fmt: skip
+
+pytestmark = [
+    pytest.mark.comfyui,
+    pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout (and COMFYUI_PYTHON)"),
+]
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory) -> dict:
+    script = Path(__file__).with_name("comfy_lora.py")
+    scratch = tmp_path_factory.mktemp("comfy_lora")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run([COMFYUI_PYTHON, str(script), str(REPO), str(scratch)], cwd=COMFYUI_DIR, env=env,
+                          capture_output=True, text=True, timeout=1800)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps(results, indent=1))
+    return results
+
+
+@pytest.mark.parametrize("family", ["lumina2", "ltxv"])
+@pytest.mark.parametrize("style", COMFY_MAPS)
+def test_merged_weights_equal_comfyuis_own_lora_loader(measured, family, style):
+    result = measured[f"{family}/{style}"]
+    assert result["core_keys"] > 0 and result["same_keys"]
+    assert result["equal_keys"] == result["core_keys"] and result["max_abs_diff"] == 0.0
+
+
+@pytest.mark.parametrize(("family", "style"), [(f, s) for f, styles in ONLY_OURS.items() for s in styles])
+def test_styles_comfyui_does_not_map_apply_as_in_the_core(measured, family, style):
+    result = measured[f"{family}/{style}"]
+    assert result["core_keys"] == 0 and result["our_keys"] >= 10
+    assert result["max_rel_diff_vs_core_api"] < 1e-6
+
+
+@pytest.mark.parametrize("family", ["lumina2", "ltxv"])
+def test_the_loaded_model_is_never_changed(measured, family):
+    assert measured[f"{family}/base"] == {"untouched": True, "patches": 0, "object_patches": 0}
+
+
+def test_gguf_layers_take_the_side_path_as_object_patches(measured):
+    result = measured["gguf"]
+    assert result["object_patches"] > 0 and result["weight_patches"] > 0  # packed layers / float-kept layers
+    assert result["rel_diff_vs_core"] < 1e-6 and result["lora_effect"] > 0.01 and result["base_after"] == 0.0
+
+
+@pytest.mark.parametrize("family", ["lumina2", "ltxv"])
+def test_messages_inside_comfyui(measured, family):
+    found = measured[f"{family}/messages"]
+    ours, other = ("Lumina-Image 2.0", "LTX-Video") if family == "lumina2" else ("LTX-Video", "Lumina-Image 2.0")
+    assert found["other_family"].startswith("UnsupportedModelError") and f"a LoRA for {other}" in found["other_family"]
+    assert f"this model is {ours}" in found["other_family"]
+    assert "flux.safetensors: none of its 2 keys" in found["flux"] and "FLUX" in found["flux"]
+    (line,) = found["partial"]  # one line, none of ComfyUI's per-key "lora key not loaded"
+    assert line.startswith("LoRA partial.safetensors: 2 of its") and "diffusion_model.not_a_layer.lora_A" in line
