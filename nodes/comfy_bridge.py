@@ -108,11 +108,16 @@ def resolve_file(key: str, name: str) -> str:
     raise ValueError(f"'{name}' vanished from the {key} folders.")
 
 
-def t5_tokenizer_dirs() -> list[str]:
-    """Inside ComfyUI, the T5 tokenizer ComfyUI itself ships (single-file T5 checkpoints carry none)."""
+def bundled_tokenizer_dirs() -> list[str]:
+    """Inside ComfyUI, the tokenizers ComfyUI itself ships for the single-file text encoders that carry none: T5's
+    and Qwen's (`qwen25_tokenizer`, which its own Z-Image encoder uses for Qwen3-4B). Each loader takes the one
+    of its kind."""
     if not IN_COMFYUI:
         return []
-    return [os.path.join(folder_paths.base_path, "comfy", "text_encoders", "t5_tokenizer")]
+    # They sit in ComfyUI's source tree, next to comfy/model_management.py (folder_paths.base_path may be another
+    # --base-directory, and `comfy` itself is a namespace package without a file).
+    folder = os.path.join(os.path.dirname(os.path.abspath(model_management.__file__)), "text_encoders")
+    return [os.path.join(folder, "t5_tokenizer"), os.path.join(folder, "qwen25_tokenizer")]
 
 
 # ---- devices, precision and layers, per kind of model ----
@@ -375,8 +380,8 @@ def latent_previewer(family: str, device: torch.device):
     import comfy.latent_formats
     import latent_preview
 
-    formats = {"lumina2": comfy.latent_formats.Flux, "lumina_next": comfy.latent_formats.SDXL,
-               "ltxv": comfy.latent_formats.LTXV}  # fmt: skip
+    formats = {"lumina2": comfy.latent_formats.Flux, "zimage": comfy.latent_formats.Flux,
+               "lumina_next": comfy.latent_formats.SDXL, "ltxv": comfy.latent_formats.LTXV}  # fmt: skip
     latent_format = formats.get(family)
     previewer = latent_format and latent_preview.get_previewer(device, latent_format())
     if previewer is None:

@@ -1,4 +1,5 @@
-"""Loader nodes: transformer, Gemma and T5 text encoders, VAE, and the GGUF loader (transformers and text encoders).
+"""Loader nodes: transformer, Gemma / Qwen3 and T5 text encoders, VAE, and the GGUF loader (transformers and text
+encoders).
 
 Each loads its model into ComfyUI's offload device for that kind of model, built with ComfyUI's cast layers,
 and hands it on in a ModelPatcher (see `comfy_bridge`); the nodes that run a model ask ComfyUI to load it.
@@ -51,7 +52,7 @@ def load_text_encoder(path: str, choice: str) -> Handle:
     precision = bridge.text_encoder_precision(_dtype(choice), stored_scaled_fp8(path))
     offload = bridge.devices("text_encoder")[1]
     encoder = lumina_core.load_text_encoder(
-        path, device=offload, tokenizer_dirs=bridge.t5_tokenizer_dirs(), **precision.loader_options()
+        path, device=offload, tokenizer_dirs=bridge.bundled_tokenizer_dirs(), **precision.loader_options()
     )
     return Handle(encoder, bridge.patcher(encoder.model, "text_encoder"), "text_encoder", encoder.family, path)
 
@@ -81,8 +82,8 @@ class _FileLoader:
 
 class LoadLuminaTransformer(_FileLoader):
     DISPLAY_NAME = "Load Lumina Transformer"
-    DESCRIPTION = ("Loads a Lumina-Image 2.0, Lumina-Next or LTX-Video diffusion transformer from any layout "
-                   "(original, ComfyUI, diffusers).")  # fmt: skip
+    DESCRIPTION = ("Loads a Lumina-Image 2.0, Lumina-Next, Z-Image (Z-Image-Turbo) or LTX-Video diffusion transformer "
+                   "from any layout (original, ComfyUI, diffusers).")  # fmt: skip
     RETURN_TYPES = ("LUMINA_MODEL",)
     RETURN_NAMES = ("model",)
     FOLDER = "lumina_diffusion_models"
@@ -114,11 +115,12 @@ class _TextEncoderLoader(_FileLoader):
 
 
 class LoadGemma(_TextEncoderLoader):
-    DISPLAY_NAME = "Load Gemma Text Encoder (Lumina)"
+    DISPLAY_NAME = "Load Gemma / Qwen3 Text Encoder (Lumina, Z-Image)"
     DESCRIPTION = ("Loads Gemma-2-2B for Lumina-Image 2.0 (ComfyUI gemma_2_2b_fp16, an HF folder's file, or an "
-                   "all-in-one checkpoint) or Gemma-2B for Lumina-Next; the generation is detected from the "
-                   "tensors.")  # fmt: skip
-    SERVES = ("lumina2", "lumina_next")
+                   "all-in-one checkpoint), Gemma-2B for Lumina-Next, or Qwen3-4B for Z-Image (ComfyUI "
+                   "qwen_3_4b, fp8 files too, with the Qwen tokenizer ComfyUI ships); the model is detected from "
+                   "the tensors.")  # fmt: skip
+    SERVES = ("lumina2", "lumina_next", "zimage")
 
 
 class LoadT5(_TextEncoderLoader):
@@ -148,9 +150,9 @@ class LoadLuminaVAE(_FileLoader):
 
 class GGUFLoader:
     DISPLAY_NAME = "Load GGUF (Lumina)"
-    DESCRIPTION = ("Loads a GGUF file: a Lumina-Image 2.0, Lumina-Next or LTX-Video transformer (quantized layers stay "
-                   "packed and are dequantized one at a time) or a Gemma / Gemma-2 / T5 text encoder made by "
-                   "llama.cpp. The file's contents pick the output; connect that one.")  # fmt: skip
+    DESCRIPTION = ("Loads a GGUF file: a Lumina-Image 2.0, Lumina-Next, Z-Image or LTX-Video transformer (quantized "
+                   "layers stay packed and are dequantized one at a time) or a Gemma / Gemma-2 / Qwen3 / T5 text "
+                   "encoder made by llama.cpp. The file's contents pick the output; connect that one.")  # fmt: skip
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LUMINA_MODEL", "LUMINA_TEXT_ENCODER")
     RETURN_NAMES = ("model", "text_encoder")

@@ -50,25 +50,27 @@ VIDEO_OPTIONS = {
 
 
 class GemmaEncode:
-    DISPLAY_NAME = "Gemma Encode (Lumina)"
+    DISPLAY_NAME = "Gemma / Qwen3 Encode (Lumina, Z-Image)"
     DESCRIPTION = ("Encodes a prompt for the model its text encoder belongs to. For Lumina-Image 2.0 (Gemma-2) the "
                    "prompt gets the chosen system prompt template, and an empty prompt is encoded as '' without "
                    "one, as the original code does for negative prompts. Lumina-Next (Gemma) takes the bare "
-                   "prompt.")  # fmt: skip
+                   "prompt; Z-Image (Qwen3-4B) takes it in Qwen3's chat template, as its pipeline does (at most 512 "
+                   "tokens).")  # fmt: skip
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LUMINA_CONDITIONING",)
     RETURN_NAMES = ("conditioning",)
     FUNCTION = "encode"
-    SERVES = ("lumina2", "lumina_next")
+    SERVES = ("lumina2", "lumina_next", "zimage")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "text_encoder": ("LUMINA_TEXT_ENCODER", {"tooltip": "From Load Gemma Text Encoder."}),
+            "text_encoder": ("LUMINA_TEXT_ENCODER", {"tooltip": "From Load Gemma / Qwen3 Text Encoder."}),
             "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Long, detailed prompts work best."}),
             "system_prompt": (list(SYSTEM_PROMPTS), {
                 "default": "real", "tooltip": "Lumina-Image 2.0's sample.py presets; 'real' is its default. "
-                                              "Ignored for Lumina-Next, which was trained without one."}),
+                                              "Ignored for Lumina-Next and Z-Image, which were trained without "
+                                              "one."}),
         }}  # fmt: skip
 
     def encode(self, text_encoder: Handle, prompt: str, system_prompt: str):
@@ -107,7 +109,8 @@ def _encode(node, text_encoder: Handle, prompts: list[str], **options) -> tuple:
         other = next((cls for cls in (GemmaEncode, T5Encode) if text_encoder.family in cls.SERVES), None)
         where = f"encode with {other.DISPLAY_NAME} instead" if other else "no encode node of this pack takes it"
         raise lumina_core.InvalidInputError(f"this text encoder serves {text_encoder.family}: {where}.")
-    device = text_encoder.load(encoding_memory(text_encoder.model, len(prompts)))
+    tokens = getattr(text_encoder.model, "max_tokens", 256)
+    device = text_encoder.load(encoding_memory(text_encoder.model, len(prompts), tokens))
     conditioning = text_encoder.model.encode(prompts, device=device, **options)
     return (conditioning.to(bridge.intermediate_device()),)
 
@@ -116,9 +119,10 @@ class FlowSampler:
     DISPLAY_NAME = "Flow Sampler (Lumina)"
     DESCRIPTION = ("Flow-matching sampler for every Lumina family: Lumina-Image 2.0's CFG truncation and "
                    "renormalisation (original semantics), Lumina-Next's resolution extrapolation, context drop and "
-                   "few-step sigmoid schedule, LTX-Video text- and image-to-video. shift, schedule and cfg_renorm "
-                   "default to auto: the model family's reference recipe. Outputs a standard LATENT (raw VAE space) "
-                   "that core nodes accept.")  # fmt: skip
+                   "few-step sigmoid schedule, Z-Image (Turbo: 8 euler steps, cfg 1, no negative needed), "
+                   "LTX-Video text- and image-to-video. shift, schedule and cfg_renorm default to auto: the model "
+                   "family's reference recipe. Outputs a standard LATENT (raw VAE space) that core nodes "
+                   "accept.")  # fmt: skip
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "sample"
@@ -128,8 +132,7 @@ class FlowSampler:
         return {
             "required": {
                 "model": ("LUMINA_MODEL", {"tooltip": "From Load Lumina Transformer."}),
-                "positive": ("LUMINA_CONDITIONING", {"tooltip": "What to draw: a Gemma Encode of your prompt."}),
-                "negative": ("LUMINA_CONDITIONING", {"tooltip": "An empty Gemma Encode gives the usual negative."}),
+                "positive": ("LUMINA_CONDITIONING", {"tooltip": "What to draw: an Encode of your prompt."}),
                 "width": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": SIZE_MULTIPLE,
                                   "tooltip": "Pixels, a multiple of 16; a connected latent sets the size instead."}),
                 "height": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": SIZE_MULTIPLE,
@@ -138,14 +141,16 @@ class FlowSampler:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
                                  "tooltip": "Noise is drawn on the CPU: a seed gives the same image on any device."}),
                 "steps": ("INT", {"default": 18, "min": 1, "max": 500,
-                                  "tooltip": "Solver steps ending at sigma 0; the reference recipe is 18 midpoint."}),
+                                  "tooltip": "Solver steps ending at sigma 0; the reference recipes: 18 midpoint "
+                                             "(Lumina-Image 2.0), 8 euler (Z-Image-Turbo), 50 euler (Z-Image)."}),
                 "cfg": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
-                                  "tooltip": "Guidance scale; 1 turns guidance (and the uncond pass) off."}),
+                                  "tooltip": "Guidance scale; 1 turns guidance (and the uncond pass) off, as "
+                                             "Z-Image-Turbo is run. Z-Image base: 5 (diffusers' guidance_scale 4)."}),
                 "shift": ("FLOAT", {"default": AUTO, "min": AUTO, "max": 100.0, "step": 0.1, "tooltip":
                                     "Schedule shift. -1 = auto, the family's: 6 for Lumina-Image 2.0, 4 for "
-                                    "Lumina-Next, from the video's token count for LTX-Video. Less for very few "
-                                    "steps (e.g. 3 for 20 euler steps on Lumina-Image 2.0); 0 = the schedule's own "
-                                    "default."}),
+                                    "Lumina-Next, 3 for Z-Image (Turbo; the base model's scheduler uses 6), from "
+                                    "the video's token count for LTX-Video. Less for very few steps (e.g. 3 for 20 "
+                                    "euler steps on Lumina-Image 2.0); 0 = the schedule's own default."}),
                 "solver": (sorted(SOLVERS), {"default": "midpoint", "tooltip":
                            "Model calls per step: euler 1, midpoint 2, heun 2 (1 on the last), rk4 4; dopri5 is "
                            "adaptive (its calls depend on the model; steps only set where previews are taken)."}),
@@ -160,12 +165,15 @@ class FlowSampler:
                               "Lumina-Next's reference never truncates."}),
                 "cfg_renorm": ("FLOAT", {"default": AUTO, "min": AUTO, "max": 10.0, "step": 0.05, "tooltip":
                                "Clamp the guided velocity's norm to this times the conditional one; 0 = off. "
-                               "-1 = auto, the family's: 1 for Lumina-Image 2.0, 0 for Lumina-Next and "
-                               "LTX-Video."}),
+                               "-1 = auto, the family's: 1 for Lumina-Image 2.0, 0 for Lumina-Next, Z-Image "
+                               "and LTX-Video."}),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
                                       "tooltip": "Below 1, start from the input latent (img2img)."}),
             },
             "optional": {
+                "negative": ("LUMINA_CONDITIONING", {"tooltip": "What to steer away from: an Encode of an empty "
+                             "prompt gives the usual negative. Needed when cfg is not 1; unused (and may be left "
+                             "out) at cfg 1, e.g. for Z-Image-Turbo."}),
                 "latent": ("LATENT", {"tooltip": "Start latent for denoise < 1; sets the size."}),
                 **NEXT_OPTIONS,
                 **VIDEO_OPTIONS,
@@ -191,9 +199,14 @@ class FlowSampler:
                 return f"{name} {size} is not a multiple of {SIZE_MULTIPLE}; try {nearest}."
         return True
 
-    def sample(self, model: Handle, positive, negative, width, height, batch_size, seed, steps, cfg, shift, solver,
-               schedule, cfg_trunc, cfg_renorm, denoise, latent=None, frames=97, frame_rate=DEFAULT_FRAME_RATE,
+    def sample(self, model: Handle, positive, negative=None, *, width, height, batch_size, seed, steps, cfg, shift,
+               solver, schedule, cfg_trunc, cfg_renorm, denoise, latent=None, frames=97, frame_rate=DEFAULT_FRAME_RATE,
                first_frame=None, vae=None, first_frame_strength=1.0, **next_options):  # fmt: skip
+        if negative is None and cfg != 1.0:
+            raise lumina_core.InvalidInputError(
+                f"cfg {cfg} guides away from a negative prompt, but none is connected: connect an Encode of an empty "
+                "prompt to negative, or set cfg 1 (no guidance)."
+            )
         recipe = family_defaults(model.family)
         schedule = recipe["schedule"] if schedule == "auto" else schedule
         shift = recipe["shift"] if shift < 0 else shift or None  # 0: the schedule's own default (ltx: token count)

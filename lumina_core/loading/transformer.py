@@ -20,13 +20,14 @@ from torch import nn
 from ..errors import CheckpointError, UnsupportedModelError
 from ..gguf.policy import LOAD_FLOAT_MODULES
 from ..gguf.quantized import QuantizedTensor, concat_rows, same_values
-from ..models import ltxv, lumina2, lumina_next
+from ..models import ltxv, lumina2, lumina_next, zimage
 from .consensus import consensus_shapes
 from .detect import describe_contents, detect_model
 from .files import Checkpoint, is_gguf, open_checkpoint, preview, read_json, shard_owner
 from .keymaps import ltxv as ltxv_keys
 from .keymaps import lumina2 as lumina2_keys
 from .keymaps import lumina_next as lumina_next_keys
+from .keymaps import zimage as zimage_keys
 from .modules import SCALED_FP8_MARKER, assign_tensors, build_on_meta, build_with_precision, scaled_fp8_dtype
 
 
@@ -47,6 +48,8 @@ class TransformerFamily:
     diffusers_copies: bool = False
     # (safetensors metadata, file path) -> config fields the file's own metadata states, for what shapes cannot tell.
     metadata_config: Callable[[Mapping[str, str], str], dict] | None = None
+    # (1, D) parameters that some files store as (D,); read as (1, D) whatever the file holds.
+    row_vectors: tuple[str, ...] = ()
     # (original key, shape (out, in)) -> row counts of the blocks `alternative_names` numbers; None: nothing is fused.
     part_rows: Callable[[str, tuple[int, ...]], list[int]] | None = None
 
@@ -74,6 +77,18 @@ FAMILIES: dict[str, TransformerFamily] = {
         alternative_names=lumina_next_keys.alternative_names,
         default_config=lumina_next.LuminaNextConfig,
     ),
+    "zimage": TransformerFamily(
+        name="Z-Image",
+        config_from_shapes=zimage.config_from_shapes,
+        build=zimage.ZImageTransformer,
+        map_diffusers_keys=zimage_keys.map_diffusers_keys,
+        diffusers_config=zimage_keys.DIFFUSERS_CONFIG,
+        unused_keys=zimage.UNUSED_KEYS,
+        alternative_names=zimage_keys.alternative_names,
+        default_config=zimage.ZImageConfig,
+        row_vectors=zimage.PAD_TOKENS,
+        part_rows=lumina2_keys.part_rows,
+    ),
     "ltxv": TransformerFamily(
         name="LTX-Video",
         config_from_shapes=ltxv.config_from_shapes,
@@ -94,6 +109,7 @@ NEXT_STEP = {
     "gemma2": " Load it with load_text_encoder (the Load Gemma Text Encoder node).",
     "gemma": " Load it with load_text_encoder (the Load Gemma Text Encoder node).",
     "t5": " Load it with load_text_encoder (the Load T5 Text Encoder node).",
+    "qwen3": " Load it with load_text_encoder (the text-encoder loader node).",
 }
 
 
@@ -234,6 +250,23 @@ def _original_key_readers(
     part: Checkpoint, layout: str, family: TransformerFamily
 ) -> dict[str, tuple[tuple[int, ...], torch.dtype, Callable[[], torch.Tensor]]]:
     """Original key -> (shape, stored dtype, reader) for every tensor the model uses, renaming diffusers keys."""
+    readers = _renamed_readers(part, layout, family)
+    for name in family.row_vectors:
+        if name in readers and len(readers[name][0]) == 1:
+            shape, dtype, read = readers[name]
+            readers[name] = ((1, *shape), dtype, partial(_as_row, read))
+    return readers
+
+
+def _as_row(read: Callable[[], torch.Tensor | QuantizedTensor]) -> torch.Tensor:
+    tensor = read()
+    tensor = tensor.dequantize() if isinstance(tensor, QuantizedTensor) else tensor
+    return tensor.reshape(1, -1)
+
+
+def _renamed_readers(
+    part: Checkpoint, layout: str, family: TransformerFamily
+) -> dict[str, tuple[tuple[int, ...], torch.dtype, Callable[[], torch.Tensor]]]:
     if layout == "original":
         return {k: (part.shape(k), part.dtype(k), partial(part.load, k)) for k in part.keys
                 if k not in family.unused_keys}  # fmt: skip

@@ -338,7 +338,7 @@ def test_a_config_that_contradicts_the_tensors_is_refused(tiny, tmp_path):
 
 def test_tokenizer_argument_is_for_t5_only(tmp_path):
     path = write_text_encoder(make_gemma(seed=0), train_tokenizer(), "comfy.safetensors", tmp_path)
-    with pytest.raises(InvalidInputError, match="tokenizer= is for T5 encoders"):
+    with pytest.raises(InvalidInputError, match="tokenizer= is for T5 and Qwen3 encoders"):
         load_text_encoder(path, tokenizer=tmp_path)
     assert load_text_encoder(path, tokenizer_dirs=[tmp_path]).family == "lumina2"
 
@@ -353,6 +353,7 @@ def test_dtype_and_device_arguments(tiny):
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 
 
+@pytest.mark.comfyui
 @pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout")
 def test_comfyui_bundled_tokenizer():
     """The T5 tokenizer ComfyUI ships, found by find_t5_tokenizer, tokenizes as T5TokenizerFast and tokenizers do."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.fixtures.workflow_models import write_workflow_models
+from tests.fixtures.workflow_models import qwen_tokenizer_stand_in, write_workflow_models
 from tests.pack import core, nodes
 from tests.workflows.graph import (
     CORE_NODES,
@@ -44,8 +44,10 @@ def model_dirs(tmp_path_factory):
                 comfy_bridge.register_folder(key, folders[source])
     comfy_bridge.register_folder("loras", folders["loras"])  # ComfyUI's own folder key
     write_workflow_models(folders)
+    qwen_tokenizer = qwen_tokenizer_stand_in(root / "qwen25_tokenizer")
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("LUMINA_MODEL_DIRS", raising=False)
+        patch.setattr(comfy_bridge, "bundled_tokenizer_dirs", lambda: [str(qwen_tokenizer)])
         yield root
     comfy_bridge._standalone_folders.clear()
 
@@ -58,9 +60,9 @@ def shrink(api: dict) -> dict:
 
 
 def test_workflows_are_shipped():
-    assert {"lumina2_t2i.json", "lumina2_t2i_lora.json", "lumina_next_t2i.json", "ltxv_t2v.json"} <= {
-        p.name for p in UI_FILES
-    }
+    shipped = {"lumina2_t2i.json", "lumina2_t2i_lora.json", "lumina_next_t2i.json", "ltxv_t2v.json",
+               "zimage_turbo_t2i.json"}  # fmt: skip
+    assert shipped <= {p.name for p in UI_FILES}
 
 
 def test_the_lora_workflow_is_the_text_to_image_one_with_a_lora(model_dirs, tmp_path):
@@ -240,7 +242,7 @@ def test_video_sizes_are_checked_before_any_weight_moves(model_dirs, monkeypatch
 
 
 def test_text_encoder_nodes_name_the_right_node_for_the_other_family(model_dirs):
-    with pytest.raises(InvalidInputError, match="load it with Load Gemma Text Encoder"):
+    with pytest.raises(InvalidInputError, match="load it with Load Gemma / Qwen3 Text Encoder"):
         N["LuminaLoadT5"]().load("gemma_2b.safetensors")
     with pytest.raises(InvalidInputError, match="load it with Load T5 Text Encoder"):
         N["LuminaLoadGemma"]().load("t5xxl_fp16.safetensors")
@@ -248,7 +250,7 @@ def test_text_encoder_nodes_name_the_right_node_for_the_other_family(model_dirs)
     with pytest.raises(InvalidInputError, match="encode with T5 Encode"):
         N["LuminaGemmaEncode"]().encode(t5, "a fox", "real")
     gemma = N["LuminaLoadGemma"]().load("gemma_2b.safetensors")[0]
-    with pytest.raises(InvalidInputError, match="encode with Gemma Encode"):
+    with pytest.raises(InvalidInputError, match="encode with Gemma / Qwen3 Encode"):
         N["LuminaT5Encode"]().encode(gemma, "a fox", 128)
 
 
@@ -294,3 +296,48 @@ def test_first_frame_image_to_video_keeps_the_encoded_image(model_dirs):
     assert not torch.equal(out["samples"][:, :, 1:], expected[:, :, 1:])
     with pytest.raises(InvalidInputError, match="needs the LTX-Video VAE"):
         sampler.sample(model, positive, negative, first_frame=image, **settings)
+
+
+def test_zimage_turbo_workflow_runs_the_turbo_recipe_without_a_negative(model_dirs, tmp_path, monkeypatch):
+    """The shipped Z-Image-Turbo graph: Qwen3 through the Gemma / Qwen3 nodes, 8 euler steps at cfg 1 with no
+    negative connected, shift and renorm on auto (3 and 0, the family's)."""
+    seen = {}
+    real_sample = core.sample
+
+    def spy(model, positive, negative, **settings):
+        seen.update(settings, family=model.family, negative=negative, text=positive.family)
+        return real_sample(model, positive, negative, **settings)
+
+    monkeypatch.setattr(core, "sample", spy)
+    api = load_api(ROOT / "api" / "zimage_turbo_t2i.json")
+    assert "negative" not in api["5"]["inputs"]
+    run_api_workflow(shrink(api), {**N, **CORE_NODES}, tmp_path)
+    assert (seen["family"], seen["text"], seen["negative"]) == ("zimage", "zimage", None)
+    assert (seen["steps"], seen["cfg"], seen["shift"], seen["renorm_cfg"], seen["solver"]) == (
+        2,
+        1.0,
+        3.0,
+        0.0,
+        "euler",
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["zimage_turbo_t2i_00001_.png"]
+
+
+def test_guidance_without_a_negative_is_named(model_dirs):
+    model = N["LuminaLoadTransformer"]().load("z_image_turbo_bf16.safetensors")[0]
+    encoder = N["LuminaLoadGemma"]().load("qwen_3_4b.safetensors")[0]
+    positive = N["LuminaGemmaEncode"]().encode(encoder, "a fox", "real")[0]
+    settings = {name: spec[1].get("default") for name, spec in N["LuminaFlowSampler"].INPUT_TYPES()["required"].items()
+                if name not in ("model", "positive")}  # fmt: skip
+    with pytest.raises(InvalidInputError, match="cfg 4.0 guides away from a negative prompt, but none is connected"):
+        N["LuminaFlowSampler"]().sample(model, positive, **{**settings, "width": 64, "height": 48, "steps": 1})
+
+
+def test_a_gemma_conditioning_for_zimage_names_both_models(model_dirs):
+    model = N["LuminaLoadTransformer"]().load("z_image_turbo_bf16.safetensors")[0]
+    gemma = N["LuminaLoadGemma"]().load("gemma_2_2b_fp16.safetensors")[0]
+    positive = N["LuminaGemmaEncode"]().encode(gemma, "a fox", "real")[0]
+    settings = {name: spec[1].get("default") for name, spec in N["LuminaFlowSampler"].INPUT_TYPES()["required"].items()
+                if name not in ("model", "positive")}  # fmt: skip
+    with pytest.raises(InvalidInputError, match=r"Gemma-2-2B.*Lumina-Image 2\.0.*Z-Image.*Qwen3-4B"):
+        N["LuminaFlowSampler"]().sample(model, positive, **{**settings, "cfg": 1.0, "width": 64, "height": 48})

@@ -14,6 +14,7 @@ diffusers-style leaves, `attention.to_q/to_k/to_v` (parts of the fused qkv) and 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import torch
 
@@ -68,12 +69,8 @@ def _block_table(prefix: str) -> dict[str, str]:
     return UNMODULATED_BLOCK if prefix.startswith("context_refiner.") else MODULATED_BLOCK
 
 
-def _inverse(table: dict[str, str]) -> dict[str, str]:
+def inverse(table: dict[str, str]) -> dict[str, str]:
     return {diffusers: original for original, diffusers in table.items()}
-
-
-_TOP_LEVEL_INVERSE = _inverse(TOP_LEVEL)
-_MODULATED_INVERSE, _UNMODULATED_INVERSE = _inverse(MODULATED_BLOCK), _inverse(UNMODULATED_BLOCK)
 
 
 def map_diffusers_keys(keys: list[str]) -> tuple[dict[str, list[str]], list[str]]:
@@ -82,20 +79,30 @@ def map_diffusers_keys(keys: list[str]) -> tuple[dict[str, list[str]], list[str]
     Returns (plan, unmatched): plan maps each original key to the diffusers keys whose tensors,
     concatenated along dim 0 in the listed order, form it; unmatched lists keys no entry covers.
     """
+    return plan_renames(keys, inverse(TOP_LEVEL), lambda prefix: inverse(_block_table(prefix)), SPLIT_QKV)
+
+
+def plan_renames(
+    keys: list[str],
+    top_level: dict[str, str],
+    block_table: Callable[[str], dict[str, str]],
+    split_qkv: tuple[str, str, str],
+) -> tuple[dict[str, list[str]], list[str]]:
+    """`map_diffusers_keys` for any Next-DiT naming: top_level and block_table(block prefix) map diffusers names
+    to original ones, and the three split_qkv names of a block are concatenated into its fused `attention.qkv`."""
     plan: dict[str, list[str]] = {}
     unmatched = []
+    tables: dict[str, dict[str, str]] = {}
     for key in keys:
         block = _BLOCK_PREFIX.match(key)
-        inverse = {}
-        if block:
-            inverse = _UNMODULATED_INVERSE if block[1].startswith("context_refiner.") else _MODULATED_INVERSE
-        if block and block[2] in SPLIT_QKV:
+        table = tables.setdefault(block[1], block_table(block[1])) if block else {}
+        if block and block[2] in split_qkv:
             sources = plan.setdefault(block[1] + FUSED_QKV, [None, None, None])
-            sources[SPLIT_QKV.index(block[2])] = key
-        elif block and block[2] in inverse:
-            plan[block[1] + inverse[block[2]]] = [key]
-        elif key in _TOP_LEVEL_INVERSE:
-            plan[_TOP_LEVEL_INVERSE[key]] = [key]
+            sources[split_qkv.index(block[2])] = key
+        elif block and block[2] in table:
+            plan[block[1] + table[block[2]]] = [key]
+        elif key in top_level:
+            plan[top_level[key]] = [key]
         else:
             unmatched.append(key)
     incomplete = [k for k, sources in plan.items() if None in sources]
@@ -121,26 +128,49 @@ def alternative_names(key: str) -> list[tuple[str, int | None]]:
     Each comes with the index of the row block it is within the original tensor (q, k, v = 0, 1, 2 of a
     fused qkv, split by `qkv_rows`), or None when it names the whole tensor.
     """
+    return other_names(key, TOP_LEVEL, _block_table, (SPLIT_QKV, TRAINER_SPLIT_QKV), TRAINER_BLOCK)
+
+
+def other_names(
+    key: str,
+    top_level: dict[str, str],
+    block_table: Callable[[str], dict[str, str]],
+    split_qkvs: tuple[tuple[str, str, str], ...],
+    extra_block: dict[str, str],
+) -> list[tuple[str, int | None]]:
+    """`alternative_names` for any Next-DiT naming: tables original -> other name as in `rename_to_diffusers`,
+    every triple of names for a fused qkv's parts, and further block names (original -> name)."""
     block = _BLOCK_PREFIX.match(key)
     if block is None:
-        return [(TOP_LEVEL[key], None)] if key in TOP_LEVEL else []
+        return [(top_level[key], None)] if key in top_level else []
     prefix, rest = block.groups()
     if rest == FUSED_QKV:
-        return [(prefix + name, part) for names in (SPLIT_QKV, TRAINER_SPLIT_QKV) for part, name in enumerate(names)]
-    names = [_block_table(prefix).get(rest), TRAINER_BLOCK.get(rest)]
+        return [(prefix + name, part) for names in split_qkvs for part, name in enumerate(names)]
+    names = [block_table(prefix).get(rest), extra_block.get(rest)]
     return [(prefix + name, None) for name in names if name is not None]
 
 
 def to_diffusers(state_dict: dict[str, torch.Tensor], dim: int) -> dict[str, torch.Tensor]:
     """Rename an original-keyed state dict to diffusers names, splitting each fused qkv (q has dim rows)."""
+    return rename_to_diffusers(state_dict, dim, TOP_LEVEL, _block_table, SPLIT_QKV)
+
+
+def rename_to_diffusers(
+    state_dict: dict[str, torch.Tensor],
+    dim: int,
+    top_level: dict[str, str],
+    block_table: Callable[[str], dict[str, str]],
+    split_qkv: tuple[str, str, str],
+) -> dict[str, torch.Tensor]:
+    """`to_diffusers` for any Next-DiT naming (tables original -> diffusers, as in `plan_renames`)."""
     out = {}
     for key, tensor in state_dict.items():
         block = _BLOCK_PREFIX.match(key)
         if block and block[2] == FUSED_QKV:
-            for name, part in zip(SPLIT_QKV, tensor.split(qkv_rows(tensor.shape[0], dim))):
+            for name, part in zip(split_qkv, tensor.split(qkv_rows(tensor.shape[0], dim))):
                 out[block[1] + name] = part.contiguous()
         elif block:
-            out[block[1] + _block_table(block[1])[block[2]]] = tensor
+            out[block[1] + block_table(block[1])[block[2]]] = tensor
         else:
-            out[TOP_LEVEL[key]] = tensor
+            out[top_level[key]] = tensor
     return out
