@@ -7,9 +7,10 @@ generic names (other packs register GGUFLoader and FlowSampler too; ComfyUI keep
 
 from . import comfy_bridge
 from .decode import LTXVideoDecode, LuminaVAEDecode
-from .loaders import GGUFLoader, LoadGemma, LoadLuminaTransformer, LoadLuminaVAE, LoadT5
+from .loaders import GGUFLoader, LoadGemma, LoadLatentUpsampler, LoadLuminaTransformer, LoadLuminaVAE, LoadT5
 from .lora import LoadLuminaLoRA
 from .sampling import FlowSampler, GemmaEncode, T5Encode
+from .video import LTXVideoEncode, LTXVideoGuide, LTXVideoLatentUpsample
 
 PREFIX = "Lumina"
 
@@ -29,7 +30,8 @@ def register(*classes: type) -> tuple[dict[str, type], dict[str, str]]:
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = register(
     LoadLuminaTransformer, GGUFLoader, LoadLuminaLoRA, LoadGemma, GemmaEncode, LoadT5, T5Encode, FlowSampler,
-    LoadLuminaVAE, LuminaVAEDecode, LTXVideoDecode,
+    LoadLuminaVAE, LuminaVAEDecode, LTXVideoDecode, LTXVideoGuide, LTXVideoEncode, LoadLatentUpsampler,
+    LTXVideoLatentUpsample,
 )  # fmt: skip
 
 comfy_bridge.register_folders()

@@ -25,7 +25,7 @@ from lumina_core import tiny
 from lumina_core.gguf.convert import convert
 from scripts import run_workflow as rw
 from tests.fixtures.gguf_files import Q, write_gemma_gguf
-from tests.fixtures.workflow_models import WORKFLOW_FILES, write_workflow_models
+from tests.fixtures.workflow_models import WORKFLOW_FILES, write_workflow_images, write_workflow_models
 
 REPO = Path(__file__).resolve().parents[2]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
@@ -36,6 +36,8 @@ PACK = "comfyui-lumina"
 TRANSFORMER, TEXT_ENCODER, VAE = "lumina_2_model_bf16.safetensors", "gemma_2_2b_fp16.safetensors", "ae.safetensors"
 GGUF_TRANSFORMER, GGUF_TEXT_ENCODER = "lumina2-Q8_0.gguf", "gemma-2-2b-Q8_0.gguf"
 VAE_AS_CHECKPOINT = "flux_vae_copy.safetensors"  # a VAE where the transformer loader will list it
+UPSAMPLER = "ltxv-spatial-upscaler-0.9.8.safetensors"
+UPSAMPLER_AS_CHECKPOINT = "upscaler_copy.safetensors"  # a latent upsampler where the transformer loader lists it
 SMALL = {"width": 96, "height": 64, "steps": 2, "frames": 9}  # valid for every family; 9 frames for video
 STARTUP_TIMEOUT, RUN_TIMEOUT = 120, 300
 
@@ -67,15 +69,15 @@ class Run:
 def write_models(root: Path) -> Path:
     """Tiny checkpoints under the names the workflows use; returns the extra_model_paths YAML."""
     models = root / "models"
-    folder_names = ("diffusion_models", "text_encoders", "vae", "checkpoints", "loras")
-    for sub in folder_names:
+    for sub in WORKFLOW_FILES:
         (models / sub).mkdir(parents=True)
     write_workflow_models({sub: models / sub for sub in WORKFLOW_FILES})
     convert(models / "diffusion_models" / TRANSFORMER, models / "diffusion_models" / GGUF_TRANSFORMER, "Q8_0")
     write_gemma_gguf(tiny.make_gemma(0), tiny.train_tokenizer(), models / "text_encoders" / GGUF_TEXT_ENCODER, Q.Q8_0)
     shutil.copy(models / "vae" / VAE, models / "checkpoints" / VAE_AS_CHECKPOINT)
+    shutil.copy(models / "latent_upscale_models" / UPSAMPLER, models / "checkpoints" / UPSAMPLER_AS_CHECKPOINT)
     config = root / "extra_model_paths.yaml"
-    folders = "".join(f"    {sub}: {sub}\n" for sub in folder_names)
+    folders = "".join(f"    {sub}: {sub}\n" for sub in WORKFLOW_FILES)
     config.write_text(f"lumina_integration_test:\n    base_path: {models}\n{folders}")
     return config
 
@@ -122,6 +124,7 @@ def comfyui_server(base: Path) -> Iterator[Server]:
     (base / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
     started = time.monotonic()
     models_config = write_models(base)
+    write_workflow_images(base / "input")  # what the image-to-video workflow's LoadImage nodes read
     port = free_port()
     command = server_command(Path(COMFYUI_DIR), base, port, models_config)
     log = base / "comfyui.log"

@@ -31,6 +31,8 @@ from tests.integration.server import (
     SMALL,
     TEXT_ENCODER,
     TRANSFORMER,
+    UPSAMPLER,
+    UPSAMPLER_AS_CHECKPOINT,
     VAE,
     VAE_AS_CHECKPOINT,
     Server,
@@ -43,6 +45,7 @@ WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
 OUR_NODES = (
     "LuminaLoadTransformer", "LuminaGGUFLoader", "LuminaLoadLoRA", "LuminaLoadGemma", "LuminaGemmaEncode",
     "LuminaLoadT5", "LuminaT5Encode", "LuminaFlowSampler", "LuminaLoadVAE", "LuminaVAEDecode", "LuminaLTXVideoDecode",
+    "LuminaLTXVideoGuide", "LuminaLTXVideoEncode", "LuminaLoadLatentUpsampler", "LuminaLTXVideoLatentUpsample",
 )  # fmt: skip
 SAMPLER = "LuminaFlowSampler"
 
@@ -245,6 +248,59 @@ def test_image_to_video_from_a_core_image_node(server):
     run = run_graph(server, graph)
     files = assert_success(server, run)
     print(f"image-to-video: {run.seconds:.1f} s -> {[f['path'] for f in files]}")
+
+
+FIRST_LAST = REPO / "workflows" / "api" / "ltxv_i2v_first_last.json"
+
+
+def test_multiscale_recipe_with_first_and_last_frame_guides(server):
+    """The shipped first/last-frame workflow turned into the distilled multi-scale recipe: the small pass, the x2
+    latent upsampler, the refining pass (its guides encoded again at the larger size), decoded at twice the size."""
+    graph = shrink(rw.load_graph(FIRST_LAST))
+    sampler = next(iter(rw.nodes_of(graph, SAMPLER)))
+    graph[sampler]["inputs"]["recipe"] = "ltxv-0.9.8-distilled"
+    graph["20"] = node("LuminaLoadLatentUpsampler", file=UPSAMPLER)
+    graph["21"] = node("LuminaLTXVideoLatentUpsample", upsampler=["20", 0], vae=["5", 0], samples=[sampler, 0],
+                       adain_factor=1.0)  # fmt: skip
+    refine = {**graph[sampler], "inputs": {**graph[sampler]["inputs"], "latent": ["21", 0],
+                                           "recipe": "ltxv-0.9.8-distilled-refine"}}  # fmt: skip
+    graph["22"] = refine
+    decode = next(nid for nid, n in graph.items() if n["class_type"] == "LuminaLTXVideoDecode")
+    graph[decode]["inputs"]["samples"] = ["22", 0]
+    run = run_graph(server, graph)
+    files = assert_success(server, run, size=(192, 128))
+    print(f"multi-scale: {run.seconds:.1f} s -> {[f['path'] for f in files]}")
+
+
+def test_video_to_video_from_core_frames(server):
+    """Nine frames from core EmptyImage, LTX-Video Encode'd, sampled on at denoise 0.5."""
+    graph = shrink(rw.load_graph(REPO / "workflows" / "api" / "ltxv_t2v.json"))
+    graph["9"] = node("EmptyImage", width=120, height=80, batch_size=9, color=0x3366CC)
+    graph["10"] = node("LuminaLTXVideoEncode", vae=["6", 0], frames=["9", 0], width=96, height=64)
+    sampler = next(iter(rw.nodes_of(graph, SAMPLER)))
+    graph[sampler]["inputs"] |= {"latent": ["10", 0], "denoise": 0.5}
+    run = run_graph(server, graph)
+    files = assert_success(server, run)
+    print(f"video-to-video: {run.seconds:.1f} s -> {[f['path'] for f in files]}")
+
+
+def test_a_guide_outside_the_video_fails_in_one_line(server):
+    graph = shrink(rw.load_graph(FIRST_LAST))
+    guide = next(nid for nid, n in graph.items() if n["inputs"].get("frame_index") == -1)
+    graph[guide]["inputs"]["frame_index"] = 9  # the video has 9 frames, 0 to 8
+    run = run_graph(server, graph)
+    assert run.status == "error", run.status
+    message = run.data["exception_message"].strip()
+    print(f"{run.data['node_type']}: {message}")
+    assert run.data["node_type"] == "LuminaFlowSampler" and "\n" not in message
+    assert "condition 2 (image) is at frame 9, outside the 9-frame video: use 0 to 8" in message
+
+
+def test_upsampler_in_the_transformer_loader_names_the_upsampler_loader(server):
+    run = run_graph(server, rw.apply_overrides(small_graph(), transformer=UPSAMPLER_AS_CHECKPOINT))
+    assert run.status == "error" and run.data["node_type"] == "LuminaLoadTransformer", run.status
+    message = run.data["exception_message"]
+    assert "holds an LTX-Video latent upsampler" in message and "Load LTX-Video Latent Upsampler" in message
 
 
 def test_free_unloads_our_models(server):
