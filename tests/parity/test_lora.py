@@ -1,21 +1,22 @@
 """LoRA on our transformers against diffusers' `load_lora_weights` + `set_adapters` (peft) on diffusers' models.
 
-Two files per family (four for Z-Image): one written by diffusers' own `save_lora_weights` with every Linear of diffusers' model and its
-alpha in the adapter metadata (lora_alpha 8, rank 4: scale 2), and one in ComfyUI's names (`diffusion_model.` +
-original module paths, lora_A / lora_B), which diffusers converts itself. Lumina-Image 2.0 runs at the released width
-(2304, 24 heads over 8 kv heads, so the fused qkv is 2304 + 768 + 768 rows), because diffusers' converter hard-codes
-those row counts when it splits a ComfyUI qkv change; layers and FFN are few and small to keep the test light.
+Two files per family (four for Z-Image): one written by diffusers' own `save_lora_weights` with every Linear of
+diffusers' model and its alpha in the adapter metadata (lora_alpha 8, rank 4: scale 2), and one in ComfyUI's names
+(`diffusion_model.` + original module paths, lora_A / lora_B), which diffusers converts itself. Lumina-Image 2.0 runs at
+the released width (2304, 24 heads over 8 kv heads, so the fused qkv is 2304 + 768 + 768 rows), because diffusers'
+converter hard-codes those row counts when it splits a ComfyUI qkv change; layers and FFN are few and small to keep the
+test light.
 
-diffusers takes from a ComfyUI-named file only the modules whose original name is also a diffusers module: for
-LTX-Video it drops `patchify_proj` and `adaln_single.*` with a warning ("unexpected keys"), so the ComfyUI file here
-leaves them out; tests/unit/test_lora.py checks every layer in every key style against a hand merge.
+diffusers takes from a ComfyUI-named file only the modules whose original name is also a diffusers module: for LTX-Video
+it drops `patchify_proj` and `adaln_single.*` with a warning ("unexpected keys"), so the ComfyUI file here leaves them
+out; tests/unit/test_lora.py checks every layer in every key style against a hand merge.
 
 Z-Image adds the names its trainers write, all converted by diffusers' Z-Image loader: ComfyUI names with the split
 `attention.to_q/to_k/to_v`, `attention.out` and an `.alpha` per module (lora_down / lora_up factors: with lora_A /
 lora_B diffusers renames the alpha of `attention.out` but not its factors, and refuses the file), the same as kohya
-`lora_unet_` names, and the fused `attention.qkv` (lora.down / lora.up factors, which diffusers splits into q, k and
-v thirds: Z-Image has no grouped kv heads). Its embedder and final layer are named differently on the two sides (`x_embedder` / `all_x_embedder.2-1`),
-so only the diffusers-written file covers them.
+`lora_unet_` names, and the fused `attention.qkv` (lora.down / lora.up factors, which diffusers splits into q, k and v
+thirds: Z-Image has no grouped kv heads). Its embedder and final layer are named differently on the two sides
+(`x_embedder` / `all_x_embedder.2-1`), so only the diffusers-written file covers them.
 """
 
 import pytest
@@ -134,7 +135,8 @@ def zimage(tmp_path_factory):
     changes = random_changes(linear_shapes(reference), RANK, seed=1, std=0.2)
     files = {"diffusers": save_diffusers_lora(ZImagePipeline, changes, folder, LORA_ALPHA)}
     ours_shapes = linear_shapes(ours, BLOCKS["zimage"])
-    for seed, (name, style) in enumerate((("comfy", "comfy_down_up"), ("kohya", "kohya"), ("fused", "comfy_dotted_factors"))):
+    styles = {"comfy": "comfy_down_up", "kohya": "kohya", "fused": "comfy_dotted_factors"}
+    for seed, (name, style) in enumerate(styles.items()):
         shapes = ours_shapes if name == "fused" else split_qkv(ours_shapes)
         written = random_changes(shapes, RANK, seed=2 + seed, std=0.2, alpha=2.0 + seed)  # alpha 2, 3, 4 over rank 4
         files[name] = write_lora(folder / f"{name}_lora.safetensors", written, style)
