@@ -22,7 +22,7 @@ from ..lumina_core.errors import CheckpointError
 from ..lumina_core.gguf.quantized import QuantizedLinear
 from ..lumina_core.lora import apply_loras
 from ..lumina_core.lora.apply import effective_weight
-from ..lumina_core.lora.checks import check_family, nothing_matches, warn_unused
+from ..lumina_core.lora.checks import check_family, check_size, nothing_matches, warn_unused
 from ..lumina_core.lora.side_path import LowRankLinear
 from ..lumina_core.lora.targets import DOTTED_PREFIXES, key_modules, name_table, target_rows, weighted_modules
 from ..lumina_core.validation import check_float
@@ -84,10 +84,12 @@ def lora_patcher(model: Handle, path: str, strength: float):
     unused = [key for key in state if not key_modules([key]) & matched]
     if unused:
         warn_unused(os.path.basename(path), unused, len(state), family)
+    file_names = {key_map[name]: name for name in key_modules(state) if name in key_map}
     weight_patches, packed = {}, {}
     for key, patch in patches.items():
         name, offset = (key, None) if isinstance(key, str) else key
         owner, _, leaf = name[len(prefix) :].rpartition(".")
+        _check_size(path, file_names.get(key, name), patch, module, owner, offset)
         if leaf == "weight" and isinstance(module.get_submodule(owner), QuantizedLinear):
             packed.setdefault(prefix + owner, []).append((name, offset, patch))
         else:
@@ -95,6 +97,17 @@ def lora_patcher(model: Handle, path: str, strength: float):
     dtype = default_compute_dtype(module)
     swaps = {name: _packed_layer(model.patcher, name, changes, strength, dtype) for name, changes in packed.items()}
     return bridge.patched_clone(model.patcher, weight_patches, strength, swaps)
+
+
+def _check_size(path: str, name: str, patch, model: torch.nn.Module, owner: str, offset) -> None:
+    """A plain LoRA change must fit its Linear layer (ComfyUI would log a shape error per key and sample without it)."""
+    factors = bridge.plain_lora(patch)
+    layer = model.get_submodule(owner)
+    if factors is None or not hasattr(layer, "in_features"):
+        return
+    down, up, _ = factors
+    rows = slice(0, layer.out_features) if offset is None else slice(offset[1], offset[1] + offset[2])
+    check_size(path, name, (up.shape[0], down.shape[1]), owner, rows, layer, model.family)
 
 
 def lora_key_map(module: torch.nn.Module, prefix: str) -> dict[str, object]:

@@ -31,7 +31,7 @@ from ..errors import CheckpointError
 from ..gguf.quantized import QuantizedLinear
 from ..loading.transformer import FAMILIES
 from ..validation import check_float
-from .checks import check_family, nothing_matches, warn_unused
+from .checks import check_family, check_size, nothing_matches, warn_unused
 from .factors import LoRA, LowRank, load_lora
 from .side_path import LowRankLinear
 from .targets import (
@@ -137,17 +137,9 @@ def _plan(model, lora: LoRA, strength: float, table: NameTable, layers) -> list[
 
 
 def _patch(lora: LoRA, name: str, change: LowRank, strength: float, target: Target, layer, family_id: str) -> Patch:
-    family, in_features = FAMILIES[family_id], layer.in_features
     rows = target_rows(target, layer, family_id)
-    expected = (rows.stop - rows.start, in_features)
-    found = (change.up.shape[0], change.down.shape[1])
-    if found != expected:
-        raise CheckpointError(
-            f"{lora.path}: {name} changes a ({found[0]}, {found[1]}) weight, but the layer it names in this "
-            f"{family.name} model, {target.module}{'' if target.part is None else f' rows {rows.start}:{rows.stop}'}, "
-            f"is ({expected[0]}, {expected[1]}): the LoRA was made for a model of another size (width {found[1]} "
-            f"where this one has {in_features})."
-        )
+    expected = (rows.stop - rows.start, layer.in_features)
+    check_size(lora.path, name, (change.up.shape[0], change.down.shape[1]), target.module, rows, layer, family_id)
     dora = change.dora_scale
     if dora is not None and tuple(dora.shape) not in ((1, expected[1]), (expected[0], 1), (expected[0],)):
         raise CheckpointError(

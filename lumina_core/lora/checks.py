@@ -1,4 +1,5 @@
-"""What a LoRA file matches on a model, said once: another family's LoRA, nothing matched, keys left unused.
+"""What a LoRA file matches on a model, said once: another family's LoRA, nothing matched, keys left unused, a
+change of another size.
 
 Shared by `apply_loras` and the ComfyUI node (which parses files with ComfyUI's code and passes module names here),
 so both refuse and warn with the same words.
@@ -11,7 +12,9 @@ import os
 import warnings
 from collections.abc import Iterable
 
-from ..errors import UnsupportedModelError
+from torch import nn
+
+from ..errors import CheckpointError, UnsupportedModelError
 from ..loading.files import preview
 from ..loading.transformer import FAMILIES
 from .targets import family_votes, foreign_model, is_text_encoder
@@ -56,3 +59,33 @@ def warn_unused(file_name: str, unused: list[str], key_count: int, family_id: st
     )
     logger.warning(message)
     warnings.warn(message, stacklevel=stacklevel + 1)
+
+
+def check_size(
+    path: str | os.PathLike,
+    name: str,
+    found: tuple[int, int],
+    module: str,
+    rows: slice,
+    layer: nn.Module,
+    family_id: str,
+) -> None:
+    """Raise CheckpointError when the change `name` of `found` (out, in) does not fit `rows` of the Linear `layer`
+    at `module`. The families share names (a Z-Image LoRA of the attention reads like a Lumina-Image 2.0 one), so the
+    message names the family whose released model has the LoRA's width, where another one has."""
+    expected = (rows.stop - rows.start, layer.in_features)
+    if tuple(found) == expected:
+        return
+    family = FAMILIES[family_id].name
+    part = "" if expected[0] == layer.out_features else f" rows {rows.start}:{rows.stop}"
+    if found[1] != expected[1]:
+        others = [f.name for i, f in FAMILIES.items() if i != family_id and f.default_config().dim == found[1]]
+        hint = f"; {' and '.join(others)} {'is' if len(others) == 1 else 'are'} {found[1]} wide" if others else ""
+        size = f"input width {found[1]} where this one has {expected[1]}{hint}"
+    else:
+        size = f"{found[0]} output rows where this one has {expected[0]}"
+    raise CheckpointError(
+        f"{path}: {name} changes a ({found[0]}, {found[1]}) weight, but the layer it names in this {family} model, "
+        f"{module}{part}, is ({expected[0]}, {expected[1]}): the LoRA was made for a model of another size or "
+        f"family ({size})."
+    )

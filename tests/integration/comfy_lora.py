@@ -79,8 +79,11 @@ def write_models(dirs: dict[str, Path]) -> dict[str, object]:
                                               axes_dims=(24, 20, 20)))  # fmt: skip
     tiny.write_transformer(small, "original.safetensors", SCRATCH)
     convert(SCRATCH / "original.safetensors", dirs["diffusion_models"] / "small-Q8_0.gguf", "Q8_0")
+    zimage = tiny.make_transformer(0, tiny.TINY_ZIMAGE)  # ComfyUI 0.3.64 has no Z-Image model: ours only
+    save_file({f"model.diffusion_model.{k}": v.contiguous() for k, v in tiny.transformer_tensors(zimage).items()},
+              dirs["diffusion_models"] / "zimage.safetensors")  # fmt: skip
     return {"lumina2": (lumina2, "lumina2.safetensors"), "ltxv": (ltxv, "ltxv.safetensors"),
-            "gguf": (small, "small-Q8_0.gguf")}  # fmt: skip
+            "zimage": (zimage, "zimage.safetensors"), "gguf": (small, "small-Q8_0.gguf")}  # fmt: skip
 
 
 # ---- LoRA files in every key style ----------------------------------------------------------------------------
@@ -146,6 +149,10 @@ COMFY_MAPS = ("comfy", "kohya", "dora_columns", "dora_rows", "loha", "lokr", "di
 # Key styles ComfyUI 0.3.64 does not map for these models (LTX-Video has no split projections).
 ONLY_OURS = {"lumina2": ("diffusers", "split_qkv", "comfy_checkpoint_prefix", "bare"),
              "ltxv": ("diffusers", "comfy_checkpoint_prefix", "bare")}  # fmt: skip
+# Z-Image, which ComfyUI 0.3.64 cannot load: our node in ComfyUI against the core (LoRA and DoRA per column, which
+# the core applies as ComfyUI does), and the formats only ComfyUI's code applies (patches on every layer).
+ZIMAGE_AS_CORE = ("comfy", "kohya", "dora_columns", "diffusers", "split_qkv", "comfy_checkpoint_prefix", "bare")
+ZIMAGE_COMFY_ONLY = ("loha", "lokr")
 
 
 # ---- the comparison -------------------------------------------------------------------------------------------
@@ -188,7 +195,7 @@ def ours_match_the_core(pack, loaded: tuple, lora: str) -> dict:
     """For key styles ComfyUI does not map: how many keys each maps, and our node's merged weights against the
     core's apply_loras (which the parity tests hold to diffusers)."""
     core_model, base = loaded
-    core = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(core_model, lora, STRENGTH)[0]
+    core = core_model and comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(core_model, lora, STRENGTH)[0]
     ours = pack.nodes.NODE_CLASS_MAPPINGS["LuminaLoadLoRA"]().load(base, lora, STRENGTH)[0].patcher
     expected = pack.lumina_core.lora.apply_loras(base.model, [(folder_paths.get_full_path("loras", lora), STRENGTH)])
     worst = 0.0
@@ -196,7 +203,19 @@ def ours_match_the_core(pack, loaded: tuple, lora: str) -> dict:
         want = expected.get_parameter(key)
         worst = max(worst, ((merged(ours, key) - want).abs().max() / want.abs().max()).item())
     mm.unload_all_models()
-    return {"our_keys": len(ours.patches), "core_keys": len(core.patches), "max_rel_diff_vs_core_api": worst}
+    core_keys = None if core is None else len(core.patches)
+    return {"our_keys": len(ours.patches), "core_keys": core_keys, "max_rel_diff_vs_core_api": worst}
+
+
+@torch.no_grad()
+def comfy_only_format(pack, base, lora: str) -> dict:
+    """A format only ComfyUI's code applies (LoHa, LoKr): how many layers our node patches, and that each merged
+    weight moved."""
+    ours = pack.nodes.NODE_CLASS_MAPPINGS["LuminaLoadLoRA"]().load(base, lora, STRENGTH)[0].patcher
+    moved = sum(not torch.equal(merged(ours, key), base.model.get_parameter(key)) for key in ours.patches)
+    mm.unload_all_models()
+    return {"our_keys": len(ours.patches), "moved": moved, "layers": len(pack.lumina_core.lora.targets.linear_layers(
+        base.model))}  # fmt: skip
 
 
 @torch.no_grad()
@@ -264,6 +283,32 @@ def messages(pack, loaded: tuple, model, other_model) -> dict:
     return found
 
 
+def zimage_results(pack, dirs: dict[str, Path], models: dict) -> dict:
+    model, file = models["zimage"]
+    base = pack.nodes.NODE_CLASS_MAPPINGS["LuminaLoadTransformer"]().load(file, "auto")[0]
+    before = {k: digest(v) for k, v in base.model.state_dict().items()}
+    results = {}
+    for number, style in enumerate(ZIMAGE_AS_CORE + ZIMAGE_COMFY_ONLY):
+        lora = f"zimage_{style}.safetensors"
+        save_file(style_tensors(model, style, seed=50 + number), dirs["loras"] / lora)
+        check = ours_match_the_core if style in ZIMAGE_AS_CORE else lambda p, loaded, f: comfy_only_format(p, base, f)
+        results[f"zimage/{style}"] = check(pack, (None, base), lora)
+        (dirs["loras"] / lora).unlink()
+    results["zimage/messages"] = messages(pack, (None, base), model, models["lumina2"][0])
+    attention = {k: v for k, v in style_tensors(models["gguf"][0], "split_qkv", seed=9).items() if ".to_q." in k}
+    save_file(attention, dirs["loras"] / "lumina2_width_256.safetensors")
+    try:
+        pack.nodes.NODE_CLASS_MAPPINGS["LuminaLoadLoRA"]().load(base, "lumina2_width_256.safetensors", 1.0)
+        results["zimage/messages"]["other_width"] = None
+    except Exception as err:
+        results["zimage/messages"]["other_width"] = f"{type(err).__name__}: {err}"
+    results["zimage/base"] = {
+        "untouched": before == {k: digest(v) for k, v in base.model.state_dict().items()},
+        "patches": len(base.patcher.patches), "object_patches": len(base.patcher.object_patches),
+    }  # fmt: skip
+    return results
+
+
 def main() -> None:
     dirs = folders()
     pack = import_pack()  # after the folders: the pack's own folder keys copy ComfyUI's when it is imported
@@ -289,6 +334,7 @@ def main() -> None:
             "patches": len(loaded[1].patcher.patches), "object_patches": len(loaded[1].patcher.object_patches),
         }  # fmt: skip
         del loaded
+    results.update(zimage_results(pack, dirs, models))
     model, file = models["gguf"]
     save_file(style_tensors(model, "comfy", seed=99), dirs["loras"] / "gguf_comfy.safetensors")
     results["gguf"] = gguf_side_path(pack, file, "gguf_comfy.safetensors")

@@ -28,6 +28,7 @@ MODELS = {
     "lumina2": lambda: tiny.make_transformer(0),
     "lumina_next": lambda: tiny.make_lumina_next(0),
     "ltxv": lambda: tiny.make_ltxv_transformer(0),
+    "zimage": lambda: tiny.make_transformer(0, tiny.TINY_ZIMAGE),
 }
 ORIGINAL_STYLES = ("comfy", "comfy_checkpoint_prefix", "bare", "kohya")
 DIFFUSERS_STYLES = ("diffusers_unprefixed", "diffusers_old", "peft", "onetrainer")
@@ -258,7 +259,22 @@ def test_keys_that_match_nothing_name_the_file_and_examples(tmp_path):
 def test_a_lora_for_another_width_says_so(tmp_path):
     wide = random_changes(linear_shapes(tiny.make_transformer(0, WIDE), ("layers.0.feed_forward.",)), 2, seed=1)
     path = write_lora(tmp_path / "wide.safetensors", wide, "comfy")
-    with pytest.raises(CheckpointError, match=r"made for a model of another size \(width 256 where this one has 64\)"):
+    with pytest.raises(CheckpointError, match=r"another size or family \(input width 256 where this one has 64\)"):
+        lc.apply_loras(tiny.make_transformer(0), [(path, 1.0)])
+
+
+def test_an_attention_lora_of_the_other_family_says_which_it_is(tmp_path):
+    """Z-Image's and Lumina-Image 2.0's attention names are the same (trainers' to_q/to_k/to_v): the shapes tell.
+    At the released widths the message names the family 3840 wide; at one width the rows differ (no grouped kv)."""
+    g = torch.Generator().manual_seed(0)
+    released_width = {"layers.0.attention.to_q": Change(torch.randn(2, 3840, generator=g), torch.randn(3840, 2))}
+    path = write_lora(tmp_path / "zimage.safetensors", released_width, "comfy")
+    with pytest.raises(CheckpointError, match=r"input width 3840 where this one has 64; Z-Image is 3840 wide\)"):
+        lc.apply_loras(tiny.make_transformer(0), [(path, 1.0)])
+    zimage = tiny.make_transformer(0, tiny.TINY_ZIMAGE)
+    attention = random_changes(linear_shapes(zimage, ("layers.0.attention.",)), 2, seed=1)
+    path = write_lora(tmp_path / "same_width.safetensors", attention, "comfy")
+    with pytest.raises(CheckpointError, match=r"layers.0.attention.qkv, is \(128, 64\).*\(192 output rows where"):
         lc.apply_loras(tiny.make_transformer(0), [(path, 1.0)])
 
 
