@@ -40,7 +40,8 @@ class LoadLuminaLoRA:
     RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The model with the LoRA applied; the input model is left as it is.",)
     DESCRIPTION = (
-        "Applies a LoRA from the loras folder to a Lumina-Image 2.0, Lumina-Next or LTX-Video model (float or GGUF). "
+        "Applies a LoRA from the loras folder to a Lumina-Image 2.0, Lumina-Next, Z-Image or LTX-Video model (float or "
+        "GGUF). "
         "Chain several for several LoRAs."
     )
 
