@@ -16,40 +16,25 @@ Prints one JSON object; test_lora_comfyui.py asserts on it.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-REPO, SCRATCH = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
-sys.path.insert(0, str(Path.cwd()))  # the ComfyUI checkout, for `comfy`, `folder_paths`, `nodes`
-sys.path.append(str(REPO))  # after ComfyUI's own modules, for the test fixtures (which write files only)
+from comfy_script import SCRATCH, import_pack  # first: ComfyUI on the path, on the CPU
 
-from comfy.cli_args import args  # noqa: E402
+# isort: split
 
-args.cpu = True  # before comfy.model_management reads it
+import comfy.model_management as mm
+import comfy.utils
+import folder_paths
+import torch
+from safetensors.torch import save_file
 
-import comfy.model_management as mm  # noqa: E402
-import comfy.utils  # noqa: E402
-import folder_paths  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-
-import nodes as comfy_nodes  # noqa: E402  (ComfyUI's core nodes)
+import nodes as comfy_nodes  # (ComfyUI's core nodes)
 
 torch.set_num_threads(2)
 CPU = torch.device("cpu")
 RANK, ALPHA, STRENGTH = 4, 8.0, 0.7
-
-
-def import_pack():
-    spec = importlib.util.spec_from_file_location("comfyui_lumina", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])  # fmt: skip
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def folders() -> dict[str, Path]:

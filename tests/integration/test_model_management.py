@@ -9,36 +9,21 @@ ComfyUI checkout (COMFYUI_PYTHON its interpreter), like test_comfyui.py.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
+from tests.integration.server import COMFYUI_DIR, SKIP_REASON, run_comfyui_script
+
 FAMILIES = ("lumina2", "lumina_next", "ltxv", "gguf")
 
 pytestmark = [
     pytest.mark.comfyui,
-    pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout (and COMFYUI_PYTHON)"),
+    pytest.mark.skipif(not COMFYUI_DIR, reason=SKIP_REASON),
 ]
 
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory) -> dict:
-    script = Path(__file__).with_name("comfy_model_management.py")
-    scratch = tmp_path_factory.mktemp("comfy_models")
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    done = subprocess.run([COMFYUI_PYTHON, str(script), str(REPO), str(scratch)], cwd=COMFYUI_DIR, env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
-    print(json.dumps(results, indent=1))
-    return results
+    return run_comfyui_script("comfy_model_management.py", tmp_path_factory.mktemp("comfy_models"), timeout=900)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
