@@ -122,7 +122,7 @@ def lora_key_map(module: torch.nn.Module, prefix: str) -> dict[str, object]:
         if target.part is None:
             key_map[name] = key
         else:
-            rows = target_rows(target, layers[target.module], module.family)
+            rows = target_rows(target, layers[target.module], module)
             key_map[name] = (key, (0, rows.start, rows.stop - rows.start))
     for key in module.state_dict():
         if not key.endswith((".weight", ".packed")):

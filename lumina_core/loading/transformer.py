@@ -50,8 +50,9 @@ class TransformerFamily:
     metadata_config: Callable[[Mapping[str, str], str], dict] | None = None
     # (1, D) parameters that some files store as (D,); read as (1, D) whatever the file holds.
     row_vectors: tuple[str, ...] = ()
-    # (original key, shape (out, in)) -> row counts of the blocks `alternative_names` numbers; None: nothing is fused.
-    part_rows: Callable[[str, tuple[int, ...]], list[int]] | None = None
+    # (original key, shape (out, in), model config) -> row counts of the blocks `alternative_names` numbers; None:
+    # nothing is fused.
+    part_rows: Callable[[str, tuple[int, ...], object], list[int]] | None = None
 
 
 FAMILIES: dict[str, TransformerFamily] = {

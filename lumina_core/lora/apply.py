@@ -131,15 +131,15 @@ def _plan(model, lora: LoRA, strength: float, table: NameTable, layers) -> list[
     if strength == 0:
         return []
     return [
-        (t.module, _patch(lora, name, change, strength, t, layers[t.module], model.family))
+        (t.module, _patch(lora, name, change, strength, t, layers[t.module], model))
         for t, (name, change) in found.items()
     ]
 
 
-def _patch(lora: LoRA, name: str, change: LowRank, strength: float, target: Target, layer, family_id: str) -> Patch:
-    rows = target_rows(target, layer, family_id)
+def _patch(lora: LoRA, name: str, change: LowRank, strength: float, target: Target, layer, model) -> Patch:
+    rows = target_rows(target, layer, model)
     expected = (rows.stop - rows.start, layer.in_features)
-    check_size(lora.path, name, (change.up.shape[0], change.down.shape[1]), target.module, rows, layer, family_id)
+    check_size(lora.path, name, (change.up.shape[0], change.down.shape[1]), target.module, rows, layer, model.family)
     dora = change.dora_scale
     if dora is not None and tuple(dora.shape) not in ((1, expected[1]), (expected[0], 1), (expected[0],)):
         raise CheckpointError(

@@ -98,11 +98,13 @@ def name_table(model: nn.Module, modules: Iterable[str] | None = None) -> NameTa
     return NameTable(dotted, flat)
 
 
-def target_rows(target: Target, layer: nn.Module, model_family: str) -> slice:
-    """The rows of `layer`'s weight a change of `target` covers: all of them, or its part of a fused weight."""
+def target_rows(target: Target, layer: nn.Module, model: nn.Module) -> slice:
+    """The rows of `layer`'s weight a change of `target` covers: all of them, or its part of a fused weight (sized
+    by `model`'s own head counts)."""
     if target.part is None:
         return slice(0, layer.out_features)
-    sizes = FAMILIES[model_family].part_rows(target.module + ".weight", (layer.out_features, layer.in_features))
+    shape = (layer.out_features, layer.in_features)
+    sizes = FAMILIES[model.family].part_rows(target.module + ".weight", shape, model.config)
     start = sum(sizes[: target.part])
     return slice(start, start + sizes[target.part])
 

@@ -118,7 +118,7 @@ def style_tensors(model, style: str, seed: int) -> dict[str, torch.Tensor]:
             for alias, part in family.alternative_names(path + ".weight"):
                 if (".attention.to_" in alias) != (style == "split_qkv"):  # trainers' names (Z-Image's naming)
                     continue
-                rows = target_rows(Target(path, part), layer, model.family)
+                rows = target_rows(Target(path, part), layer, model)
                 name = f"transformer.{alias.removesuffix('.weight')}"
                 if style == "split_qkv":
                     name = f"diffusion_model.{alias.removesuffix('.weight')}"
