@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
 SKIP_REASON = "set COMFYUI_DIR to a ComfyUI checkout (and COMFYUI_PYTHON)"
+# The marks of a module that needs a ComfyUI checkout: `pytestmark = NEEDS_COMFYUI`.
+NEEDS_COMFYUI = [pytest.mark.comfyui, pytest.mark.skipif(not COMFYUI_DIR, reason=SKIP_REASON)]
 PACK = "comfyui-lumina"
 # The file names the shipped workflows use, so they run unchanged apart from size and steps.
 TRANSFORMER, TEXT_ENCODER, VAE = "lumina_2_model_bf16.safetensors", "gemma_2_2b_fp16.safetensors", "ae.safetensors"

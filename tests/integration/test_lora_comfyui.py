@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.server import COMFYUI_DIR, SKIP_REASON, run_comfyui_script
+from tests.integration.server import NEEDS_COMFYUI, run_comfyui_script
 
 COMFY_MAPS = ("comfy", "kohya", "dora_columns", "dora_rows", "loha", "lokr", "diff")
 ONLY_OURS = {"lumina2": ("diffusers", "split_qkv", "comfy_checkpoint_prefix", "bare"),
              "ltxv": ("diffusers", "comfy_checkpoint_prefix", "bare")}  # fmt: skip
 ZIMAGE_AS_CORE = ("comfy", "kohya", "dora_columns", "diffusers", "split_qkv", "comfy_checkpoint_prefix", "bare")
 
-pytestmark = [
-    pytest.mark.comfyui,
-    pytest.mark.skipif(not COMFYUI_DIR, reason=SKIP_REASON),
-]
+pytestmark = NEEDS_COMFYUI
 
 
 @pytest.fixture(scope="module")

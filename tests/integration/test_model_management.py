@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.server import COMFYUI_DIR, SKIP_REASON, run_comfyui_script
+from tests.integration.server import NEEDS_COMFYUI, run_comfyui_script
 
 FAMILIES = ("lumina2", "lumina_next", "ltxv", "gguf")
 
-pytestmark = [
-    pytest.mark.comfyui,
-    pytest.mark.skipif(not COMFYUI_DIR, reason=SKIP_REASON),
-]
+pytestmark = NEEDS_COMFYUI
 
 
 @pytest.fixture(scope="module")
