@@ -67,11 +67,13 @@ from typing import Any
 
 import torch
 
+from ..compile import CompiledModel, compiled
 from ..conditioning import Conditioning, check_family, concat_conditionings
 from ..errors import InvalidInputError, SamplingError
 from .cfg import Guidance, make_guidance
 from .schedules import build_sigmas
 from .solvers import SOLVERS, Dopri5, StepFn
+from .step_cache import COND, COND_UNCOND, StepCache, TeaCache, make_step_cache
 
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
@@ -87,12 +89,15 @@ class SamplingStats:
       uncond_calls:   how many of those also carried the unconditional half (each costs about twice as much).
       solver_steps:   accepted solver steps: `steps` for the fixed-step solvers, the substeps for dopri5.
       rejected_steps: substeps dopri5's error control threw away (always 0 for the fixed-step solvers).
+      cached_calls:   model calls of a step-cached run (`sample(cache=...)`) that skipped the block stack and reused the
+                      cached residual: the calls saved. They are included in model_calls.
     """
 
     model_calls: int = 0
     uncond_calls: int = 0
     solver_steps: int = 0
     rejected_steps: int = 0
+    cached_calls: int = 0
 
 
 class GuidedVelocity:
@@ -104,6 +109,11 @@ class GuidedVelocity:
     `model_options` are passed as keywords to every model call; `stats` counts the calls. With a `noise_mask`
     (B, 1, *latent dims), the model gets one sigma per token, sigma·noise_mask, instead of one per sample; the
     prediction is returned as the model made it (the sampler scales it by the mask for the ODE).
+
+    The prompts are trimmed to their longest real token once, here, and a mask without padding is passed as None,
+    so the model's forward needs no host sync to find either (`model_text_inputs`). `runner` replaces the model's
+    forward (a compiled one), and `cache`, a `StepCache`, makes every call go through the model's cache stages
+    (`runner` then provides the stages too).
     """
 
     def __init__(
@@ -118,12 +128,18 @@ class GuidedVelocity:
         model_options: dict[str, Any] | None = None,
         stats: SamplingStats | None = None,
         noise_mask: torch.Tensor | None = None,
+        runner: Callable[..., torch.Tensor] | None = None,
+        cache: StepCache | None = None,
     ) -> None:
         self.model = model
+        self.runner = runner if runner is not None else model
+        self.cache = cache
         self.dtype = dtype
-        self.positive = positive
         self.guidance = guidance if negative is not None else None
-        self.both = concat_conditionings([positive, negative]) if self.guidance is not None else None
+        self.positive = model_text_inputs(positive)
+        self.both = None
+        if self.guidance is not None:
+            self.both = model_text_inputs(concat_conditionings([positive, negative]))
         self.cfg_channels = cfg_channels
         self.model_options = model_options or {}
         self.stats = stats if stats is not None else SamplingStats()
@@ -131,23 +147,51 @@ class GuidedVelocity:
 
     def __call__(self, x: torch.Tensor, sigma: float, *, step: int, total: int) -> torch.Tensor:
         if self.guidance is None or not self.guidance.needs_uncond(sigma, step, total):
-            return self.predict(x, sigma, self.positive)
+            return self.predict(x, sigma, self.positive, rows=COND, step=step, total=total)
         self.stats.uncond_calls += 1
-        cond, uncond = self.predict(torch.cat([x, x]), sigma, self.both).chunk(2)  # (2B, ...) -> 2 x (B, ...)
+        both = self.predict(torch.cat([x, x]), sigma, self.both, rows=COND_UNCOND, step=step, total=total)
+        cond, uncond = both.chunk(2)  # (2B, ...) -> 2 x (B, ...)
         k = self.cfg_channels
         if k is None:
             return self.guidance.combine(cond, uncond)
         # Lumina-Next's quirk: (B, k, ...) guided channels, then (B, C - k, ...) conditional ones
         return torch.cat([self.guidance.combine(cond[:, :k], uncond[:, :k]), cond[:, k:]], dim=1)
 
-    def predict(self, x: torch.Tensor, sigma: float, context: Conditioning) -> torch.Tensor:
+    def predict(
+        self,
+        x: torch.Tensor,
+        sigma: float,
+        text: tuple[torch.Tensor, torch.Tensor | None],
+        *,
+        rows: str = COND,
+        step: int = 0,
+        total: int = 1,
+    ) -> torch.Tensor:
+        """One model call on x at sigma with the prepared text (`model_text_inputs`); rows and step for the cache."""
         self.stats.model_calls += 1
         if self.noise_mask is None:
             sigmas = torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)
         else:  # (B, 1, ...) per token; the cond and uncond halves of a guided batch share it
             sigmas = (sigma * self.noise_mask).repeat(x.shape[0] // self.noise_mask.shape[0], *[1] * (x.ndim - 1))
-        v = self.model(x.to(self.dtype), sigmas, context.embeds, context.mask, **self.model_options)
+        embeds, mask = text
+        if self.cache is None:
+            return self.runner(x.to(self.dtype), sigmas, embeds, mask, **self.model_options).float()
+        v = self.cache(
+            self.runner, x.to(self.dtype), sigmas, embeds, mask, self.model_options, step=step, total=total, rows=rows
+        )
+        self.stats.cached_calls = self.cache.skipped
         return v.float()
+
+
+def model_text_inputs(conditioning: Conditioning) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(embeds, mask) as the models take them: cut after the longest prompt's last real token, and the mask None when
+    no row is padded (attention then runs without a mask, which its fastest kernels need).
+
+    Both need host values (a sync on a GPU), so the sampler finds them once per run, not in every forward.
+    """
+    longest = int(conditioning.mask.sum(dim=1).max())
+    embeds, mask = conditioning.embeds[:, :longest], conditioning.mask[:, :longest]
+    return embeds, None if bool(mask.all()) else mask
 
 
 def _masked_velocity(
@@ -298,6 +342,12 @@ def _expand_noise_mask(
     return mask.expand(full).contiguous()
 
 
+def _compiled(model: torch.nn.Module, backend: bool | str) -> CompiledModel | None:
+    if not backend:
+        return None
+    return compiled(model, "inductor" if backend is True else backend)
+
+
 def initial_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """Standard normal float32 noise drawn on the CPU, so a seed gives the same image on every device."""
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
@@ -340,6 +390,8 @@ def sample(
     rtol: float = 1e-3,
     model_options: dict[str, Any] | None = None,
     stats: SamplingStats | None = None,
+    compile: bool | str = False,
+    cache: float | TeaCache | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from noise to a clean latent; returns it in model space, float32, on the model's device.
 
@@ -377,9 +429,16 @@ def sample(
     model_options: keywords passed to every model call (e.g. Lumina-Next's RoPE scaling and proportional
         attention, LTX-Video's frame_rate); none at all when empty, as Lumina 2 takes none.
     stats: a `SamplingStats` to fill in with the run's model calls and solver steps.
+    compile: run the model through `torch.compile` (whole graph, `lumina_core.compile`): True uses inductor, a string
+        names another torch.compile backend. The compiled code is kept with the model, so the first run pays for
+        compiling and later runs at the same size do not. Results equal the eager ones to float rounding.
+    cache: step caching (TeaCache, `step_cache.py`): a threshold (0 never skips; the published ones are in
+        `PUBLISHED_THRESHOLDS`) or a `TeaCache` naming a polynomial variant; None (the default) is off. The model
+        calls whose block stack was skipped are `stats.cached_calls`.
     """
     solver_step = _check_options(steps, cfg, batch_size, solver, cfg_channels, atol, rtol)
     guidance = make_guidance(cfg_mode, cfg, cfg_trunc, renorm_cfg)
+    step_cache = make_step_cache(cache, model)
     shape = _latent_shape(model, batch_size, height, width, frames, init_latent)
     sigmas = build_sigmas(schedule, steps, shift, denoise, tokens=math.prod(shape[2:])).tolist()
     guided_channels = _guided_channels(model, cfg_channels, shape[1])
@@ -409,10 +468,13 @@ def sample(
     if stats is None:
         stats = SamplingStats()
     else:
-        stats.model_calls = stats.uncond_calls = stats.solver_steps = stats.rejected_steps = 0
+        stats.model_calls = stats.uncond_calls = stats.solver_steps = stats.rejected_steps = stats.cached_calls = 0
+    if isinstance(solver_step, Dopri5):
+        solver_step.rewind = step_cache  # a rejected substep's calls leave no trace in the cache
     velocity = GuidedVelocity(
         model, positive, negative, guidance, dtype,
         cfg_channels=guided_channels, model_options=model_options, stats=stats, noise_mask=mask,
+        runner=_compiled(model, compile), cache=step_cache,
     )  # fmt: skip
 
     for i in range(steps):

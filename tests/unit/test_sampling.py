@@ -46,6 +46,8 @@ class FakeModel(nn.Module):
         self.calls: list[dict] = []
 
     def forward(self, x, sigma, context, context_mask, **options):
+        if context_mask is None:  # the sampler passes None for prompts without padding
+            context_mask = torch.ones(context.shape[:2], dtype=torch.bool)
         self.calls.append(
             {
                 "x": x.clone(), "sigma": sigma.clone(), "tokens": context.shape[1], "mask": context_mask.clone(),
