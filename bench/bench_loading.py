@@ -15,7 +15,11 @@ The page cache cannot be dropped here, and needs not be: file-backed pages of a 
 RSS only once it touches them, whether they come from the cache or the disk. Prints a JSON record and last
 the ratio of our peak to the ComfyUI file's size (the requirement is <= 1.2).
 
-    python bench/bench_loading.py [--layers 2] [--refiners 1] [--dtype bfloat16]
+`--dtype float8_e4m3fn` writes the ComfyUI file in fp8 (no diffusers folder: diffusers does not save fp8) and
+compares our loader, which keeps the Linear weights in fp8, with the naive path, which builds the model in bf16
+and copies the file into it (what loading fp8 files cost before they were kept fp8); the requirement is <= 1.1.
+
+    python bench/bench_loading.py [--layers 2] [--refiners 1] [--dtype bfloat16|float32|float8_e4m3fn]
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ RUNS = (  # (loader, layout)
     ("ours", "comfy"), ("ours", "diffusers"), ("naive", "comfy"), ("naive", "diffusers"),
     ("diffusers_from_pretrained", "diffusers"),
 )  # fmt: skip
+FP8_RUNS = (("ours", "comfy"), ("naive", "comfy"))
+FP8 = "float8_e4m3fn"
 MB = 2**20
 
 
@@ -58,6 +64,7 @@ def child(loader: str, layout: str, path: str, dtype_name: str) -> None:
     if layout == "diffusers" or loader == "diffusers_from_pretrained":
         from diffusers import Lumina2Transformer2DModel
     dtype = getattr(torch, dtype_name)
+    build_dtype = torch.bfloat16 if dtype_name == FP8 else dtype  # torch builds no fp8 modules: compute dtype
     folder = Path(path) / "transformer"
     weights = folder / "diffusion_pytorch_model.safetensors" if layout == "diffusers" else Path(path)
 
@@ -67,7 +74,7 @@ def child(loader: str, layout: str, path: str, dtype_name: str) -> None:
 
             with safe_open(weights, framework="pt") as handle:
                 shapes = {k[len(COMFY_PREFIX) :]: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
-            torch.set_default_dtype(dtype)
+            torch.set_default_dtype(build_dtype)
             model = Lumina2Transformer(config_from_shapes(shapes))
         else:
             torch.set_default_dtype(dtype)
@@ -122,7 +129,7 @@ def peak_rss(reset: bool) -> int:
 # ---- parent: write the checkpoints, run the children ---------------------------------------------------
 
 
-def write_checkpoints(folder: Path, layers: int, refiners: int, dtype_name: str) -> tuple[Path, Path]:
+def write_checkpoints(folder: Path, layers: int, refiners: int, dtype_name: str) -> tuple[Path, Path | None]:
     import torch
     from diffusers import Lumina2Transformer2DModel
     from safetensors.torch import save_file
@@ -133,13 +140,16 @@ def write_checkpoints(folder: Path, layers: int, refiners: int, dtype_name: str)
     model = Lumina2Transformer2DModel(
         patch_size=2, in_channels=16, hidden_size=2304, num_layers=layers, num_refiner_layers=refiners,
         num_attention_heads=24, num_kv_heads=8, multiple_of=256, axes_dim_rope=(32, 32, 32), cap_feat_dim=2304,
-    ).to(getattr(torch, dtype_name))  # fmt: skip
-    diffusers_folder = folder / "diffusers"
-    model.save_pretrained(diffusers_folder / "transformer")
+    ).to(torch.bfloat16 if dtype_name == FP8 else getattr(torch, dtype_name))  # fmt: skip
+    diffusers_folder = None
+    if dtype_name != FP8:
+        diffusers_folder = folder / "diffusers"
+        model.save_pretrained(diffusers_folder / "transformer")
     state = model.state_dict()
     plan, unmatched = map_diffusers_keys(list(state))
     assert not unmatched, unmatched
-    comfy = {COMFY_PREFIX + k: torch.cat([state[s] for s in sources]) for k, sources in plan.items()}
+    comfy = {COMFY_PREFIX + k: torch.cat([state[s] for s in sources]).to(getattr(torch, dtype_name))
+             for k, sources in plan.items()}  # fmt: skip
     comfy_file = folder / "lumina2_comfy.safetensors"
     save_file(comfy, comfy_file)
     return comfy_file, diffusers_folder
@@ -153,7 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--refiners", type=int, default=1)
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", FP8])
     parser.add_argument("--child", nargs=3, metavar=("LOADER", "LAYOUT", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -165,9 +175,9 @@ def main() -> None:
         comfy_file, diffusers_folder = write_checkpoints(Path(tmp), args.layers, args.refiners, args.dtype)
         write_s = time.perf_counter() - start
         paths = {"comfy": comfy_file, "diffusers": diffusers_folder}
-        sizes = {layout: size_on_disk(path) for layout, path in paths.items()}
+        sizes = {layout: size_on_disk(path) for layout, path in paths.items() if path is not None}
         results = []
-        for loader, layout in RUNS:
+        for loader, layout in FP8_RUNS if args.dtype == FP8 else RUNS:
             command = [sys.executable, __file__, "--dtype", args.dtype, "--child", loader, layout, str(paths[layout])]
             done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
             if done.returncode:

@@ -17,12 +17,12 @@ from importlib import import_module
 from .conditioning import Conditioning
 from .errors import CheckpointError, InvalidInputError, LuminaCoreError, SamplingError, UnsupportedModelError
 
-_LAZY = {
-    "load_transformer": "lumina_core.loading.transformer",
-    "load_text_encoder": "lumina_core.text",
-    "load_vae": "lumina_core.vae",
-    "sample": "lumina_core.sampling",
-    "SYSTEM_PROMPTS": "lumina_core.text.prompts",
+_LAZY = {  # name -> the submodule defining it, relative to this package (which may be vendored under another name)
+    "load_transformer": ".loading.transformer",
+    "load_text_encoder": ".text",
+    "load_vae": ".vae",
+    "sample": ".sampling",
+    "SYSTEM_PROMPTS": ".text.prompts",
 }
 
 __all__ = [
@@ -33,5 +33,5 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
+        return getattr(import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'lumina_core' has no attribute {name!r}")

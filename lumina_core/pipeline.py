@@ -19,6 +19,7 @@ from .loading.transformer import inspect_transformer, load_transformer
 from .models.ltxv import DEFAULT_FRAME_RATE
 from .outputs import to_pil
 from .sampling import check_settings, sample
+from .sampling.recipes import family_defaults
 from .text import load_text_encoder
 from .vae import load_vae
 from .vae.load import is_video_vae
@@ -26,21 +27,12 @@ from .vae.ltx_video import DEFAULT_DECODE_NOISE_SCALE, DEFAULT_DECODE_TIMESTEP
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
-# Settings whose best value depends on the model family, used where a request leaves them None: the reference
-# recipes (Lumina-Image 2.0's sample.py: shift 6 with renormalisation; Lumina-Next's demo: shift 4, no
-# renormalisation; LTX-Video: its resolution-dependent "ltx" schedule, whose shift None follows the token
-# count, cfg 3 and plain guidance). Sources: docs/sampling.md, 'Family defaults'.
-FAMILY_DEFAULTS = {
-    "lumina2": {"cfg": 4.0, "shift": 6.0, "schedule": "shifted_linear", "renorm_cfg": 1.0},
-    "lumina_next": {"cfg": 4.0, "shift": 4.0, "schedule": "shifted_linear", "renorm_cfg": 0.0},
-    "ltxv": {"cfg": 3.0, "shift": None, "schedule": "ltx", "renorm_cfg": 0.0},
-}
-
 
 @dataclass
 class ImageRequest:
     """Everything `text_to_image` needs; defaults follow `lumina_core.sample`, and None takes the family's
-    default (FAMILY_DEFAULTS). system_prompt applies to Lumina-Image 2.0 only (Lumina-Next has no template).
+    default (`lumina_core.sampling.recipes`). system_prompt applies to Lumina-Image 2.0 only (Lumina-Next has no
+    template).
     model_options: the model's own keywords (Lumina-Next's rope_scaling, context_drop_ratio...)."""
 
     prompt: str
@@ -61,8 +53,7 @@ class ImageRequest:
 
     def for_family(self, family: str) -> ImageRequest:
         """A copy with the settings left None filled in from the family's defaults."""
-        defaults = FAMILY_DEFAULTS.get(family, FAMILY_DEFAULTS["lumina2"])
-        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+        return replace(self, **{k: v for k, v in family_defaults(family).items() if getattr(self, k) is None})
 
 
 @dataclass

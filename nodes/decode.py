@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 import lumina_core
 from lumina_core.models.ltxv import DEFAULT_FRAME_RATE
 from lumina_core.vae import TileSettings
@@ -41,7 +39,7 @@ class LuminaVAEDecode:
                 f"of shape {tuple(latent.shape)}: is it from a model of another family?"
             )
         with vae.placed() as module:
-            images = module.decode((latent.float() - module.shift) * module.scale)  # (B, 3, H, W) in [0, 1]
+            images = module.decode_raw(latent)  # (B, 3, H, W) in [0, 1]
         return (images.permute(0, 2, 3, 1).to(bridge.intermediate_device()),)
 
 
@@ -98,12 +96,9 @@ class LTXVideoDecode:
             )
         settings = {"timestep": decode_timestep, "noise_scale": decode_noise_scale, "seed": seed}
         with vae.placed() as module:
-            video = _decode_video(module, latent, settings, _tiles(tile_size, tile_frames))  # (B, 3, T, H, W)
+            video = module.decode(latent, tile=_tiles(tile_size, tile_frames), **settings)  # (B, 3, T, H, W)
         frames = video.permute(0, 2, 3, 4, 1).flatten(0, 1)  # (B*T, H, W, 3), ComfyUI's frame batch
         return (frames.to(bridge.intermediate_device()), float(samples.get("frame_rate", DEFAULT_FRAME_RATE)))
-
-
-FALLBACK_TILES = TileSettings(size=16, overlap=4, frames=7, frame_overlap=2)  # 512 px, 57 frames
 
 
 def _tiles(tile_size: int, tile_frames: int) -> TileSettings | None:
@@ -112,16 +107,3 @@ def _tiles(tile_size: int, tile_frames: int) -> TileSettings | None:
     size = tile_size // 32  # the widget keeps it a multiple of 32 from 64 up
     frames = max(2, (tile_frames - 1) // 8)
     return TileSettings(size=size, overlap=max(1, size // 4), frames=frames, frame_overlap=max(1, frames // 4))
-
-
-def _decode_video(vae, latent: torch.Tensor, settings: dict, tiles: TileSettings | None) -> torch.Tensor:
-    """Decode whole or in the given tiles; a whole decode that runs out of memory is retried in tiles."""
-    latent = latent.to(vae.decoder.conv_in.conv.weight.device)
-    if tiles is not None:
-        return vae.decode(latent, tile=tiles, **settings)
-    try:
-        return vae.decode(latent, **settings)
-    except torch.OutOfMemoryError:
-        pass  # retried below: inside this block the failed attempt's tensors are still referenced
-    bridge.empty_cache()
-    return vae.decode(latent, tile=FALLBACK_TILES, **settings)

@@ -195,7 +195,7 @@ class FlowSampler:
                        denoise=denoise, cfg_trunc=cfg_trunc, renorm_cfg=cfg_renorm)  # fmt: skip
         # With denoise 1 the start is pure noise and the input latent only sets the size, except where a noise
         # mask (a core image-to-video latent's, or first_frame's) keeps its tokens.
-        init = None if latent is None else _to_model_space(latent["samples"], model.model)
+        init = None if latent is None else model.model.latent_format.to_model(latent["samples"])
         noise_mask = None if latent is None else latent.get("noise_mask")
         if first_frame is not None:
             init, noise_mask = _first_frame(model, vae, first_frame, first_frame_strength, init,
@@ -217,7 +217,7 @@ class FlowSampler:
                 )  # fmt: skip
         finally:
             progress.close()
-        out = {"samples": _to_vae_space(samples, model.model).to(bridge.intermediate_device())}
+        out = {"samples": model.model.latent_format.to_raw(samples).to(bridge.intermediate_device())}
         if getattr(model.model, "is_video", False):
             out["frame_rate"] = frame_rate  # read by LTX-Video Decode, which hands it to the save node
         return (out,)
@@ -271,11 +271,3 @@ def _video_options(model, frames: int, frame_rate: float) -> dict:
     if not getattr(model, "is_video", False):
         return {}
     return {"frames": frames, "model_options": {"frame_rate": frame_rate}}
-
-
-def _to_model_space(samples: torch.Tensor, model) -> torch.Tensor:
-    return (samples.float() - model.latent_shift) * model.latent_scale
-
-
-def _to_vae_space(samples: torch.Tensor, model) -> torch.Tensor:
-    return samples / model.latent_scale + model.latent_shift

@@ -6,12 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ops import cast_to
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm over the last axis with a learned gain, computed in float32.
 
     Low-precision activations (bf16/fp16) are normalised in float32 and cast back, as the reference
-    implementations do, because the mean of squares overflows fp16 for large hidden states.
+    implementations do, because the mean of squares overflows fp16 for large hidden states. The gain is cast to
+    the input's device and dtype where it is used.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5):
@@ -21,4 +24,4 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return normed.to(x.dtype) * self.weight.to(x.dtype)
+        return normed.to(x.dtype) * cast_to(self.weight, x)

@@ -5,7 +5,8 @@ Neither pretends to be a float tensor: a `QuantizedLinear` has no `weight`, only
 ggml type and its logical shape, so model code cannot pick up a uint8 "weight" by mistake (the trap
 city96/ComfyUI-GGUF's tensor subclass falls into on MPS and in bf16 paths). The forward moves the packed
 bytes (not a float copy) to the input's device, unpacks them there straight into the input's dtype, runs
-`F.linear` and drops the weight, so at most one layer's float weight exists at a time.
+`F.linear` and drops the weight, so at most one layer's float weight exists at a time. The packed bytes may sit on
+any device (a host's partial loading leaves some on the CPU); the bias is cast to the input where it is used.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from torch import nn
 
+from ..common.ops import cast_to
 from .dequant import dequantize
 
 
@@ -77,7 +79,8 @@ class QuantizedLinear(nn.Module):
     """`nn.Linear` whose weight stays in a ggml block format until the forward needs it.
 
     Buffers: `packed` (out_features, row_bytes) uint8; `bias` is an ordinary float parameter (or None).
-    The weight is dequantized on every call into the input's dtype on the input's device and not kept.
+    The weight is dequantized on every call into the input's dtype on the input's device and not kept. A host
+    subclasses it to cooperate with its memory manager and hands the subclass in as `operations.QuantizedLinear`.
     """
 
     # There is no float weight to show. Code that probes `layer.weight` (transformers' T5 feed-forward casts its
@@ -118,7 +121,8 @@ class QuantizedLinear(nn.Module):
         return dequantize(packed, self.qtype, (self.out_features, self.in_features), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantized_weight(x.dtype, x.device), self.bias)
+        bias = None if self.bias is None else cast_to(self.bias, x)
+        return F.linear(x, self.dequantized_weight(x.dtype, x.device), bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, qtype={self.qtype.name}, " \

@@ -25,7 +25,7 @@ from .files import Checkpoint, is_gguf, open_checkpoint, preview, read_json, sha
 from .keymaps import ltxv as ltxv_keys
 from .keymaps import lumina2 as lumina2_keys
 from .keymaps import lumina_next as lumina_next_keys
-from .modules import assign_tensors, build_on_meta
+from .modules import assign_tensors, build_on_meta, build_with_precision
 
 
 @dataclass(frozen=True)
@@ -82,23 +82,35 @@ NEXT_STEP = {
 
 
 def load_transformer(
-    path: str | os.PathLike, dtype: torch.dtype | None = None, device: torch.device | str = "cpu", **config
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    *,
+    compute_dtype: torch.dtype | None = None,
+    operations=None,
+    **config,
 ) -> nn.Module:
-    """Load a diffusion transformer; returns a module with `.family` and `.config`.
+    """Load a diffusion transformer; returns a module with `.family`, `.config` and `.compute_dtype`.
 
     path: an original/ComfyUI `.safetensors` or `.pth` file (all-in-one files too), a diffusers
     `transformer/` folder or pipeline folder, a single diffusers-keyed file, or a `.gguf` file (its
     quantized Linear weights stay packed in `QuantizedLinear`s and are dequantized layer by layer).
-    dtype: None keeps the stored dtype (fp8 becomes bf16; GGUF files, which mix types, load as float32);
-    otherwise every tensor is cast while it is read (quantized layers compute in their input's dtype).
-    config: fields that tensor shapes cannot tell, for models that differ from the release (e.g.
-    `axes_dims=(32, 48, 48)`); they override a diffusers config.json.
+    dtype: the storage dtype of the Linear weights; None keeps the stored dtype (an fp8 file stays fp8 and
+    computes in bf16; GGUF files, which mix types, load as float32); fp8 stores a float file in fp8. The other
+    tensors are stored in compute_dtype (None: dtype, or bf16 for fp8 storage; see `loading.modules`).
+    operations: the layer namespace (None picks one, see `build_with_precision`); a host such as ComfyUI passes
+    its own cast layers. config: fields that tensor shapes cannot tell, for models that differ from the release
+    (e.g. `axes_dims=(32, 48, 48)`); they override a diffusers config.json.
     """
     plan = _plan(path, config)
     if dtype is None and is_gguf(path):  # GGUF files mix stored types; float32 holds every one exactly
         dtype = torch.float32
+    family = FAMILIES[plan.model.family]
+    model, precision = build_with_precision(
+        partial(family.build, plan.model.config), plan.dtypes, dtype, compute_dtype, operations
+    )
     keep_float = LOAD_FLOAT_MODULES.get(plan.model.family, ())
-    return assign_tensors(plan.model, plan.readers, plan.shapes, plan.source, dtype, device, keep_float)
+    return assign_tensors(model, plan.readers, plan.shapes, plan.source, precision, device, keep_float)
 
 
 def original_tensors(
@@ -120,9 +132,10 @@ def inspect_transformer(path: str | os.PathLike, **config) -> nn.Module:
 
 @dataclass(frozen=True)
 class _LoadPlan:
-    model: nn.Module  # on the meta device
+    model: nn.Module  # on the meta device, built with torch.nn
     readers: dict[str, Callable[[], torch.Tensor]]
     shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, torch.dtype]  # as stored (the first source's, for a diffusers tensor made of several)
     source: str
     stored_dtype: torch.dtype  # the floating dtype most tensors are stored in (float32 for GGUF's packed types)
 
@@ -140,7 +153,8 @@ def _plan(path: str | os.PathLike, config: dict) -> _LoadPlan:
         )
     family = FAMILIES[detected.signature.family]
     readers = _original_key_readers(detected.part, detected.signature.layout, family)
-    shapes = {name: shape for name, (shape, _) in readers.items()}
+    shapes = {name: shape for name, (shape, _, _) in readers.items()}
+    dtypes = {name: dtype for name, (_, dtype, _) in readers.items()}
     stored = {**_diffusers_config(folder, family), **_metadata_config(checkpoint, family), **config}
     try:
         config = family.config_from_shapes(shapes, **stored)
@@ -152,7 +166,7 @@ def _plan(path: str | os.PathLike, config: dict) -> _LoadPlan:
     model = build_on_meta(partial(family.build, config))
     source = f"{checkpoint.path} ({detected.signature.description})"
     stored_dtype = _most_common_float(detected.part)
-    return _LoadPlan(model, {k: read for k, (_, read) in readers.items()}, shapes, source, stored_dtype)
+    return _LoadPlan(model, {k: read for k, (_, _, read) in readers.items()}, shapes, dtypes, source, stored_dtype)
 
 
 def _most_common_float(part: Checkpoint) -> torch.dtype:
@@ -184,10 +198,11 @@ def _transformer_folder(path: str) -> str:
 
 def _original_key_readers(
     part: Checkpoint, layout: str, family: TransformerFamily
-) -> dict[str, tuple[tuple[int, ...], Callable[[], torch.Tensor]]]:
-    """Original key -> (shape, reader) for every tensor the model uses, renaming diffusers keys."""
+) -> dict[str, tuple[tuple[int, ...], torch.dtype, Callable[[], torch.Tensor]]]:
+    """Original key -> (shape, stored dtype, reader) for every tensor the model uses, renaming diffusers keys."""
     if layout == "original":
-        return {k: (part.shape(k), partial(part.load, k)) for k in part.keys if k not in family.unused_keys}
+        return {k: (part.shape(k), part.dtype(k), partial(part.load, k)) for k in part.keys
+                if k not in family.unused_keys}  # fmt: skip
     plan, unmatched = family.map_diffusers_keys(part.keys)
     if unmatched:
         raise CheckpointError(
@@ -203,10 +218,10 @@ def _original_key_readers(
                     f"{part.path}: {', '.join(sources)} are copies of one {family.name} tensor ({target}) but "
                     f"have different shapes {shapes}: a damaged or hand-edited file."
                 )
-            readers[target] = (shapes[0], partial(_identical_copies, part, sources, target))
+            readers[target] = (shapes[0], part.dtype(sources[0]), partial(_identical_copies, part, sources, target))
         else:
             shape = (sum(s[0] for s in shapes), *shapes[0][1:])
-            readers[target] = (shape, partial(_concat_rows, part, sources))
+            readers[target] = (shape, part.dtype(sources[0]), partial(_concat_rows, part, sources))
     return readers
 
 

@@ -31,9 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import latents
 from ..common.attention import attention
 from ..common.embeddings import timestep_embedding
 from ..common.norms import RMSNorm
+from ..common.ops import cast_to
 from ..common.rope import apply_rope, rope_cos_sin
 from ..conditioning import check_right_padded
 from ..errors import InvalidInputError
@@ -169,13 +171,13 @@ def rope_angles(
 class Attention(nn.Module):
     """Multi-head attention with biases and RMS q/k norms across all heads; RoPE on the full width (self only)."""
 
-    def __init__(self, cfg: LTXVideoConfig, context_dim: int):
+    def __init__(self, cfg: LTXVideoConfig, context_dim: int, operations=nn):
         super().__init__()
         self.n_heads = cfg.n_heads
-        self.to_q = nn.Linear(cfg.dim, cfg.dim)
-        self.to_k = nn.Linear(context_dim, cfg.dim)
-        self.to_v = nn.Linear(context_dim, cfg.dim)
-        self.to_out = nn.ModuleList([nn.Linear(cfg.dim, cfg.dim)])  # `to_out.0`, as the checkpoints name it
+        self.to_q = operations.Linear(cfg.dim, cfg.dim)
+        self.to_k = operations.Linear(context_dim, cfg.dim)
+        self.to_v = operations.Linear(context_dim, cfg.dim)
+        self.to_out = nn.ModuleList([operations.Linear(cfg.dim, cfg.dim)])  # `to_out.0`, as the checkpoints name it
         self.q_norm = RMSNorm(cfg.dim, eps=1e-5)
         self.k_norm = RMSNorm(cfg.dim, eps=1e-5)
 
@@ -199,18 +201,20 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """net.0.proj (GELU, tanh approximation) then net.2, with biases; net.1 is the reference's parameterless dropout."""
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, operations=nn):
         super().__init__()
-        self.net = nn.ModuleList([_GELUProjection(dim, hidden), nn.Identity(), nn.Linear(hidden, dim)])
+        self.net = nn.ModuleList(
+            [_GELUProjection(dim, hidden, operations), nn.Identity(), operations.Linear(hidden, dim)]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net[2](self.net[0](x))
 
 
 class _GELUProjection(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, operations=nn):
         super().__init__()
-        self.proj = nn.Linear(dim, hidden)
+        self.proj = operations.Linear(dim, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(self.proj(x), approximate="tanh")
@@ -224,18 +228,18 @@ def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
 class TransformerBlock(nn.Module):
     """Modulated self-attention with RoPE, ungated cross-attention to the caption, modulated feed-forward."""
 
-    def __init__(self, cfg: LTXVideoConfig):
+    def __init__(self, cfg: LTXVideoConfig, operations=nn):
         super().__init__()
         self.eps = cfg.norm_eps
-        self.attn1 = Attention(cfg, cfg.dim)
-        self.attn2 = Attention(cfg, cfg.cross_attention_dim)
-        self.ff = FeedForward(cfg.dim, cfg.ffn_hidden)
+        self.attn1 = Attention(cfg, cfg.dim, operations)
+        self.attn2 = Attention(cfg, cfg.cross_attention_dim, operations)
+        self.ff = FeedForward(cfg.dim, cfg.ffn_hidden, operations)
         self.scale_shift_table = nn.Parameter(torch.zeros(6, cfg.dim))
 
     def forward(self, x, caption, caption_mask, modulation, rope):
         """x (B, N, D); caption (B, L, D); modulation (B, T, 6, D) from the timestep, T = 1 (one for every token)
         or N (one per token); returns (B, N, D)."""
-        mods = self.scale_shift_table.to(modulation.dtype) + modulation  # (B, T, 6, D)
+        mods = cast_to(self.scale_shift_table, modulation) + modulation  # (B, T, 6, D)
         shift_attn, scale_attn, gate_attn, shift_ff, scale_ff, gate_ff = mods.unbind(2)  # (B, T, D) each
         x = x + gate_attn * self.attn1(rms_norm(x, self.eps) * (1 + scale_attn) + shift_attn, rope=rope)
         x = x + self.attn2(x, caption, caption_mask)
@@ -245,38 +249,39 @@ class TransformerBlock(nn.Module):
 class TimestepEmbedder(nn.Module):
     """256-channel sinusoid (cosine first) -> linear_1 -> SiLU -> linear_2."""
 
-    def __init__(self, dim: int, frequency_dim: int = 256):
+    def __init__(self, dim: int, frequency_dim: int = 256, operations=nn):
         super().__init__()
         self.frequency_dim = frequency_dim
-        self.linear_1 = nn.Linear(frequency_dim, dim)
-        self.linear_2 = nn.Linear(dim, dim)
+        self.linear_1 = operations.Linear(frequency_dim, dim)
+        self.linear_2 = operations.Linear(dim, dim)
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        emb = timestep_embedding(t, self.frequency_dim).to(self.linear_1.weight.dtype)
+    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        emb = timestep_embedding(t, self.frequency_dim).to(dtype)
         return self.linear_2(F.silu(self.linear_1(emb)))
 
 
 class AdaLNSingle(nn.Module):
     """PixArt's adaLN-single: one timestep embedding for the output layer, and its 6-way block modulation."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, operations=nn):
         super().__init__()
-        self.emb = nn.ModuleDict({"timestep_embedder": TimestepEmbedder(dim)})  # `emb.timestep_embedder.*`
-        self.linear = nn.Linear(dim, 6 * dim)
+        embedder = TimestepEmbedder(dim, operations=operations)
+        self.emb = nn.ModuleDict({"timestep_embedder": embedder})  # `emb.timestep_embedder.*`
+        self.linear = operations.Linear(dim, 6 * dim)
 
-    def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """t (B, T) timesteps in 0..1000 -> (modulation (B, T, 6, D), embedded timestep (B, T, D))."""
-        embedded = self.emb["timestep_embedder"](t.flatten()).unflatten(0, t.shape)
+    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """t (B, T) timesteps in 0..1000 -> (modulation (B, T, 6, D), embedded timestep (B, T, D)) in `dtype`."""
+        embedded = self.emb["timestep_embedder"](t.flatten(), dtype).unflatten(0, t.shape)
         return self.linear(F.silu(embedded)).unflatten(-1, (6, -1)), embedded
 
 
 class CaptionProjection(nn.Module):
     """T5 features -> width: linear_1, GELU (tanh approximation), linear_2."""
 
-    def __init__(self, in_features: int, dim: int):
+    def __init__(self, in_features: int, dim: int, operations=nn):
         super().__init__()
-        self.linear_1 = nn.Linear(in_features, dim)
-        self.linear_2 = nn.Linear(dim, dim)
+        self.linear_1 = operations.Linear(in_features, dim)
+        self.linear_2 = operations.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(F.gelu(self.linear_1(x), approximate="tanh"))
@@ -295,6 +300,9 @@ class LTXVideoTransformer(nn.Module):
     single channel: each token then gets its own timestep embedding and adaLN modulation, as the model was
     trained for image-to-video (a conditioning frame at sigma 0 among noisy ones). The per-sample form does no
     per-token work: its modulation is computed once per sample and broadcast over the tokens.
+
+    Computed on x's device, in `compute_dtype` (x's dtype when None), and returned in x's dtype; `operations`
+    supplies the layers (see `lumina_core.common.ops`).
     """
 
     family = FAMILY
@@ -302,26 +310,20 @@ class LTXVideoTransformer(nn.Module):
     per_token_sigma = True  # sigma may be (B, 1, F, H, W): the sampler's noise_mask needs it
     # The VAE normalises its latent itself (per-channel statistics), so the raw latent ComfyUI passes between
     # nodes is already the model's: the identity, as ComfyUI's LTXV latent format.
-    latent_scale, latent_shift = 1.0, 0.0
+    latent_format = latents.IDENTITY
+    # The dtype the forward computes in (its loader sets it; None: the input's dtype).
+    compute_dtype: torch.dtype | None = None
 
-    def __init__(self, cfg: LTXVideoConfig):
+    def __init__(self, cfg: LTXVideoConfig, operations=nn):
         super().__init__()
         self.config = cfg
-        self.patchify_proj = nn.Linear(cfg.in_channels, cfg.dim)
-        self.adaln_single = AdaLNSingle(cfg.dim)
-        self.caption_projection = CaptionProjection(cfg.caption_channels, cfg.dim)
-        self.transformer_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.patchify_proj = operations.Linear(cfg.in_channels, cfg.dim)
+        self.adaln_single = AdaLNSingle(cfg.dim, operations)
+        self.caption_projection = CaptionProjection(cfg.caption_channels, cfg.dim, operations)
+        self.transformer_blocks = nn.ModuleList(TransformerBlock(cfg, operations) for _ in range(cfg.n_layers))
         self.scale_shift_table = nn.Parameter(torch.zeros(2, cfg.dim))
-        self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
-        self.proj_out = nn.Linear(cfg.dim, cfg.out_channels)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.patchify_proj.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.patchify_proj.weight.device
+        self.norm_out = operations.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
+        self.proj_out = operations.Linear(cfg.dim, cfg.out_channels)
 
     def latent_shape(self, batch_size: int, height: int, width: int, frames: int = 1) -> tuple[int, ...]:
         """(B, 128, F, H, W) latent for a video of `frames` frames of height x width pixels.
@@ -354,7 +356,7 @@ class LTXVideoTransformer(nn.Module):
     ) -> torch.Tensor:
         """velocity = noise - data; see the class docstring. The network's own time is sigma x timestep_scale."""
         self._check_inputs(x, sigma, context, context_mask, frame_rate)
-        dtype, device = self.dtype, x.device
+        dtype, device = self.compute_dtype or x.dtype, x.device
         frames, height, width = x.shape[2:]
         context_mask = context_mask.to(device).bool()
         # Caption slots past the longest caption are masked everywhere: drop them to save attention work.
@@ -365,7 +367,9 @@ class LTXVideoTransformer(nn.Module):
         tokens = self.patchify_proj(x.to(dtype).flatten(2).transpose(1, 2))  # (B, C, F, H, W) -> (B, F*H*W, D)
         # (B,) -> (B, 1): one timestep for all tokens; (B, 1, F, H, W) -> (B, F*H*W), in the tokens' order
         timesteps = sigma.to(device).float().flatten(1) if sigma.ndim > 1 else sigma.to(device).float()[:, None]
-        modulation, embedded = self.adaln_single(timesteps * self.config.timestep_scale)  # (B, T, 6, D), (B, T, D)
+        modulation, embedded = self.adaln_single(
+            timesteps * self.config.timestep_scale, dtype
+        )  # (B, T, 6, D), (B, T, D)
         caption = self.caption_projection(context)  # (B, L, D)
         angles = rope_angles(frames, height, width, frame_rate, self.config, device)
         rope = rope_cos_sin(angles[None], device)  # cos, sin: (1, N, 1, D/2) float32
@@ -373,7 +377,7 @@ class LTXVideoTransformer(nn.Module):
         for block in self.transformer_blocks:
             tokens = block(tokens, caption, caption_mask, modulation, rope)
 
-        shift, scale = (self.scale_shift_table.to(dtype) + embedded[:, :, None]).unbind(2)  # (B, T, D) each
+        shift, scale = (cast_to(self.scale_shift_table, embedded) + embedded[:, :, None]).unbind(2)  # (B, T, D) each
         tokens = self.norm_out(tokens) * (1 + scale) + shift
         out = self.proj_out(tokens)  # (B, F*H*W, C)
         return out.transpose(1, 2).unflatten(2, (frames, height, width)).to(x.dtype)

@@ -105,11 +105,11 @@ def _count_blocks(shapes: dict[str, tuple[int, ...]], prefix: str) -> int:
 class Attention(nn.Module):
     """Self-attention with a fused q|k|v projection, per-head RMS q/k norms, RoPE and grouped kv heads."""
 
-    def __init__(self, cfg: Lumina2Config):
+    def __init__(self, cfg: Lumina2Config, operations=nn):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.qkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=False)
-        self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.qkv = operations.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=False)
+        self.out = operations.Linear(cfg.dim, cfg.dim, bias=False)
         self.q_norm = RMSNorm(cfg.head_dim, eps=1e-5)
         self.k_norm = RMSNorm(cfg.head_dim, eps=1e-5)
 
@@ -125,9 +125,9 @@ class Attention(nn.Module):
 class TransformerBlock(SandwichBlock):
     """A Next-DiT block over the joint sequence; refiners of the caption are not modulated."""
 
-    def __init__(self, cfg: Lumina2Config, modulated: bool):
-        super().__init__(cfg.dim, cfg.ffn_hidden, cfg.norm_eps, cfg.t_emb_dim if modulated else None)
-        self.attention = Attention(cfg)
+    def __init__(self, cfg: Lumina2Config, modulated: bool, operations=nn):
+        super().__init__(cfg.dim, cfg.ffn_hidden, cfg.norm_eps, cfg.t_emb_dim if modulated else None, operations)
+        self.attention = Attention(cfg, operations)
 
     def forward(self, x, rope, key_mask, t_emb=None):
         return self.run(x, t_emb, lambda h: self.attention(h, rope, key_mask))
@@ -139,24 +139,28 @@ class Lumina2Transformer(NextDiT):
     Call: model(x, sigma, context, context_mask) -> velocity, with x (B, C, H, W) the normalised FLUX
     latent (H, W multiples of the patch size), sigma (B,) in [0, 1] with 1 = noise, context (B, L, cap_feat_dim)
     Gemma-2 features, context_mask (B, L) bool with at least one True per row; velocity = noise - data.
+    Computed on x's device, in `compute_dtype` (x's dtype when None), and returned in x's dtype; `operations`
+    supplies the layers (see `lumina_core.common.ops`).
     """
 
     family = FAMILY
     model_name = "Lumina-Image 2.0"
     # The model works in the normalised FLUX VAE latent: z_model = (z_vae - shift) * scale
     # (docs/models.md, 'Latent normalisations').
-    latent_scale, latent_shift = latents.FLUX
+    latent_format = latents.FLUX
 
-    def __init__(self, cfg: Lumina2Config):
+    def __init__(self, cfg: Lumina2Config, operations=nn):
         super().__init__()
         self.config = cfg
-        self.x_embedder = nn.Linear(cfg.patch_size**2 * cfg.in_channels, cfg.dim)
-        self.t_embedder = TimestepEmbedder(cfg.t_emb_dim)
-        self.cap_embedder = nn.Sequential(RMSNorm(cfg.cap_feat_dim, cfg.norm_eps), nn.Linear(cfg.cap_feat_dim, cfg.dim))
-        self.context_refiner = nn.ModuleList(TransformerBlock(cfg, False) for _ in range(cfg.n_refiner_layers))
-        self.noise_refiner = nn.ModuleList(TransformerBlock(cfg, True) for _ in range(cfg.n_refiner_layers))
-        self.layers = nn.ModuleList(TransformerBlock(cfg, True) for _ in range(cfg.n_layers))
-        self.final_layer = FinalLayer(cfg.dim, cfg.patch_size**2 * cfg.in_channels, cfg.t_emb_dim)
+        self.x_embedder = operations.Linear(cfg.patch_size**2 * cfg.in_channels, cfg.dim)
+        self.t_embedder = TimestepEmbedder(cfg.t_emb_dim, operations=operations)
+        self.cap_embedder = nn.Sequential(
+            RMSNorm(cfg.cap_feat_dim, cfg.norm_eps), operations.Linear(cfg.cap_feat_dim, cfg.dim)
+        )
+        self.context_refiner = _blocks(cfg, cfg.n_refiner_layers, False, operations)
+        self.noise_refiner = _blocks(cfg, cfg.n_refiner_layers, True, operations)
+        self.layers = _blocks(cfg, cfg.n_layers, True, operations)
+        self.final_layer = FinalLayer(cfg.dim, cfg.patch_size**2 * cfg.in_channels, cfg.t_emb_dim, operations)
 
     def forward(self, x, sigma, context, context_mask):
         return -self.predict_flow(x, 1 - sigma, context, context_mask)
@@ -165,16 +169,16 @@ class Lumina2Transformer(NextDiT):
         """The network in Lumina time: t (B,) in [0, 1] with 0 = noise; returns data - noise, shaped like x."""
         cfg = self.config
         check_inputs("Lumina-Image 2.0", cfg, x, t, context, context_mask, self._features_message)
-        dtype = self.dtype
-        context, context_mask = context.to(x.device), context_mask.to(x.device)
+        dtype = self.compute_dtype or x.dtype
+        context, context_mask = context.to(x.device, dtype), context_mask.to(x.device)
         cap_lens = context_mask.sum(dim=1)
         # Caption slots past the longest caption are masked everywhere: drop them to save attention work.
         longest = int(cap_lens.max())
         context, context_mask = context[:, :longest], context_mask[:, :longest].bool()
         caption_mask = None if bool(context_mask.all()) else context_mask
 
-        t_emb = self.t_embedder(t.to(x.device))
-        caption = self.cap_embedder(context.to(dtype))  # (B, L, D)
+        t_emb = self.t_embedder(t.to(x.device), dtype)
+        caption = self.cap_embedder(context)  # (B, L, D)
         image = self.x_embedder(patchify(x.to(dtype), cfg.patch_size, channels_last=True))  # (B, N, D)
         height, width = x.shape[-2] // cfg.patch_size, x.shape[-1] // cfg.patch_size
 
@@ -213,6 +217,10 @@ class Lumina2Transformer(NextDiT):
             f"this Lumina-Image 2.0 model expects text features of width {self.config.cap_feat_dim} (Gemma-2-2B); got "
             f"{tuple(context.shape)}{_foreign_width(context)}: is the text encoder the one made for this model?"
         )
+
+
+def _blocks(cfg: Lumina2Config, count: int, modulated: bool, operations) -> nn.ModuleList:
+    return nn.ModuleList(TransformerBlock(cfg, modulated, operations) for _ in range(count))
 
 
 def _foreign_width(context: torch.Tensor) -> str:

@@ -55,6 +55,7 @@ from torch import nn
 from .. import latents
 from ..common.attention import attention
 from ..common.norms import RMSNorm
+from ..common.ops import cast_to
 from ..common.rope import apply_rope, rope_angles, rope_cos_sin
 from ..errors import InvalidInputError
 from .nextdit import (
@@ -179,18 +180,18 @@ class Attention(nn.Module):
     Query and key norms are LayerNorms across all heads (with bias), applied before the head split.
     """
 
-    def __init__(self, cfg: LuminaNextConfig):
+    def __init__(self, cfg: LuminaNextConfig, operations=nn):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         kv_width = cfg.n_kv_heads * cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.dim, bias=False)
-        self.wk = nn.Linear(cfg.dim, kv_width, bias=False)
-        self.wv = nn.Linear(cfg.dim, kv_width, bias=False)
-        self.wk_y = nn.Linear(cfg.cap_feat_dim, kv_width, bias=False)
-        self.wv_y = nn.Linear(cfg.cap_feat_dim, kv_width, bias=False)
-        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.wq = operations.Linear(cfg.dim, cfg.dim, bias=False)
+        self.wk = operations.Linear(cfg.dim, kv_width, bias=False)
+        self.wv = operations.Linear(cfg.dim, kv_width, bias=False)
+        self.wk_y = operations.Linear(cfg.cap_feat_dim, kv_width, bias=False)
+        self.wv_y = operations.Linear(cfg.cap_feat_dim, kv_width, bias=False)
+        self.wo = operations.Linear(cfg.dim, cfg.dim, bias=False)
         self.gate = nn.Parameter(torch.zeros(cfg.n_heads))  # one per query head; zero-initialised in training
-        norm = (lambda width: nn.LayerNorm(width, eps=1e-5)) if cfg.qk_norm else (lambda width: nn.Identity())
+        norm = (lambda width: operations.LayerNorm(width, eps=1e-5)) if cfg.qk_norm else (lambda width: nn.Identity())
         self.q_norm, self.k_norm, self.ky_norm = norm(cfg.dim), norm(kv_width), norm(kv_width)
 
     def forward(
@@ -217,16 +218,16 @@ class Attention(nn.Module):
         k_y = self.ky_norm(self.wk_y(caption)).unflatten(-1, (self.n_kv_heads, -1))  # no RoPE on caption keys
         v_y = self.wv_y(caption).unflatten(-1, (self.n_kv_heads, -1))
         caption_out = attention(q, k_y, v_y, caption_mask).unflatten(-1, (self.n_heads, -1))  # (B, N, H, Dh)
-        gated = caption_out * self.gate.tanh().to(caption_out.dtype)[:, None]
+        gated = caption_out * cast_to(self.gate, caption_out).tanh()[:, None]
         return self.wo(image_out + gated.flatten(-2))
 
 
 class TransformerBlock(SandwichBlock):
     """A Next-DiT block whose attention also reads the (normed) caption; modulated by c = t + pooled caption."""
 
-    def __init__(self, cfg: LuminaNextConfig):
-        super().__init__(cfg.dim, cfg.ffn_hidden, cfg.norm_eps, cfg.t_emb_dim)
-        self.attention = Attention(cfg)
+    def __init__(self, cfg: LuminaNextConfig, operations=nn):
+        super().__init__(cfg.dim, cfg.ffn_hidden, cfg.norm_eps, cfg.t_emb_dim, operations)
+        self.attention = Attention(cfg, operations)
         self.attention_y_norm = RMSNorm(cfg.cap_feat_dim, cfg.norm_eps)
 
     def forward(self, x, caption, caption_mask, cond, **attention_args):
@@ -240,8 +241,9 @@ class LuminaNextTransformer(NextDiT):
     Call: model(x, sigma, context, context_mask, **options) -> velocity, with x (B, in_channels, H, W) the
     SDXL latent times 0.13025 (H, W multiples of the patch size), sigma (B,) in [0, 1] with 1 = noise,
     context (B, L, cap_feat_dim) Gemma-2B features (second-to-last hidden state), context_mask (B, L) bool,
-    right-padded with at least one True per row; velocity = noise - data, shaped like x. The options are
-    those of the module docstring.
+    right-padded with at least one True per row; velocity = noise - data, shaped like x and in its dtype, computed
+    on x's device in `compute_dtype` (x's dtype when None). The options are those of the module docstring;
+    `operations` supplies the layers.
     """
 
     family = FAMILY
@@ -251,18 +253,18 @@ class LuminaNextTransformer(NextDiT):
     cfg_channels = 3
     # The model works in the scaled SDXL VAE latent: z_model = z_vae * 0.13025
     # (docs/models.md, 'Latent normalisations').
-    latent_scale, latent_shift = latents.SDXL
+    latent_format = latents.SDXL
 
-    def __init__(self, cfg: LuminaNextConfig):
+    def __init__(self, cfg: LuminaNextConfig, operations=nn):
         super().__init__()
         self.config = cfg
-        self.x_embedder = nn.Linear(cfg.patch_size**2 * cfg.in_channels, cfg.dim)
-        self.t_embedder = TimestepEmbedder(cfg.t_emb_dim)
+        self.x_embedder = operations.Linear(cfg.patch_size**2 * cfg.in_channels, cfg.dim)
+        self.t_embedder = TimestepEmbedder(cfg.t_emb_dim, operations=operations)
         self.cap_embedder = nn.Sequential(
-            nn.LayerNorm(cfg.cap_feat_dim, eps=1e-5), nn.Linear(cfg.cap_feat_dim, cfg.t_emb_dim)
+            operations.LayerNorm(cfg.cap_feat_dim, eps=1e-5), operations.Linear(cfg.cap_feat_dim, cfg.t_emb_dim)
         )
-        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
-        self.final_layer = FinalLayer(cfg.dim, cfg.patch_size**2 * cfg.out_channels, cfg.t_emb_dim)
+        self.layers = nn.ModuleList(TransformerBlock(cfg, operations) for _ in range(cfg.n_layers))
+        self.final_layer = FinalLayer(cfg.dim, cfg.patch_size**2 * cfg.out_channels, cfg.t_emb_dim, operations)
 
     def forward(
         self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor, **options
@@ -290,7 +292,7 @@ class LuminaNextTransformer(NextDiT):
         if base_resolution is None:
             base_resolution = cfg.sample_size * VAE_DOWNSCALE
         _check_options(rope_scaling, rope_scale, base_resolution, context_drop_ratio, cfg.patch_size)
-        dtype, device = self.dtype, x.device
+        dtype, device = self.compute_dtype or x.dtype, x.device
         height, width = x.shape[-2] // cfg.patch_size, x.shape[-1] // cfg.patch_size
         n_tokens, trained_tokens = height * width, (base_resolution // (VAE_DOWNSCALE * cfg.patch_size)) ** 2
         if n_tokens > MAX_EXTRAPOLATION * trained_tokens:
@@ -311,7 +313,7 @@ class LuminaNextTransformer(NextDiT):
         t = t.to(device)
         weights = context_mask.float()[..., None]
         pooled = ((context.float() * weights).sum(dim=1) / weights.sum(dim=1)).to(dtype)  # (B, cap_feat_dim)
-        cond = self.t_embedder(t) + self.cap_embedder(pooled)  # (B, t_emb_dim)
+        cond = self.t_embedder(t, dtype) + self.cap_embedder(pooled)  # (B, t_emb_dim)
 
         if rope_scale is None:
             rope_scale = max(1.0, math.sqrt(x.shape[-2] * x.shape[-1]) * VAE_DOWNSCALE / base_resolution)

@@ -6,6 +6,9 @@ an adaLN projection of the conditioning vector. They differ in what the attentio
 caption + image sequence; Lumina-Next: image tokens plus a gated cross-attention to the caption), so each
 family passes its own attention call to `SandwichBlock.run`. Attribute names equal the original checkpoint
 key segments of both families.
+
+Every layer comes from an `operations` namespace (default `torch.nn`; see `lumina_core.common.ops`), and every
+forward computes on its input's device; the model casts its input to its `compute_dtype` first.
 """
 
 from __future__ import annotations
@@ -38,20 +41,14 @@ class NextDiTShape:
 
 
 class NextDiT(nn.Module):
-    """What both Lumina transformers expose besides their forward: dtype, device and the size rule.
+    """What both Lumina transformers expose besides their forward: the size rule and the compute dtype.
 
-    Subclasses set `model_name` and `self.config` (with patch_size and in_channels) and create `x_embedder`.
+    Subclasses set `model_name`, `latent_format` and `self.config` (with patch_size and in_channels).
     """
 
     model_name = ""
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.x_embedder.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.x_embedder.weight.device
+    # The dtype the forward computes in (its loader sets it; None: the input's dtype); it returns the input's.
+    compute_dtype: torch.dtype | None = None
 
     def latent_shape(self, batch_size: int, height: int, width: int) -> tuple[int, int, int, int]:
         """Latent shape for an image of height x width pixels; both must be multiples of 16."""
@@ -69,11 +66,11 @@ class NextDiT(nn.Module):
 class FeedForward(nn.Module):
     """SwiGLU: w2(silu(w1 x) * w3 x), no biases."""
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, operations=nn):
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, dim, bias=False)
-        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w1 = operations.Linear(dim, hidden, bias=False)
+        self.w2 = operations.Linear(hidden, dim, bias=False)
+        self.w3 = operations.Linear(dim, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -85,15 +82,15 @@ class SandwichBlock(nn.Module):
     Subclasses create `self.attention` and call `run` with a function applying it to the normed tokens.
     """
 
-    def __init__(self, dim: int, ffn_hidden: int, norm_eps: float, cond_dim: int | None):
+    def __init__(self, dim: int, ffn_hidden: int, norm_eps: float, cond_dim: int | None, operations=nn):
         super().__init__()
-        self.feed_forward = FeedForward(dim, ffn_hidden)
+        self.feed_forward = FeedForward(dim, ffn_hidden, operations)
         self.attention_norm1 = RMSNorm(dim, norm_eps)
         self.attention_norm2 = RMSNorm(dim, norm_eps)
         self.ffn_norm1 = RMSNorm(dim, norm_eps)
         self.ffn_norm2 = RMSNorm(dim, norm_eps)
         if cond_dim is not None:
-            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 4 * dim))
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), operations.Linear(cond_dim, 4 * dim))
 
     def run(
         self, x: torch.Tensor, cond: torch.Tensor | None, attend: Callable[[torch.Tensor], torch.Tensor]
@@ -111,23 +108,26 @@ class SandwichBlock(nn.Module):
 class TimestepEmbedder(nn.Module):
     """Sinusoidal features of t (256 wide) through a two-layer SiLU MLP."""
 
-    def __init__(self, out_dim: int, frequency_dim: int = 256):
+    def __init__(self, out_dim: int, frequency_dim: int = 256, operations=nn):
         super().__init__()
         self.frequency_dim = frequency_dim
-        self.mlp = nn.Sequential(nn.Linear(frequency_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+        self.mlp = nn.Sequential(
+            operations.Linear(frequency_dim, out_dim), nn.SiLU(), operations.Linear(out_dim, out_dim)
+        )
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.frequency_dim).to(self.mlp[0].weight.dtype))
+    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """t (B,) -> (B, out_dim) in `dtype`, the model's compute dtype (t itself stays float32)."""
+        return self.mlp(timestep_embedding(t, self.frequency_dim).to(dtype))
 
 
 class FinalLayer(nn.Module):
     """LayerNorm without affine, scaled by (1 + s(cond)), then projected to patch features."""
 
-    def __init__(self, dim: int, out_features: int, cond_dim: int):
+    def __init__(self, dim: int, out_features: int, cond_dim: int, operations=nn):
         super().__init__()
-        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(dim, out_features)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, dim))
+        self.norm_final = operations.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = operations.Linear(dim, out_features)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), operations.Linear(cond_dim, dim))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.linear(self.norm_final(x) * (1 + self.adaLN_modulation(cond)[:, None]))

@@ -67,6 +67,7 @@ from typing import Any
 
 import torch
 
+from ..common.ops import placement
 from ..compile import CompiledModel, compiled
 from ..conditioning import Conditioning, check_family, concat_conditionings
 from ..errors import InvalidInputError, SamplingError
@@ -199,14 +200,6 @@ def _masked_velocity(
 ) -> torch.Tensor:
     """mask·v(x, sigma): the velocity of a token whose own sigma is mask·sigma, per unit of the shared sigma."""
     return mask * velocity(x, sigma)
-
-
-def model_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
-    """The dtype and device of the model's first parameter (float32 on the CPU for a model without any)."""
-    param = next(model.parameters(), None)
-    if param is None:
-        return torch.float32, torch.device("cpu")
-    return param.dtype, param.device
 
 
 def _check_options(
@@ -390,10 +383,11 @@ def sample(
     rtol: float = 1e-3,
     model_options: dict[str, Any] | None = None,
     stats: SamplingStats | None = None,
+    device: torch.device | str | None = None,
     compile: bool | str = False,
     cache: float | TeaCache | None = None,
 ) -> torch.Tensor:
-    """Integrate the flow from noise to a clean latent; returns it in model space, float32, on the model's device.
+    """Integrate the flow from noise to a clean latent; returns it in model space, float32, on `device`.
 
     positive / negative: text conditionings with batch 1 (tiled to batch_size) or batch_size. Guidance runs when
         a negative is given and cfg != 1 (in `cfg_mode="diffusers"` only when cfg > 1, as the pipeline does).
@@ -429,6 +423,9 @@ def sample(
     model_options: keywords passed to every model call (e.g. Lumina-Next's RoPE scaling and proportional
         attention, LTX-Video's frame_rate); none at all when empty, as Lumina 2 takes none.
     stats: a `SamplingStats` to fill in with the run's model calls and solver steps.
+    device: where the latent lives and the model runs; None: the device of the model's first parameter. A host
+        that keeps part of the weights elsewhere (ComfyUI's partial loading) passes its compute device. The model
+        runs in its `compute_dtype` (its loader's choice; else the dtype of its weights).
     compile: run the model through `torch.compile` (whole graph, `lumina_core.compile`): True uses inductor, a string
         names another torch.compile backend. The compiled code is kept with the model, so the first run pays for
         compiling and later runs at the same size do not. Results equal the eager ones to float rounding.
@@ -447,7 +444,7 @@ def sample(
     elif tuple(noise.shape) != shape:
         raise InvalidInputError(f"noise has shape {tuple(noise.shape)}, the latent is {shape}.")
 
-    dtype, device = model_dtype_device(model)
+    device, dtype = placement(model, device)
     mask = None if noise_mask is None else _expand_noise_mask(model, noise_mask, init_latent, shape, device)
     x = noise.to(device=device, dtype=torch.float32)
     if mask is not None:

@@ -7,13 +7,13 @@ ComfyUI start (or `import lumina_core.text.prompts`) should not pay for it befor
 
 from importlib import import_module
 
-_LAZY = {
+_LAZY = {  # name -> the submodule defining it, relative to this package
     **dict.fromkeys(("GEMMA1", "GEMMA2", "GEMMA2_CONFIG_METADATA_KEY", "GEMMA_CONFIG_METADATA_KEY", "GemmaTextEncoder",
-                     "GemmaVariant", "config_metadata"), "lumina_core.text.gemma"),
-    "load_text_encoder": "lumina_core.text.load",
-    **dict.fromkeys(("SYSTEM_PROMPTS", "format_negative_prompt", "format_prompt"), "lumina_core.text.prompts"),
+                     "GemmaVariant", "config_metadata"), ".gemma"),
+    "load_text_encoder": ".load",
+    **dict.fromkeys(("SYSTEM_PROMPTS", "format_negative_prompt", "format_prompt"), ".prompts"),
     **dict.fromkeys(("T5PromptTokenizer", "T5TextEncoder", "find_t5_tokenizer", "t5_encoder_from_state_dict"),
-                    "lumina_core.text.t5"),
+                    ".t5"),
 }  # fmt: skip
 
 __all__ = sorted(_LAZY)
@@ -21,5 +21,5 @@ __all__ = sorted(_LAZY)
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
+        return getattr(import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'lumina_core.text' has no attribute {name!r}")

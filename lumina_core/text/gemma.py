@@ -53,13 +53,14 @@ from transformers import Gemma2Config, Gemma2Model, GemmaConfig, GemmaModel, Pre
 from transformers.models.gemma.modeling_gemma import GemmaRotaryEmbedding
 from transformers.models.gemma2.modeling_gemma2 import Gemma2RotaryEmbedding
 
+from ..common.ops import adopt_operations, default_compute_dtype, default_device
 from ..conditioning import Conditioning
 from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from ..gguf.reader import read_metadata
 from ..gguf.text import config_fields as gguf_config_fields
 from ..gguf.text import sentencepiece_model
 from ..loading.files import Checkpoint, is_gguf, open_checkpoint, preview, read_json
-from ..loading.modules import assign_tensors, build_on_meta
+from ..loading.modules import assign_tensors, build_with_precision
 from .prompts import format_negative_prompt, format_prompt, resolve_system_prompt
 from .truncation import warn_cut
 
@@ -308,11 +309,13 @@ class GemmaTextEncoder:
 
     @property
     def device(self) -> torch.device:
-        return self.model.embed_tokens.weight.device
+        """Where encode runs unless told otherwise: where the weights are."""
+        return default_device(self.model)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
+        """The compute dtype (the loader's choice; the embedding table is stored in it)."""
+        return default_compute_dtype(self.model)
 
     def to(self, device: torch.device | str) -> GemmaTextEncoder:
         self.model.to(device)
@@ -371,8 +374,9 @@ class GemmaTextEncoder:
         system_prompt: str | None = None,
         negative: bool = False,
         max_length: int = 256,
+        device: torch.device | str | None = None,
     ) -> Conditioning:
-        """Encode prompts for the transformer of `self.family`.
+        """Encode prompts for the transformer of `self.family`, on `device` (None: where the weights are).
 
         prompts: one prompt or a list (the batch). system_prompt: for Lumina 2, a SYSTEM_PROMPTS name or
         custom text (None: "real"); for Lumina-Next, None (or an empty one). negative: Lumina 2's
@@ -383,7 +387,8 @@ class GemmaTextEncoder:
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         ids, mask = self.tokenize(self.format_prompts(prompts, system_prompt, negative), max_length)
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        device = self.device if device is None else torch.device(device)
+        ids, mask = ids.to(device), mask.to(device)
         output = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
         # hidden_states = (embeddings, layer 0 out, ..., last layer out after the final norm)
         features = output.hidden_states[-2].float()
@@ -401,12 +406,19 @@ class _Source:
 
 
 def load_gemma_text_encoder(
-    path: str | os.PathLike, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    *,
+    compute_dtype: torch.dtype | None = None,
+    operations=None,
 ) -> GemmaTextEncoder:
     """Load Gemma (Lumina-Next) or Gemma-2 (Lumina 2) and its tokenizer from a folder, a file or an all-in-one file.
 
     The generation is detected from the tensors; the returned encoder's `family` says which model it serves.
-    dtype: the weights' dtype; None keeps the dtype of the stored embedding table.
+    dtype: the weights' dtype; None keeps the dtype of the stored embedding table. compute_dtype and operations as
+    for `load_transformer`: transformers builds the model, then its Linear layers become the operations' (see
+    `lumina_core.common.ops.adopt_operations`).
     Raises CheckpointError (unreadable or incomplete files, no tokenizer) or UnsupportedModelError
     (a file that holds another model), naming the file, what was found and what was expected.
     """
@@ -419,7 +431,7 @@ def load_gemma_text_encoder(
             f"the tokenizer {source.tokenizer.source} has {source.tokenizer.vocab_size} tokens but the embedding in "
             f"{source.where} has {config.vocab_size} rows: tokenizer and weights come from different models."
         )
-    model = _build_model(config, source, shapes, torch.device(device), dtype)
+    model = _build_model(config, source, shapes, torch.device(device), dtype, compute_dtype, operations)
     return GemmaTextEncoder(model, source.tokenizer)
 
 
@@ -613,17 +625,24 @@ def _build_model(
     shapes: Mapping[str, tuple[int, ...]],
     device: torch.device,
     dtype: torch.dtype | None,
+    compute_dtype: torch.dtype | None,
+    operations,
 ) -> GemmaModel | Gemma2Model:
     variant = source.variant
-    model = build_on_meta(partial(variant.model_class, config))
     weight_shapes = {k: v for k, v in shapes.items() if k not in _NON_WEIGHT_KEYS}
+    stored = {k: source.weights.dtype(k) for k in weight_shapes}
+    dtype = dtype or stored["embed_tokens.weight"]
+
+    def build(layers) -> nn.Module:
+        return adopt_operations(variant.model_class(config), layers)
+
+    model, precision = build_with_precision(build, stored, dtype, compute_dtype, operations)
     described = (
         f"{source.where} ({variant.description}, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
         f"{config.num_attention_heads} heads, {config.num_key_value_heads} KV heads, head_dim {config.head_dim})"
     )
     readers = {k: partial(source.weights.load, k) for k in weight_shapes}
-    dtype = dtype or source.weights.dtype("embed_tokens.weight")
-    assign_tensors(model, readers, weight_shapes, described, dtype, device)
+    assign_tensors(model, readers, weight_shapes, described, precision, device)
     _materialise_buffers(model, config, variant, device)
     return model
 

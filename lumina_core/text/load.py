@@ -19,18 +19,24 @@ def load_text_encoder(
     device: torch.device | str = "cpu",
     tokenizer=None,
     tokenizer_dirs: Sequence[str | os.PathLike] = (),
+    *,
+    compute_dtype: torch.dtype | None = None,
+    operations=None,
 ) -> GemmaTextEncoder | T5TextEncoder:
     """Load the text encoder in a folder or file: T5 (LTX-Video), Gemma (Lumina-Next) or Gemma-2 (Lumina 2).
 
     The returned encoder's `family` names the diffusion model it serves. dtype None keeps the stored dtype
-    (fp8 computes in bf16). tokenizer and tokenizer_dirs are for T5, whose files carry no tokenizer (see
-    `t5.load_t5_text_encoder`); tokenizer_dirs is ignored for Gemma, whose files carry theirs.
+    (fp8 stays fp8 and computes in bf16); compute_dtype and operations as for `load_transformer`. tokenizer and
+    tokenizer_dirs are for T5, whose files carry no tokenizer (see `t5.load_t5_text_encoder`); tokenizer_dirs is
+    ignored for Gemma, whose files carry theirs.
     """
     path = shard_owner(path)  # one shard of a Hugging Face folder stands for the folder
     if is_t5(open_checkpoint(text_encoder_weights(path)).keys):
-        return load_t5_text_encoder(path, dtype, device, tokenizer, tokenizer_dirs)
+        return load_t5_text_encoder(
+            path, dtype, device, tokenizer, tokenizer_dirs, compute_dtype=compute_dtype, operations=operations
+        )
     if tokenizer is not None:
         raise InvalidInputError(
             f"{path}: tokenizer= is for T5 encoders; this file is not one, and Gemma files carry their own tokenizer."
         )
-    return load_gemma_text_encoder(path, dtype, device)
+    return load_gemma_text_encoder(path, dtype, device, compute_dtype=compute_dtype, operations=operations)

@@ -28,13 +28,16 @@ Sources:
   in `comfy/text_encoders/t5_tokenizer/`; see `find_t5_tokenizer`);
 - tensors already in memory (a dequantised GGUF) with `t5_encoder_from_state_dict`.
 
-fp8 weights are a storage format: they compute in bf16, multiplied by their `scale_weight` where ComfyUI's
-scaled-fp8 files have one. In fp16 the feed-forward output projections `wo` stay float32, as transformers'
-`from_pretrained` keeps them (`_keep_in_fp32_modules`), because T5 v1.1 overflows fp16 there.
+fp8 weights are a storage format: the Linear weights stay fp8 in memory and each layer casts its own to bf16
+per call, multiplied by its `scale_weight` where ComfyUI's scaled-fp8 files have one (`lumina_core.common.ops`).
+In fp16 the feed-forward output projections `wo` stay float32, as transformers' `from_pretrained` keeps them
+(`_keep_in_fp32_modules`), because T5 v1.1 overflows fp16 there; transformers casts `wo`'s input to its weight's
+dtype, which the feed-forward here does too, except for an fp8 weight (a storage format, not a compute dtype).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -45,15 +48,18 @@ from functools import cache, partial
 
 import tokenizers
 import torch
+from torch import nn
 from transformers import PreTrainedTokenizerBase, T5Config, T5EncoderModel, T5TokenizerFast
+from transformers.models.t5.modeling_t5 import T5DenseActDense, T5DenseGatedActDense
 
+from ..common.ops import FP8_DTYPES, adopt_operations, default_compute_dtype, default_device
 from ..conditioning import Conditioning
 from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from ..gguf.quantized import QuantizedTensor
 from ..gguf.reader import read_metadata
 from ..gguf.text import sentencepiece_model
 from ..loading.files import Checkpoint, is_gguf, open_checkpoint, preview, read_json
-from ..loading.modules import FP8_DTYPES, assign_tensors, build_on_meta
+from ..loading.modules import assign_tensors, build_with_precision
 from .truncation import warn_cut
 
 FAMILY = "ltxv"
@@ -67,9 +73,6 @@ ENCODER_MARKER = "encoder.block.0.layer.0.SelfAttention.q.weight"
 _EMBEDDING_NAMES = ("encoder.embed_tokens.weight", "shared.weight")  # the same (tied) table under either name
 _RELATIVE_BIAS = "encoder.block.{}.layer.0.SelfAttention.relative_attention_bias.weight"
 _BLOCK_KEY = re.compile(r"^encoder\.block\.(\d+)\.")
-# ComfyUI's scaled-fp8 files store, beside each fp8 linear weight, a scalar `scale_weight` (the stored weight
-# times it is the real weight) and optionally `scale_input` (for fp8 matmuls, not needed to dequantise).
-_SCALE_WEIGHT, _SCALE_INPUT = ".scale_weight", ".scale_input"
 
 # Every T5 tokenizer's ids (T5, mT5, UMT5): the embedding rows the model was trained with for them.
 _PAD_ID, _EOS_ID = 0, 1
@@ -214,11 +217,13 @@ class T5TextEncoder:
 
     @property
     def device(self) -> torch.device:
-        return self.model.shared.weight.device
+        """Where encode runs unless told otherwise: where the weights are."""
+        return default_device(self.model)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.shared.weight.dtype
+        """The compute dtype (the loader's choice; the embedding table is stored in it)."""
+        return default_compute_dtype(self.model)
 
     def to(self, device: torch.device | str) -> T5TextEncoder:
         self.model.to(device)
@@ -258,9 +263,13 @@ class T5TextEncoder:
 
     @torch.no_grad()
     def encode(
-        self, prompts: list[str] | str, max_tokens: int = DEFAULT_MAX_TOKENS, mask_padding: bool = True
+        self,
+        prompts: list[str] | str,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        mask_padding: bool = True,
+        device: torch.device | str | None = None,
     ) -> Conditioning:
-        """Encode prompts for LTX-Video.
+        """Encode prompts for LTX-Video, on `device` (None: where the weights are).
 
         Returns embeds (B, L, d_model) float32, zero at padded positions, mask (B, L) bool, family "ltxv"
         (L: see `tokenize`). mask_padding=False runs T5 without the padding mask, as diffusers' LTXPipeline
@@ -268,7 +277,8 @@ class T5TextEncoder:
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         ids, mask = self.tokenize(prompts, max_tokens)
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        device = self.device if device is None else torch.device(device)
+        ids, mask = ids.to(device), mask.to(device)
         hidden = self.model(input_ids=ids, attention_mask=mask if mask_padding else None).last_hidden_state
         features = torch.where(mask[..., None], hidden.float(), 0.0)
         return Conditioning(features, mask, self.family)
@@ -280,10 +290,15 @@ def load_t5_text_encoder(
     device: torch.device | str = "cpu",
     tokenizer: str | os.PathLike | T5PromptTokenizer | PreTrainedTokenizerBase | tokenizers.Tokenizer | None = None,
     tokenizer_dirs: Sequence[str | os.PathLike] = (),
+    *,
+    compute_dtype: torch.dtype | None = None,
+    operations=None,
 ) -> T5TextEncoder:
     """Load a T5 encoder from a folder or a single file (see the module docstring), with its tokenizer.
 
-    dtype: the compute dtype; None keeps the stored embedding's dtype, bf16 for fp8 files.
+    dtype: the weights' dtype; None keeps the stored one (fp8 files stay fp8). compute_dtype: None takes dtype,
+    or the stored embedding's dtype, bf16 for fp8 files. operations as for `load_transformer`: transformers
+    builds the model, then its Linear and Embedding layers become the operations' (`adopt_operations`).
     tokenizer: a path (folder or file) or a built tokenizer; None looks beside the weights (the folder, a sibling
     `tokenizer/`), then in `tokenizer_dirs`. Raises CheckpointError (unreadable or incomplete files, no
     tokenizer) or UnsupportedModelError (another model), naming the file, what was found and what was expected.
@@ -299,7 +314,7 @@ def load_t5_text_encoder(
     if tokenizer is None and is_gguf(path):  # a llama.cpp T5 GGUF carries its tokenizer in its metadata
         tokenizer = gguf_tokenizer(path)
     t5_tokenizer = _resolve_tokenizer(tokenizer, [*nearby, *map(os.fspath, tokenizer_dirs)], path)
-    model = _build_model(weights, stored, dtype, torch.device(device))
+    model = _build_model(weights, stored, dtype, torch.device(device), compute_dtype, operations)
     return T5TextEncoder(model, t5_tokenizer)
 
 
@@ -320,7 +335,7 @@ def t5_encoder_from_state_dict(
     state = {**state, **dict.fromkeys(_EMBEDDING_NAMES, embedding)}
     readers = {k: (lambda tensor=t: tensor) for k, t in state.items()}
     shapes, dtypes = {k: tuple(t.shape) for k, t in state.items()}, {k: t.dtype for k, t in state.items()}
-    model = _build_model(_Weights(readers, shapes, dtypes, where), None, dtype, torch.device(device))
+    model = _build_model(_Weights(readers, shapes, dtypes, where), None, dtype, torch.device(device), None, None)
     return T5TextEncoder(model, tokenizer)
 
 
@@ -413,8 +428,7 @@ def _t5_weights(checkpoint: Checkpoint) -> _Weights:
             f"{where} holds a UMT5 encoder (every block has its own relative_attention_bias, as in Wan's "
             f"umt5-xxl), not T5 v1.1. {_EXPECTED}"
         )
-    names = {k[len(root) :]: k for k in keys if k.startswith(root + "encoder.") and not k.endswith(_SCALE_INPUT)}
-    names = {name: key for name, key in names.items() if not name.endswith(_SCALE_WEIGHT)}
+    names = {k[len(root) :]: k for k in keys if k.startswith(root + "encoder.")}
     embedding = next((root + n for n in _EMBEDDING_NAMES if root + n in checkpoint), None)
     if embedding is None:
         raise CheckpointError(
@@ -422,20 +436,11 @@ def _t5_weights(checkpoint: Checkpoint) -> _Weights:
             "The file is incomplete."
         )
     read_embedding = cache(partial(checkpoint.load, embedding))  # one tensor for the two tied names
-    readers = {name: partial(_dequantised, checkpoint, key) for name, key in names.items()}
+    readers = {name: partial(checkpoint.load, key) for name, key in names.items()}
     readers |= dict.fromkeys(_EMBEDDING_NAMES, read_embedding)
     names |= dict.fromkeys(_EMBEDDING_NAMES, embedding)
     shapes = {name: checkpoint.shape(key) for name, key in names.items()}
     return _Weights(readers, shapes, {name: checkpoint.dtype(key) for name, key in names.items()}, where)
-
-
-def _dequantised(checkpoint: Checkpoint, key: str) -> torch.Tensor:
-    """The tensor, times its ComfyUI scaled-fp8 `scale_weight` when it has one (computed in float32)."""
-    tensor = checkpoint.load(key)
-    scale_key = key.removesuffix(".weight") + _SCALE_WEIGHT
-    if scale_key not in checkpoint:
-        return tensor
-    return tensor.float() * checkpoint.load(scale_key).float()
 
 
 def gguf_tokenizer(path: str) -> T5PromptTokenizer | None:
@@ -467,19 +472,36 @@ def _resolve_tokenizer(
 
 
 def _build_model(
-    weights: _Weights, stored: Mapping[str, object] | None, dtype: torch.dtype | None, device: torch.device
+    weights: _Weights,
+    stored: Mapping[str, object] | None,
+    dtype: torch.dtype | None,
+    device: torch.device,
+    compute_dtype: torch.dtype | None,
+    operations,
 ) -> T5EncoderModel:
     config = config_from_shapes(weights.shapes, stored, weights.where)
-    model = build_on_meta(partial(T5EncoderModel, config))
-    if dtype is None:
+    if compute_dtype is None:
         fp8 = any(d in FP8_DTYPES for d in weights.dtypes.values())
-        dtype = torch.bfloat16 if fp8 else weights.dtypes["shared.weight"]
+        compute_dtype = dtype if dtype not in (None, *FP8_DTYPES) else torch.bfloat16 if fp8 else None
+        compute_dtype = compute_dtype or weights.dtypes["shared.weight"]
+    # Per tensor, what the weights are read into: `wo` stays float32 in fp16, as transformers keeps it.
+    targets = {name: _target_dtype(name, dtype or stored_dtype, compute_dtype)
+               for name, stored_dtype in weights.dtypes.items()}  # fmt: skip
+
+    def build(layers) -> nn.Module:
+        model = adopt_operations(T5EncoderModel(config), layers)
+        for module in model.modules():
+            if isinstance(module, (T5DenseActDense, T5DenseGatedActDense)):
+                module.__class__ = _storage_blind(type(module))
+        return model
+
+    model, precision = build_with_precision(build, targets, None, compute_dtype, operations)
     described = (
         f"{weights.where} (a T5 encoder, {config.num_layers} layers, d_model {config.d_model}, {config.num_heads} "
         f"heads of {config.d_kv}, d_ff {config.d_ff}, {'gated GELU' if config.is_gated_act else 'ReLU'})"
     )
-    readers = {name: partial(_cast, read, _target_dtype(name, dtype)) for name, read in weights.readers.items()}
-    assign_tensors(model, readers, weights.shapes, described, None, device)
+    readers = {name: partial(_cast, read, targets[name]) for name, read in weights.readers.items()}
+    assign_tensors(model, readers, weights.shapes, described, precision, device)
     model.encoder.embed_tokens.weight = model.shared.weight  # tied, as T5EncoderModel builds it
     left = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
     if left:
@@ -489,12 +511,38 @@ def _build_model(
     return model
 
 
-def _target_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+def _target_dtype(name: str, dtype: torch.dtype, compute_dtype: torch.dtype) -> torch.dtype:
     # transformers' from_pretrained keeps T5's `wo` in float32 when loading in fp16 (T5PreTrainedModel.
     # _keep_in_fp32_modules), and T5's feed-forward casts its input to wo's dtype.
-    return torch.float32 if dtype == torch.float16 and name.endswith(".DenseReluDense.wo.weight") else dtype
+    if compute_dtype == torch.float16 and name.endswith(".DenseReluDense.wo.weight"):
+        return torch.float32
+    return dtype
 
 
 def _cast(read: Callable[[], torch.Tensor], dtype: torch.dtype) -> torch.Tensor | QuantizedTensor:
     tensor = read()  # GGUF weights stay packed; assign_tensors makes QuantizedLinears of them
-    return tensor if isinstance(tensor, QuantizedTensor) else tensor.to(dtype)
+    if isinstance(tensor, QuantizedTensor) or not tensor.dtype.is_floating_point:
+        return tensor
+    return tensor.to(dtype)
+
+
+@functools.cache
+def _storage_blind(cls: type[nn.Module]) -> type[nn.Module]:
+    """transformers' T5 feed-forward, except that an fp8 `wo` weight (storage) does not set the dtype of its input.
+
+    transformers casts the input of `wo` to `wo.weight.dtype` (to keep `wo` in float32 under fp16); with the
+    weight stored in fp8 that would round the activations to fp8, so the input then keeps the compute dtype.
+    """
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "wi_0"):  # gated (T5 v1.1): act(wi_0 x) * wi_1 x
+            hidden = self.act(self.wi_0(hidden_states)) * self.wi_1(hidden_states)
+        else:
+            hidden = self.act(self.wi(hidden_states))
+        hidden = self.dropout(hidden)
+        wo_dtype = getattr(self.wo.weight, "dtype", None)  # a QuantizedLinear has no weight
+        if wo_dtype is not None and wo_dtype.is_floating_point and wo_dtype not in FP8_DTYPES:
+            hidden = hidden.to(wo_dtype)
+        return self.wo(hidden)
+
+    return type(cls.__name__, (cls,), {"forward": forward, "__doc__": cls.__doc__})

@@ -5,7 +5,8 @@ with quant convs).
 Written from the architecture description (ResNet blocks with GroupNorm + SiLU, one single-head self-attention
 block in the middle, stride-2 convs down, nearest 2x upsampling + conv up), not from any implementation. Module
 attribute names equal the original checkpoint's key segments, so FLUX and ComfyUI files load without renaming;
-diffusers names go through `lumina_core.loading.keymaps.ldm_vae`.
+diffusers names go through `lumina_core.loading.keymaps.ldm_vae`. Layers come from an `operations` namespace
+(default `torch.nn`; see `lumina_core.common.ops`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import latents
+from ..common.ops import placement
 from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from ..loading import files
 from ..loading.keymaps import ldm_vae
-from ..loading.modules import assign_tensors, build_on_meta
+from ..loading.modules import assign_tensors, build_with_precision
 
-LATENT_NORMALISATION = latents.BY_CHANNELS
 NORM_EPS = 1e-6  # every GroupNorm of the LDM autoencoder
 
 
@@ -42,8 +43,8 @@ class AutoencoderConfig:
     use_quant_conv: bool = False  # 1x1 conv on (mean, logvar) after the encoder (SD/SDXL)
     use_post_quant_conv: bool = False  # 1x1 conv on the latent before the decoder (SD/SDXL)
     num_groups: int = 32  # GroupNorm groups; not stored in checkpoints, 32 in every released model
-    scale: float = latents.FLUX[0]  # latent normalisation, see lumina_core.latents
-    shift: float = latents.FLUX[1]
+    scale: float = latents.FLUX.scale  # latent normalisation, see lumina_core.latents
+    shift: float = latents.FLUX.shift
 
     def __post_init__(self) -> None:
         if not self.channel_mult or min(self.channel_mult) < 1 or self.num_groups < 1:
@@ -62,19 +63,20 @@ class AutoencoderConfig:
         return tuple(self.channels * m for m in self.channel_mult)
 
 
-def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, channels, eps=NORM_EPS)
+def _group_norm(channels: int, groups: int, operations) -> nn.GroupNorm:
+    return operations.GroupNorm(groups, channels, eps=NORM_EPS)
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, groups: int):
+    def __init__(self, in_channels: int, out_channels: int, groups: int, operations=nn):
         super().__init__()
-        self.norm1 = _group_norm(in_channels, groups)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = _group_norm(out_channels, groups)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.norm1 = _group_norm(in_channels, groups, operations)
+        self.conv1 = operations.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = _group_norm(out_channels, groups, operations)
+        self.conv2 = operations.Conv2d(out_channels, out_channels, 3, padding=1)
         # 1x1 projection of the skip path, only where the width changes (no weights otherwise)
-        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        same = in_channels == out_channels
+        self.nin_shortcut = nn.Identity() if same else operations.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -85,13 +87,13 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all H*W positions, with 1x1-conv projections and a residual."""
 
-    def __init__(self, channels: int, groups: int):
+    def __init__(self, channels: int, groups: int, operations=nn):
         super().__init__()
-        self.norm = _group_norm(channels, groups)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.norm = _group_norm(channels, groups, operations)
+        self.q = operations.Conv2d(channels, channels, 1)
+        self.k = operations.Conv2d(channels, channels, 1)
+        self.v = operations.Conv2d(channels, channels, 1)
+        self.proj_out = operations.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -105,20 +107,20 @@ class AttnBlock(nn.Module):
 
 
 class MidBlock(nn.Module):
-    def __init__(self, channels: int, groups: int):
+    def __init__(self, channels: int, groups: int, operations=nn):
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels, groups)
-        self.attn_1 = AttnBlock(channels, groups)
-        self.block_2 = ResnetBlock(channels, channels, groups)
+        self.block_1 = ResnetBlock(channels, channels, groups, operations)
+        self.attn_1 = AttnBlock(channels, groups, operations)
+        self.block_2 = ResnetBlock(channels, channels, groups, operations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.attn_1(self.block_1(x)))
 
 
 class Downsample(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, operations=nn):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+        self.conv = operations.Conv2d(channels, channels, 3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # pad right and bottom only, so (H, W) -> (H/2, W/2) with the LDM's asymmetric window placement
@@ -126,25 +128,27 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, operations=nn):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = operations.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-def _resnet_blocks(in_channels: int, out_channels: int, count: int, groups: int) -> nn.ModuleList:
+def _resnet_blocks(in_channels: int, out_channels: int, count: int, groups: int, operations) -> nn.ModuleList:
     # the first block changes the width, the others keep it
     widths = [in_channels] + [out_channels] * count
-    return nn.ModuleList(ResnetBlock(a, b, groups) for a, b in itertools.pairwise(widths))
+    return nn.ModuleList(ResnetBlock(a, b, groups, operations) for a, b in itertools.pairwise(widths))
 
 
 class DownLevel(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, groups: int, downsample: bool):
+    def __init__(
+        self, in_channels: int, out_channels: int, num_blocks: int, groups: int, downsample: bool, operations=nn
+    ):
         super().__init__()
-        self.block = _resnet_blocks(in_channels, out_channels, num_blocks, groups)
-        self.downsample = Downsample(out_channels) if downsample else nn.Identity()
+        self.block = _resnet_blocks(in_channels, out_channels, num_blocks, groups, operations)
+        self.downsample = Downsample(out_channels, operations) if downsample else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.block:
@@ -153,10 +157,12 @@ class DownLevel(nn.Module):
 
 
 class UpLevel(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, groups: int, upsample: bool):
+    def __init__(
+        self, in_channels: int, out_channels: int, num_blocks: int, groups: int, upsample: bool, operations=nn
+    ):
         super().__init__()
-        self.block = _resnet_blocks(in_channels, out_channels, num_blocks, groups)
-        self.upsample = Upsample(out_channels) if upsample else nn.Identity()
+        self.block = _resnet_blocks(in_channels, out_channels, num_blocks, groups, operations)
+        self.upsample = Upsample(out_channels, operations) if upsample else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.block:
@@ -167,18 +173,18 @@ class UpLevel(nn.Module):
 class Encoder(nn.Module):
     """(B, in_channels, H, W) in [-1, 1] -> (B, 2 * z_channels, H/f, W/f): posterior mean and log-variance."""
 
-    def __init__(self, cfg: AutoencoderConfig):
+    def __init__(self, cfg: AutoencoderConfig, operations=nn):
         super().__init__()
         widths, groups, last = cfg.widths, cfg.num_groups, len(cfg.widths) - 1
-        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.channels, 3, padding=1)
+        self.conv_in = operations.Conv2d(cfg.in_channels, cfg.channels, 3, padding=1)
         in_widths = (cfg.channels, *widths[:-1])
         self.down = nn.ModuleList(
-            DownLevel(a, b, cfg.num_res_blocks, groups, downsample=i < last)
+            DownLevel(a, b, cfg.num_res_blocks, groups, i < last, operations)
             for i, (a, b) in enumerate(zip(in_widths, widths))
         )
-        self.mid = MidBlock(widths[-1], groups)
-        self.norm_out = _group_norm(widths[-1], groups)
-        self.conv_out = nn.Conv2d(widths[-1], 2 * cfg.z_channels, 3, padding=1)
+        self.mid = MidBlock(widths[-1], groups, operations)
+        self.norm_out = _group_norm(widths[-1], groups, operations)
+        self.conv_out = operations.Conv2d(widths[-1], 2 * cfg.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)
@@ -191,19 +197,19 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """(B, z_channels, h, w) -> (B, out_channels, h*f, w*f), roughly in [-1, 1]."""
 
-    def __init__(self, cfg: AutoencoderConfig):
+    def __init__(self, cfg: AutoencoderConfig, operations=nn):
         super().__init__()
         widths, groups = cfg.widths, cfg.num_groups
-        self.conv_in = nn.Conv2d(cfg.z_channels, widths[-1], 3, padding=1)
-        self.mid = MidBlock(widths[-1], groups)
+        self.conv_in = operations.Conv2d(cfg.z_channels, widths[-1], 3, padding=1)
+        self.mid = MidBlock(widths[-1], groups, operations)
         # up[i] works at the resolution of down[i]; it runs from the last level to the first
         in_widths = (*widths[1:], widths[-1])
         self.up = nn.ModuleList(
-            UpLevel(a, b, cfg.num_res_blocks + 1, groups, upsample=i > 0)
+            UpLevel(a, b, cfg.num_res_blocks + 1, groups, i > 0, operations)
             for i, (a, b) in enumerate(zip(in_widths, widths))
         )
-        self.norm_out = _group_norm(widths[0], groups)
-        self.conv_out = nn.Conv2d(widths[0], cfg.out_channels, 3, padding=1)
+        self.norm_out = _group_norm(widths[0], groups, operations)
+        self.conv_out = operations.Conv2d(widths[0], cfg.out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.mid(self.conv_in(z))
@@ -213,40 +219,57 @@ class Decoder(nn.Module):
 
 
 class Autoencoder(nn.Module):
-    """Images in [0, 1] <-> model-space latents z_model = (z_vae - shift) * scale."""
+    """Images in [0, 1] <-> model-space latents z_model = (z_vae - shift) * scale (`latent_format`)."""
 
-    def __init__(self, config: AutoencoderConfig):
+    compute_dtype: torch.dtype | None = None  # the dtype encode/decode run in (set by the loader; None: the weights')
+
+    def __init__(self, config: AutoencoderConfig, operations=nn):
         super().__init__()
         self.config = config
         self.latent_channels = config.z_channels
         self.downscale_factor = 2 ** (len(config.channel_mult) - 1)
-        self.scale, self.shift = config.scale, config.shift
-        self.encoder = Encoder(config)
-        self.decoder = Decoder(config)
-        z2 = 2 * config.z_channels
-        self.quant_conv = nn.Conv2d(z2, z2, 1) if config.use_quant_conv else None
-        self.post_quant_conv = (
-            nn.Conv2d(config.z_channels, config.z_channels, 1) if config.use_post_quant_conv else None
-        )
+        self.latent_format = latents.LatentFormat(config.scale, config.shift)
+        self.encoder = Encoder(config, operations)
+        self.decoder = Decoder(config, operations)
+        z2, z = 2 * config.z_channels, config.z_channels
+        self.quant_conv = operations.Conv2d(z2, z2, 1) if config.use_quant_conv else None
+        self.post_quant_conv = operations.Conv2d(z, z, 1) if config.use_post_quant_conv else None
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1], H and W multiples of `downscale_factor` -> float32 (B, z, H/f, W/f).
+    def encode(
+        self, images: torch.Tensor, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1], H and W multiples of `downscale_factor` -> float32 (B, z, H/f, W/f), model space.
 
-        Deterministic: returns the posterior mean and never samples, so one image always gives one latent.
+        Deterministic: returns the posterior mean and never samples, so one image always gives one latent. Runs
+        on `device` in `dtype` (default: where the weights are, in the compute dtype) and returns there.
         """
         _check_input(images, self.config.in_channels, self.downscale_factor, "images")
-        weight = self.encoder.conv_in.weight
-        moments = self.encoder(images.to(weight) * 2 - 1)
+        device, dtype = placement(self, device, dtype)
+        moments = self.encoder(images.to(device, dtype) * 2 - 1)
         if self.quant_conv is not None:
             moments = self.quant_conv(moments)
         mean = moments[:, : self.latent_channels]  # the second half is the log-variance
-        return (mean.float() - self.shift) * self.scale
+        return self.latent_format.to_model(mean)
 
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """Model-space latent (B, z, h, w) -> float32 images (B, 3, h*f, w*f) clamped to [0, 1]."""
+    def decode(
+        self, latent: torch.Tensor, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """Model-space latent (B, z, h, w) -> float32 images (B, 3, h*f, w*f) clamped to [0, 1], on `device`.
+
+        Runs on `device` in `dtype` (default: where the weights are, in the compute dtype); `decode_raw` takes the
+        VAE's raw latent (ComfyUI's LATENT) instead.
+        """
         _check_input(latent, self.latent_channels, 1, "latent")
-        # the normalisation in float32, then the weights' dtype: in bf16 it would round the latent before scaling
-        z = (latent.float() / self.scale + self.shift).to(self.decoder.conv_in.weight)
+        # the normalisation in float32, then the compute dtype: in bf16 it would round the latent before scaling
+        return self.decode_raw(self.latent_format.to_raw(latent), device, dtype)
+
+    def decode_raw(
+        self, raw: torch.Tensor, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """As `decode`, for a raw VAE latent (before the model-space normalisation)."""
+        _check_input(raw, self.latent_channels, 1, "latent")
+        device, dtype = placement(self, device, dtype)
+        z = raw.to(device, dtype)
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         return ((self.decoder(z).float() + 1) / 2).clamp(0, 1)
@@ -271,7 +294,7 @@ def config_from_state_dict(
     """Read every dimension from tensor shapes (original names, no prefix).
 
     GroupNorm groups are not stored in checkpoints: `num_groups` defaults to the 32 of every released VAE.
-    `scale`/`shift` default by latent channels (`LATENT_NORMALISATION`); for other counts `scale` is required
+    `scale`/`shift` default by latent channels (`latents.BY_CHANNELS`); for other counts `scale` is required
     and `shift` defaults to 0. `source` names the file in error messages.
     """
     if isinstance(state, files.Checkpoint):
@@ -315,13 +338,13 @@ def _count_indices(keys: Mapping[str, object], prefix_pattern: str) -> int:
 def _latent_normalisation(
     z_channels: int, scale: float | None, shift: float | None, source: str
 ) -> tuple[float, float]:
-    known = LATENT_NORMALISATION.get(z_channels)
+    known = latents.BY_CHANNELS.get(z_channels)
     if known is None and scale is None:
         raise UnsupportedModelError(
             f"{source}: a VAE with {z_channels} latent channels; the latent scale/shift are known only for "
-            f"{sorted(LATENT_NORMALISATION)} channels (FLUX, SDXL). Pass scale= (and shift=) for this VAE."
+            f"{sorted(latents.BY_CHANNELS)} channels (FLUX, SDXL). Pass scale= (and shift=) for this VAE."
         )
-    default_scale, default_shift = known or (scale, 0.0)
+    default_scale, default_shift = (known.scale, known.shift) if known else (scale, 0.0)
     return (default_scale if scale is None else scale), (default_shift if shift is None else shift)
 
 
@@ -330,6 +353,8 @@ def load_vae(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     *,
+    compute_dtype: torch.dtype | None = None,
+    operations=None,
     num_groups: int | None = None,
     scale: float | None = None,
     shift: float | None = None,
@@ -340,7 +365,8 @@ def load_vae(
     (ComfyUI) or `first_stage_model.` (SD), a diffusers VAE folder or pipeline folder (with `vae/`), or a single
     diffusers-keyed file; the format is read from the tensor names. `dtype=None` keeps a bf16/fp32 FLUX VAE's
     dtype and loads fp16 files, and any SDXL-shaped (4-channel) VAE, as float32: the SDXL VAE overflows in half
-    precision and decodes black images. `num_groups`, `scale`, `shift` default to a diffusers folder's
+    precision and decodes black images. `compute_dtype` and `operations` as for `load_transformer`
+    (`loading.modules.build_with_precision`). `num_groups`, `scale`, `shift` default to a diffusers folder's
     config.json, else as in `config_from_state_dict`.
     """
     path = os.fspath(path)
@@ -353,9 +379,11 @@ def load_vae(
     options = {"num_groups": 32, **ldm_vae.read_diffusers_config(path)}
     options.update({k: v for k, v in given.items() if v is not None})
     config = config_from_state_dict(shapes, **options, source=source)
-    model = build_on_meta(partial(Autoencoder, config))
     if dtype is None:
         file_dtype = vae.dtype("decoder.conv_in.weight")
         half_unsafe = file_dtype == torch.float16 or config.z_channels == latents.SDXL_CHANNELS
         dtype = torch.float32 if half_unsafe else file_dtype
-    return assign_tensors(model, {k: partial(vae.load, k) for k in vae.names}, shapes, source, dtype, device)
+    stored = {k: vae.dtype(k) for k in vae.names}
+    model, precision = build_with_precision(partial(Autoencoder, config), stored, dtype, compute_dtype, operations)
+    readers = {k: partial(vae.load, k) for k in vae.names}
+    return assign_tensors(model, readers, shapes, source, precision, device)

@@ -20,7 +20,8 @@ def load_vae(
     An LTX-Video causal video VAE (original, ComfyUI or diffusers names; `.family == "ltxv"`) loads with
     `lumina_core.vae.ltx_video.load_ltx_vae`, whose keyword options are LTXVideoVAEConfig fields; anything else
     with `lumina_core.vae.autoencoder.load_vae` (FLUX / SD KL autoencoders; options num_groups, scale, shift),
-    which names what the file holds when it is not a VAE.
+    which names what the file holds when it is not a VAE. Both take `compute_dtype` and `operations` as
+    `load_transformer` does.
     """
     checkpoint = _open(path)
     if ltx_vae.detect_ltx_vae(checkpoint.keys) is not None:

@@ -15,7 +15,9 @@ Like the original, each half is a flat list of blocks described by `BlockSpec`s 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -26,10 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import latents
+from ..common.ops import cast_to, placement
 from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from ..loading import files
 from ..loading.keymaps import ltx_vae
-from ..loading.modules import assign_tensors, build_on_meta
+from ..loading.modules import assign_tensors, build_with_precision
 from .ltx_video_blocks import (
     CausalConv3d,
     DepthToSpaceUpsample,
@@ -42,7 +46,9 @@ from .ltx_video_blocks import (
     pixel_norm,
     space_to_depth,
 )
-from .ltx_video_tiling import TileSettings, decode_tiled
+from .ltx_video_tiling import FALLBACK_TILES, TileSettings, decode_tiled
+
+logger = logging.getLogger(__name__)
 
 FAMILY = "ltxv"
 DEFAULT_DECODE_TIMESTEP = 0.05  # Lightricks' recommendation for 0.9.1+ (docs/models.md, 'LTX-Video VAE')
@@ -150,13 +156,15 @@ class LTXVideoVAEConfig:
 class Encoder(nn.Module):
     """Frames in [-1, 1] (B, 3, 1 + r*k, H, W) -> moments (B, latent + log-variance channels, 1 + k, H/s, W/s)."""
 
-    def __init__(self, cfg: LTXVideoVAEConfig):
+    def __init__(self, cfg: LTXVideoVAEConfig, operations=nn):
         super().__init__()
         self.patch_size = cfg.patch_size
-        conv = partial(CausalConv3d, causal=cfg.causal_encoder, padding_mode=cfg.spatial_padding_mode)
+        conv = partial(
+            CausalConv3d, causal=cfg.causal_encoder, padding_mode=cfg.spatial_padding_mode, operations=operations
+        )
         self.conv_in = conv(cfg.image_channels * cfg.patch_size**2, cfg.encoder_base_channels)
         self.down_blocks = nn.ModuleList(
-            _encoder_block(spec, width_in, width_out, cfg)
+            _encoder_block(spec, width_in, width_out, cfg, operations)
             for spec, (width_in, width_out) in zip(cfg.encoder_blocks, cfg.encoder_widths())
         )
         log_var = LOG_VARIANCE_CHANNELS[cfg.latent_log_var]
@@ -170,36 +178,39 @@ class Encoder(nn.Module):
         return self.conv_out(F.silu(pixel_norm(x)))
 
 
-def _encoder_block(spec: BlockSpec, width_in: int, width_out: int, cfg: LTXVideoVAEConfig) -> nn.Module:
+def _encoder_block(spec: BlockSpec, width_in: int, width_out: int, cfg: LTXVideoVAEConfig, operations) -> nn.Module:
     causal, padding = cfg.causal_encoder, cfg.spatial_padding_mode
     if spec.kind == "res_x":
-        return ResBlockGroup(width_in, spec.layers, causal, padding)
+        return ResBlockGroup(width_in, spec.layers, causal, padding, operations=operations)
     if spec.kind == "res_x_y":
-        return ResnetBlock(width_in, width_out, causal, padding, cfg.resnet_eps)
+        return ResnetBlock(width_in, width_out, causal, padding, cfg.resnet_eps, operations=operations)
     if spec.kind.endswith("_res"):
-        return SpaceToDepthDownsample(width_in, width_out, spec.stride, causal, padding)
-    return CausalConv3d(width_in, width_out, stride=spec.stride, causal=causal, padding_mode=padding)
+        return SpaceToDepthDownsample(width_in, width_out, spec.stride, causal, padding, operations)
+    return CausalConv3d(width_in, width_out, stride=spec.stride, causal=causal, padding_mode=padding,
+                        operations=operations)  # fmt: skip
 
 
 class Decoder(nn.Module):
     """Un-normalised latent (B, latent, F, h, w) -> frames roughly in [-1, 1] (B, 3, r(F-1)+1, s*h, s*w)."""
 
-    def __init__(self, cfg: LTXVideoVAEConfig):
+    def __init__(self, cfg: LTXVideoVAEConfig, operations=nn):
         super().__init__()
         self.patch_size = cfg.patch_size
         widths = cfg.decoder_widths()
         final = widths[-1][1]
-        conv = partial(CausalConv3d, causal=cfg.causal_decoder, padding_mode=cfg.spatial_padding_mode)
+        conv = partial(
+            CausalConv3d, causal=cfg.causal_decoder, padding_mode=cfg.spatial_padding_mode, operations=operations
+        )
         self.conv_in = conv(cfg.latent_channels, widths[0][0])
         self.up_blocks = nn.ModuleList(
-            _decoder_block(spec, width_in, width_out, cfg)
+            _decoder_block(spec, width_in, width_out, cfg, operations)
             for spec, (width_in, width_out) in zip(cfg.decoder_blocks, widths)
         )
         self.conv_out = conv(final, cfg.image_channels * cfg.patch_size**2)
         self.timestep_scale_multiplier = self.last_time_embedder = self.last_scale_shift_table = None
         if cfg.timestep_conditioning:
             self.timestep_scale_multiplier = nn.Parameter(torch.tensor(1000.0))  # learned; about 1000 in releases
-            self.last_time_embedder = TimeEmbedder(2 * final)
+            self.last_time_embedder = TimeEmbedder(2 * final, operations)
             self.last_scale_shift_table = nn.Parameter(torch.zeros(2, final))  # (shift, scale) offsets
 
     def forward(
@@ -212,7 +223,7 @@ class Decoder(nn.Module):
         if self.timestep_scale_multiplier is not None:
             if timestep is None:
                 raise InvalidInputError("this LTX VAE decoder is timestep-conditioned (0.9.1+): pass a timestep.")
-            scaled = timestep.float() * self.timestep_scale_multiplier.float()
+            scaled = timestep.float() * cast_to(self.timestep_scale_multiplier, timestep.float())
         for block in self.up_blocks:
             if isinstance(block, ResBlockGroup):
                 x = block(x, scaled, noise)
@@ -223,20 +234,23 @@ class Decoder(nn.Module):
         x = pixel_norm(x)
         if self.last_time_embedder is not None:
             # (B, 2C) -> (B, 2, C, 1, 1, 1): shift and scale per sample and channel
-            ada = self.last_time_embedder(scaled).unflatten(1, (2, -1))[..., None, None, None]
-            shift, scale = (ada + self.last_scale_shift_table[None, ..., None, None, None]).unbind(1)
+            ada = self.last_time_embedder(scaled, x.dtype).unflatten(1, (2, -1))[..., None, None, None]
+            table = cast_to(self.last_scale_shift_table, ada)[None, ..., None, None, None]
+            shift, scale = (ada + table).unbind(1)
             x = x * (1 + scale) + shift
         x = self.conv_out(F.silu(x))
         return depth_to_space(x, (1, self.patch_size, self.patch_size), width_first=True)
 
 
-def _decoder_block(spec: BlockSpec, width_in: int, width_out: int, cfg: LTXVideoVAEConfig) -> nn.Module:
+def _decoder_block(spec: BlockSpec, width_in: int, width_out: int, cfg: LTXVideoVAEConfig, operations) -> nn.Module:
     causal, padding = cfg.causal_decoder, cfg.spatial_padding_mode
     if spec.kind == "res_x":
-        return ResBlockGroup(width_in, spec.layers, causal, padding, spec.inject_noise, cfg.timestep_conditioning)
+        return ResBlockGroup(width_in, spec.layers, causal, padding, spec.inject_noise, cfg.timestep_conditioning,
+                             operations)  # fmt: skip
     if spec.kind == "res_x_y":  # never timestep-conditioned, in the original either
-        return ResnetBlock(width_in, width_out, causal, padding, cfg.resnet_eps, inject_noise=spec.inject_noise)
-    return DepthToSpaceUpsample(width_in, spec.stride, spec.residual, spec.multiplier, causal, padding)
+        return ResnetBlock(width_in, width_out, causal, padding, cfg.resnet_eps, inject_noise=spec.inject_noise,
+                           operations=operations)  # fmt: skip
+    return DepthToSpaceUpsample(width_in, spec.stride, spec.residual, spec.multiplier, causal, padding, operations)
 
 
 class PerChannelStatistics(nn.Module):
@@ -255,18 +269,24 @@ class PerChannelStatistics(nn.Module):
 
 
 class LTXVideoVAE(nn.Module):
-    """Video frames in [0, 1] <-> normalised LTX latents (what the LTX-Video transformer samples)."""
+    """Video frames in [0, 1] <-> normalised LTX latents (what the LTX-Video transformer samples).
+
+    The latent it gives and takes is the model's and the one ComfyUI passes between nodes (`latent_format` is
+    the identity): the VAE normalises it itself with its per-channel statistics.
+    """
 
     family = FAMILY
+    latent_format = latents.IDENTITY
+    compute_dtype: torch.dtype | None = None  # the dtype encode/decode run in (set by the loader; None: the weights')
 
-    def __init__(self, config: LTXVideoVAEConfig):
+    def __init__(self, config: LTXVideoVAEConfig, operations=nn):
         super().__init__()
         self.config = config
         self.latent_channels = config.latent_channels
         self.spatial_ratio = config.spatial_ratio
         self.temporal_ratio = config.temporal_ratio
-        self.encoder = Encoder(config)
-        self.decoder = Decoder(config)
+        self.encoder = Encoder(config, operations)
+        self.decoder = Decoder(config, operations)
         self.per_channel_statistics = PerChannelStatistics(config.latent_channels)
 
     @property
@@ -279,16 +299,19 @@ class LTXVideoVAE(nn.Module):
         return (batch, self.latent_channels, (frames - 1) // self.temporal_ratio + 1,
                 height // self.spatial_ratio, width // self.spatial_ratio)  # fmt: skip
 
-    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+    def encode(
+        self, frames: torch.Tensor, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         """(B, 3, T, H, W) in [0, 1], T = 1 + 8k, H and W multiples of 32 -> float32 normalised latent
-        (B, 128, 1 + k, H/32, W/32): the posterior mean, deterministic. A (B, 3, H, W) image counts as one frame."""
+        (B, 128, 1 + k, H/32, W/32): the posterior mean, deterministic. A (B, 3, H, W) image counts as one frame.
+        Runs on `device` in `dtype` (default: where the weights are, in the compute dtype)."""
         if frames.ndim == 4:
             frames = frames[:, :, None]
         if frames.ndim != 5 or frames.shape[1] != self.config.image_channels:
             raise InvalidInputError(f"LTX VAE encode takes frames (B, 3, T, H, W); got {tuple(frames.shape)}.")
         _check_video_size(*frames.shape[2:], self.temporal_ratio, self.spatial_ratio)
-        weight = self.encoder.conv_in.conv.weight
-        moments = self.encoder(frames.to(weight) * 2 - 1)
+        device, dtype = placement(self, device, dtype)
+        moments = self.encoder(frames.to(device, dtype) * 2 - 1)
         mean, std = self.per_channel_statistics.mean_std(moments)
         z = moments[:, : self.latent_channels].float()  # the channels after the mean hold the log-variance
         return (z - mean) * self.config.scaling_factor / std
@@ -300,8 +323,10 @@ class LTXVideoVAE(nn.Module):
         noise_scale: float | Sequence[float] | torch.Tensor = DEFAULT_DECODE_NOISE_SCALE,
         seed: int | torch.Generator = 0,
         tile: TileSettings | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """Normalised latent (B, 128, F, H, W) -> float32 frames (B, 3, 8(F-1)+1, 32H, 32W) in [0, 1].
+        """Normalised latent (B, 128, F, H, W) -> float32 frames (B, 3, 8(F-1)+1, 32H, 32W) in [0, 1], on `device`.
 
         timestep / noise_scale (one value, or one per sample; 0.9.1+ VAEs only, which are timestep-conditioned;
         0.9.0 VAEs ignore both, as the original pipeline and ComfyUI do): the latent first becomes
@@ -309,14 +334,17 @@ class LTXVideoVAE(nn.Module):
         ComfyUI (diffusers mixes after un-normalising), then decodes at `timestep`.
         seed: an int or a CPU torch.Generator; every random number (the latent noise, then the 0.9.1 decoder's
         injected noise) is drawn from it on the CPU, so a seed gives the same video on any device.
-        tile: decode in overlapping tiles over space and time (TileSettings) to bound memory; None decodes whole.
+        tile: decode in overlapping tiles over space and time (TileSettings) to bound memory; None decodes whole,
+        and when that runs out of device memory, again in `FALLBACK_TILES` (with a logged warning).
+        device, dtype: where and in what the decoder runs (default: where the weights are, in the compute dtype).
         """
         if latent.ndim != 5 or latent.shape[1] != self.latent_channels:
             raise InvalidInputError(
                 f"LTX VAE decode takes a latent (B, {self.latent_channels}, F, H, W); got {tuple(latent.shape)}."
             )
         generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
-        z = latent.float()
+        device, dtype = placement(self, device, dtype)
+        z = latent.to(device, torch.float32)
         steps = None
         if self.config.timestep_conditioning:
             noise = torch.randn(z.shape, generator=generator).to(z.device)
@@ -324,18 +352,31 @@ class LTXVideoVAE(nn.Module):
             z = (1 - scale) * z + scale * noise
             steps = _per_sample(timestep, z.shape[0], "timestep").to(z.device)
         mean, std = self.per_channel_statistics.mean_std(z)
-        z = (z * std / self.config.scaling_factor + mean).to(self.decoder.conv_in.conv.weight)
+        z = (z * std / self.config.scaling_factor + mean).to(dtype)
         noise_state = generator.get_state()  # the injected planes continue the same stream, for every tile alike
         frame_hw = (z.shape[3], z.shape[4])
 
         def decode_tile(part: torch.Tensor, window: tuple[int, int, int, int]) -> torch.Tensor:
             return self.decoder(part, steps, InjectedNoise(noise_state, frame_hw, window)).float()
 
+        frames = None
         if tile is None:
-            frames = decode_tile(z, (0, 0, *frame_hw))
-        else:
+            # A failure is retried in tiles below, once the failed attempt's tensors have been released.
+            with contextlib.suppress(torch.OutOfMemoryError):
+                frames = decode_tile(z, (0, 0, *frame_hw))
+            if frames is None:
+                logger.warning("LTX VAE: out of memory decoding %s whole; decoding in tiles.", tuple(latent.shape))
+                release_cached_memory(device)
+                tile = FALLBACK_TILES
+        if frames is None:
             frames = decode_tiled(decode_tile, z, tile, self.spatial_ratio, self.temporal_ratio)
         return frames.add_(1).div_(2).clamp_(0, 1)  # in place: the video is the largest tensor of a decode
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Give the memory torch keeps cached on a CUDA device back, so a retry can use it."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _per_sample(value: float | Sequence[float] | torch.Tensor, batch: int, name: str) -> torch.Tensor:
@@ -356,14 +397,19 @@ def _check_video_size(frames: int, height: int, width: int, temporal: int, spati
 
 
 def first_frame_conditioning(
-    vae: LTXVideoVAE, image: torch.Tensor, latent_shape: Sequence[int], strength: float = 1.0
+    vae: LTXVideoVAE,
+    image: torch.Tensor,
+    latent_shape: Sequence[int],
+    strength: float = 1.0,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Image-to-video conditioning as ComfyUI's LTXVImgToVideo builds it.
 
     image: (B or 1, 3, H, W) in [0, 1], centre-cropped to the latent's aspect ratio and bilinearly resized to
     its pixel size. latent_shape: (B, 128, F, h, w). Returns (latent, noise_mask): the float32 latent of zeros whose
     first frame is the encoded image, and a (B, 1, F, 1, 1) float32 mask, 1 where the sampler generates and
-    1 - strength on the first frame (0 = keep it as it is).
+    1 - strength on the first frame (0 = keep it as it is). device, dtype: where the VAE encodes (see `encode`).
     """
     batch, channels, frames, height, width = latent_shape
     if image.ndim == 5 and image.shape[2] == 1:
@@ -373,7 +419,8 @@ def first_frame_conditioning(
                                 f"{tuple(image.shape)}.")  # fmt: skip
     if channels != vae.latent_channels:
         raise InvalidInputError(f"latent_shape has {channels} channels; this VAE's latents have {vae.latent_channels}.")
-    encoded = vae.encode(_fit_image(image.float(), height * vae.spatial_ratio, width * vae.spatial_ratio))
+    fitted = _fit_image(image.float(), height * vae.spatial_ratio, width * vae.spatial_ratio)
+    encoded = vae.encode(fitted, device, dtype)
     latent = torch.zeros(batch, channels, frames, height, width, device=encoded.device)
     latent[:, :, :1] = encoded.expand(batch, -1, -1, -1, -1)
     mask = torch.ones(batch, 1, frames, 1, 1, device=encoded.device)
@@ -575,6 +622,8 @@ def load_ltx_vae(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     *,
+    compute_dtype: torch.dtype | None = None,
+    operations=None,
     checkpoint: files.Checkpoint | None = None,
     **config: object,
 ) -> LTXVideoVAE:
@@ -583,7 +632,8 @@ def load_ltx_vae(
     path: a Lightricks/ComfyUI single file (all-in-one with the VAE under `vae.`, or a standalone VAE), a diffusers
     `vae/` or pipeline folder, or a diffusers-keyed file. The config comes from tensor shapes, then the file's
     metadata `config` ("vae" part) or a diffusers config.json, then `config` keywords (LTXVideoVAEConfig fields,
-    e.g. spatial_padding_mode="reflect" for ComfyUI-like decoding). dtype None keeps the stored dtype.
+    e.g. spatial_padding_mode="reflect" for ComfyUI-like decoding). dtype None keeps the stored dtype;
+    `compute_dtype` and `operations` as for `load_transformer` (`loading.modules.build_with_precision`).
     """
     unknown = sorted(set(config) - {f.name for f in fields(LTXVideoVAEConfig)})
     if unknown:
@@ -607,6 +657,7 @@ def load_ltx_vae(
         cfg = replace(cfg, **config)
     except (KeyError, TypeError, ZeroDivisionError) as err:
         raise CheckpointError(f"{source}: the tensors do not form an LTX VAE ({type(err).__name__}: {err}).") from None
-    model = build_on_meta(partial(LTXVideoVAE, cfg))
+    stored = {k: tensors.dtype(k) for k in tensors.names}
+    model, precision = build_with_precision(partial(LTXVideoVAE, cfg), stored, dtype, compute_dtype, operations)
     readers = {k: partial(tensors.load, k) for k in tensors.names}
-    return assign_tensors(model, readers, shapes, source, dtype, device)
+    return assign_tensors(model, readers, shapes, source, precision, device)

@@ -5,18 +5,21 @@ docs/models.md, 'LTX-Video VAE'), not copied from any implementation.
 
 Module attribute names equal the original checkpoint's key segments (`res_blocks`, `conv.conv`, `norm3.norm`,
 `time_embedder.timestep_embedder.linear_1`), so Lightricks and ComfyUI files load without renaming. Tensors are
-(B, C, F, H, W) throughout: batch, channels, frames, rows, columns.
+(B, C, F, H, W) throughout: batch, channels, frames, rows, columns. Layers come from an `operations` namespace
+(default `torch.nn`); parameters a block owns directly are cast to its input where they are used.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..common.embeddings import timestep_embedding
+from ..common.ops import cast_to
 
 PIXEL_NORM_EPS = 1e-8  # every normalisation inside the LTX VAE but the shortcut LayerNorm
 TIMESTEP_FREQUENCIES = 256  # sinusoid width fed to every time embedder (PixArt-alpha's adaLN-single)
@@ -72,12 +75,13 @@ class CausalConv3d(nn.Module):
         stride: int | tuple[int, int, int] = 1,
         causal: bool = True,
         padding_mode: str = "zeros",
+        operations=nn,
     ):
         super().__init__()
         self.causal = causal
         self.time_kernel = kernel_size
         pad = kernel_size // 2
-        self.conv = nn.Conv3d(
+        self.conv = operations.Conv3d(
             in_channels, out_channels, kernel_size, stride=stride, padding=(0, pad, pad), padding_mode=padding_mode
         )
 
@@ -90,10 +94,10 @@ class CausalConv3d(nn.Module):
 
 
 class TimestepMLP(nn.Module):
-    def __init__(self, in_features: int, dim: int):
+    def __init__(self, in_features: int, dim: int, operations=nn):
         super().__init__()
-        self.linear_1 = nn.Linear(in_features, dim)
-        self.linear_2 = nn.Linear(dim, dim)
+        self.linear_1 = operations.Linear(in_features, dim)
+        self.linear_2 = operations.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(F.silu(self.linear_1(x)))
@@ -106,13 +110,13 @@ class TimeEmbedder(nn.Module):
     size/aspect embedders LTX leaves out.
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, operations=nn):
         super().__init__()
-        self.timestep_embedder = TimestepMLP(TIMESTEP_FREQUENCIES, dim)
+        self.timestep_embedder = TimestepMLP(TIMESTEP_FREQUENCIES, dim, operations)
 
-    def forward(self, timestep: torch.Tensor) -> torch.Tensor:
-        weight = self.timestep_embedder.linear_1.weight
-        return self.timestep_embedder(timestep_embedding(timestep, TIMESTEP_FREQUENCIES).to(weight))
+    def forward(self, timestep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """timestep (B,) float32 -> (B, dim) in `dtype`, the decoder's compute dtype."""
+        return self.timestep_embedder(timestep_embedding(timestep, TIMESTEP_FREQUENCIES).to(dtype))
 
 
 class InjectedNoise:
@@ -142,9 +146,9 @@ class InjectedNoise:
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channel axis of (B, C, F, H, W), with affine weights (`norm3.norm.*`)."""
 
-    def __init__(self, channels: int, eps: float):
+    def __init__(self, channels: int, eps: float, operations=nn):
         super().__init__()
-        self.norm = nn.LayerNorm(channels, eps=eps)
+        self.norm = operations.LayerNorm(channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x.movedim(1, -1)).movedim(-1, 1)
@@ -163,14 +167,16 @@ class ResnetBlock(nn.Module):
         eps: float = 1e-6,
         inject_noise: bool = False,
         timestep_conditioning: bool = False,
+        operations=nn,
     ):
         super().__init__()
-        self.conv1 = CausalConv3d(in_channels, out_channels, causal=causal, padding_mode=padding_mode)
-        self.conv2 = CausalConv3d(out_channels, out_channels, causal=causal, padding_mode=padding_mode)
+        conv = partial(CausalConv3d, causal=causal, padding_mode=padding_mode, operations=operations)
+        self.conv1 = conv(in_channels, out_channels)
+        self.conv2 = conv(out_channels, out_channels)
         self.norm3 = self.conv_shortcut = None
         if in_channels != out_channels:
-            self.norm3 = ChannelLayerNorm(in_channels, eps)
-            self.conv_shortcut = nn.Conv3d(in_channels, out_channels, 1)
+            self.norm3 = ChannelLayerNorm(in_channels, eps, operations)
+            self.conv_shortcut = operations.Conv3d(in_channels, out_channels, 1)
         self.per_channel_scale1 = self.per_channel_scale2 = None
         if inject_noise:  # sized by the input width in the original; only ever used where widths are equal
             self.per_channel_scale1 = nn.Parameter(torch.zeros(in_channels, 1, 1))
@@ -186,7 +192,8 @@ class ResnetBlock(nn.Module):
         if self.scale_shift_table is not None:
             # (B, 4C) -> (B, 4, C, 1, 1, 1), plus the table broadcast over batch and positions
             ada = time_embedding.unflatten(1, (4, -1))[..., None, None, None]
-            shift1, scale1, shift2, scale2 = (ada + self.scale_shift_table[None, ..., None, None, None]).unbind(1)
+            table = cast_to(self.scale_shift_table, ada)[None, ..., None, None, None]
+            shift1, scale1, shift2, scale2 = (ada + table).unbind(1)
             h = h * (1 + scale1) + shift1
         h = self._add_noise(self.conv1(F.silu(h)), self.per_channel_scale1, noise)
         h = pixel_norm(h)
@@ -202,7 +209,7 @@ class ResnetBlock(nn.Module):
         if scale is None or noise is None:
             return h
         plane = noise(h.shape[-2], h.shape[-1]).to(h)  # (H, W)
-        return h + (plane[None] * scale)[None, :, None]  # (C, H, W) -> (1, C, 1, H, W)
+        return h + (plane[None] * cast_to(scale, h))[None, :, None]  # (C, H, W) -> (1, C, 1, H, W)
 
 
 class ResBlockGroup(nn.Module):
@@ -216,12 +223,13 @@ class ResBlockGroup(nn.Module):
         padding_mode: str,
         inject_noise: bool = False,
         timestep_conditioning: bool = False,
+        operations=nn,
     ):
         super().__init__()
-        self.time_embedder = TimeEmbedder(4 * channels) if timestep_conditioning else None
+        self.time_embedder = TimeEmbedder(4 * channels, operations) if timestep_conditioning else None
         self.res_blocks = nn.ModuleList(
             ResnetBlock(channels, channels, causal, padding_mode, inject_noise=inject_noise,
-                        timestep_conditioning=timestep_conditioning)
+                        timestep_conditioning=timestep_conditioning, operations=operations)
             for _ in range(layers)
         )  # fmt: skip
 
@@ -229,7 +237,7 @@ class ResBlockGroup(nn.Module):
         self, x: torch.Tensor, timestep: torch.Tensor | None = None, noise: InjectedNoise | None = None
     ) -> torch.Tensor:
         """timestep: (B,) already multiplied by the decoder's `timestep_scale_multiplier`."""
-        embedding = self.time_embedder(timestep) if self.time_embedder is not None else None
+        embedding = self.time_embedder(timestep, x.dtype) if self.time_embedder is not None else None
         for block in self.res_blocks:
             x = block(x, embedding, noise)
         return x
@@ -244,14 +252,14 @@ class DepthToSpaceUpsample(nn.Module):
 
     def __init__(
         self, channels: int, stride: tuple[int, int, int], residual: bool, multiplier: int, causal: bool,
-        padding_mode: str,
+        padding_mode: str, operations=nn,
     ):  # fmt: skip
         super().__init__()
         self.stride = stride
         self.residual = residual
         self.multiplier = multiplier
         out = math.prod(stride) * channels // multiplier
-        self.conv = CausalConv3d(channels, out, causal=causal, padding_mode=padding_mode)
+        self.conv = CausalConv3d(channels, out, causal=causal, padding_mode=padding_mode, operations=operations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         drop = self.stride[0] - 1
@@ -268,14 +276,16 @@ class SpaceToDepthDownsample(nn.Module):
     frame, so 1 + 2k frames become 1 + k."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: tuple[int, int, int], causal: bool, padding_mode: str
-    ):
+        self, in_channels: int, out_channels: int, stride: tuple[int, int, int], causal: bool, padding_mode: str,
+        operations=nn,
+    ):  # fmt: skip
         super().__init__()
         self.stride = stride
         self.group_size = in_channels * math.prod(stride) // out_channels
         self.conv = CausalConv3d(
-            in_channels, out_channels // math.prod(stride), causal=causal, padding_mode=padding_mode
-        )
+            in_channels, out_channels // math.prod(stride), causal=causal, padding_mode=padding_mode,
+            operations=operations,
+        )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride[0] == 2:

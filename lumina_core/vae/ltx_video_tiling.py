@@ -39,6 +39,10 @@ class TileSettings:
             )
 
 
+# What a whole decode falls back to when it runs out of memory: 512 px tiles sharing 128 px, 57 frames sharing 17.
+FALLBACK_TILES = TileSettings(size=16, overlap=4, frames=7, frame_overlap=2)
+
+
 @dataclass(frozen=True)
 class _Span:
     latent: slice  # latent indices of the tile along one axis

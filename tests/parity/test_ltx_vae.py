@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from lumina_core import CheckpointError, InvalidInputError, load_vae
 from lumina_core.loading.keymaps import ltx_vae
 from lumina_core.vae import LTXVideoVAE, TileSettings, first_frame_conditioning
+from lumina_core.vae.ltx_video_tiling import FALLBACK_TILES
 from tests.fixtures.ltx_vae_files import GENERATIONS, build_reference, original_config, to_original, write_layouts
 from tests.fixtures.metrics import relative_error
 
@@ -220,6 +221,24 @@ def test_tiled_decode_of_random_weights_stays_close(case: Case):
     whole = vae.decode(latent, seed=3)
     tiles = TileSettings(size=3, overlap=2, frames=3, frame_overlap=2)
     assert relative_error(vae.decode(latent, seed=3, tile=tiles), whole) < 0.3
+
+
+def test_whole_decode_out_of_memory_is_retried_in_tiles(case: Case, monkeypatch, caplog):
+    vae = case.load()
+    latent = sample_latent(vae.latent_channels)
+    expected = vae.decode(latent, seed=3, tile=FALLBACK_TILES)
+    calls = []
+    decoder_forward = vae.decoder.forward
+
+    def out_of_memory_once(*args, **kwargs):
+        calls.append(args[0].shape)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return decoder_forward(*args, **kwargs)
+
+    monkeypatch.setattr(vae.decoder, "forward", out_of_memory_once)
+    assert torch.equal(vae.decode(latent, seed=3), expected)
+    assert len(calls) >= 2 and "out of memory" in caplog.text
 
 
 def test_tile_settings_are_checked():

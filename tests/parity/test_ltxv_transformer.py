@@ -199,7 +199,7 @@ def test_metadata_config_is_honoured(reference, tmp_path):
 
 def test_dtype_is_applied_while_loading(reference, tmp_path):
     model = load_transformer(write_layout(reference, "lightricks.safetensors", tmp_path), dtype=torch.bfloat16)
-    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and model.dtype == torch.bfloat16
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and model.compute_dtype == torch.bfloat16
     args = inputs()
     with torch.no_grad():
         out = model(*args)

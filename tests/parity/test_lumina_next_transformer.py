@@ -14,6 +14,7 @@ import torch
 from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
 from safetensors.torch import save_file
 
+from lumina_core import latents
 from lumina_core.errors import CheckpointError, InvalidInputError
 from lumina_core.loading.detect import matching_signatures
 from lumina_core.loading.keymaps.lumina_next import map_diffusers_keys, to_diffusers
@@ -149,14 +150,14 @@ def test_config_is_derived_from_shapes_and_config_json(ours, reference, tmp_path
     assert cfg.sample_size == 128  # original files do not say it: the released 1024 px
     assert inspect_transformer(write_layout(reference, "diffusers_pipeline", tmp_path)).config.sample_size == 16
     assert ours.latent_shape(2, 1024, 512) == (2, 4, 128, 64)
-    assert (ours.latent_scale, ours.latent_shift) == (0.13025, 0.0)
+    assert ours.latent_format == latents.SDXL == latents.LatentFormat(0.13025, 0.0)
     with pytest.raises(InvalidInputError, match="multiples of 16"):
         ours.latent_shape(1, 1000, 512)
 
 
 def test_dtype_is_applied_while_loading(reference, tmp_path):
     model = load_transformer(write_layout(reference, "original.safetensors", tmp_path), dtype=torch.bfloat16)
-    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and model.dtype == torch.bfloat16
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and model.compute_dtype == torch.bfloat16
     args = inputs()
     with torch.no_grad():
         assert relative_error(model(*args, **PLAIN).float(), reference_velocity(reference, *args)) < 5e-2

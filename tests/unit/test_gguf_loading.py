@@ -129,7 +129,7 @@ def test_missing_architecture_and_bf16_compute(wide_model, tmp_path):
     tensors = {k: (v, Q.Q8_0 if v.ndim == 2 else Q.F32) for k, v in tiny.transformer_tensors(wide_model).items()}
     path = write_gguf(tmp_path / "noarch.gguf", tensors, None)
     model = load_transformer(path, dtype=torch.bfloat16)
-    assert model.dtype == torch.bfloat16 and quantized_layers(model)
+    assert model.compute_dtype == torch.bfloat16 and quantized_layers(model)
     out = model(*inputs())
     assert out.dtype == torch.float32  # the model returns the input's dtype
     assert relative_error(out, wide_model(*inputs())) < 0.05
