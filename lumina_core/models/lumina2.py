@@ -5,7 +5,7 @@ Written from Alpha-VLLM/Lumina-Image-2.0 `models/model.py` (summarised in docs/m
 attribute names equal the original checkpoint's key segments, so the original and ComfyUI files load without
 renaming.
 
-The network runs in Lumina time (t = 0 noise, t = 1 data) and predicts data - noise; `forward` wraps it
+The network runs in Lumina time (t = 0 noise, t = 1 data) and predicts data - noise; `embed` and `head` wrap it
 in the package's convention: sigma = 1 - t and velocity = noise - data.
 """
 
@@ -19,7 +19,7 @@ from torch import nn
 from .. import latents
 from ..common.attention import attention
 from ..common.norms import RMSNorm
-from ..common.rope import apply_rope, rope_angles, rope_cos_sin
+from ..common.rope import apply_rope, rope_gather, rope_tables
 from .nextdit import (
     FinalLayer,
     NextDiT,
@@ -138,9 +138,11 @@ class Lumina2Transformer(NextDiT):
 
     Call: model(x, sigma, context, context_mask) -> velocity, with x (B, C, H, W) the normalised FLUX
     latent (H, W multiples of the patch size), sigma (B,) in [0, 1] with 1 = noise, context (B, L, cap_feat_dim)
-    Gemma-2 features, context_mask (B, L) bool with at least one True per row; velocity = noise - data.
-    Computed on x's device, in `compute_dtype` (x's dtype when None), and returned in x's dtype; `operations`
-    supplies the layers (see `lumina_core.common.ops`).
+    Gemma-2 features, context_mask (B, L) bool, right-padded with at least one True per row, or None when no
+    caption is padded; velocity = noise - data. Padding slots past the longest caption are attended to by nobody but
+    still cost work: the sampler cuts them once per run. The forward reads no tensor value on the host, so it
+    compiles into one graph (`lumina_core.compile`). Computed on x's device, in `compute_dtype` (x's dtype when
+    None), and returned in x's dtype; `operations` supplies the layers (see `lumina_core.common.ops`).
     """
 
     family = FAMILY
@@ -162,31 +164,40 @@ class Lumina2Transformer(NextDiT):
         self.layers = _blocks(cfg, cfg.n_layers, True, operations)
         self.final_layer = FinalLayer(cfg.dim, cfg.patch_size**2 * cfg.in_channels, cfg.t_emb_dim, operations)
 
-    def forward(self, x, sigma, context, context_mask):
-        return -self.predict_flow(x, 1 - sigma, context, context_mask)
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        state, joint = self.embed(x, sigma, context, context_mask)
+        return self.head(state, self.run_blocks(state, joint))
 
-    def predict_flow(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor):
-        """The network in Lumina time: t (B,) in [0, 1] with 0 = noise; returns data - noise, shaped like x."""
+    # The forward in the stages the step cache works between (sampling/step_cache.py): embed -> run_blocks -> head.
+
+    def embed(
+        self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
+    ) -> tuple[dict, torch.Tensor]:
+        """Everything before the main blocks: (state, the joint sequence (B, L + N, D)).
+
+        state holds what the blocks and the head read: the input, the timestep embedding, RoPE and the joint mask.
+        """
         cfg = self.config
-        check_inputs("Lumina-Image 2.0", cfg, x, t, context, context_mask, self._features_message)
-        dtype = self.compute_dtype or x.dtype
-        context, context_mask = context.to(x.device, dtype), context_mask.to(x.device)
-        cap_lens = context_mask.sum(dim=1)
-        # Caption slots past the longest caption are masked everywhere: drop them to save attention work.
-        longest = int(cap_lens.max())
-        context, context_mask = context[:, :longest], context_mask[:, :longest].bool()
-        caption_mask = None if bool(context_mask.all()) else context_mask
-
-        t_emb = self.t_embedder(t.to(x.device), dtype)
-        caption = self.cap_embedder(context)  # (B, L, D)
+        check_inputs("Lumina-Image 2.0", cfg, x, sigma, context, context_mask, self._features_message)
+        dtype, device = self.compute_dtype or x.dtype, x.device
+        longest = context.shape[1]
+        caption_mask = None if context_mask is None else context_mask.to(device).bool()
+        t_emb = self.t_embedder((1 - sigma).to(device), dtype)  # the network runs in Lumina time t = 1 - sigma
+        caption = self.cap_embedder(context.to(device, dtype))  # (B, L, D)
         image = self.x_embedder(patchify(x.to(dtype), cfg.patch_size, channels_last=True))  # (B, N, D)
         height, width = x.shape[-2] // cfg.patch_size, x.shape[-1] // cfg.patch_size
 
         # The joint sequence is [caption padded to L ; image] for every sample. Attention only sees
         # positions through RoPE, so this equals the original's per-sample [caption_b ; image] packing
         # once padded caption keys are masked, and needs no per-sample gather.
-        positions = self._positions(cap_lens.cpu(), longest, height, width)
-        cos, sin = rope_cos_sin(rope_angles(positions, self.config.axes_dims, self.config.rope_theta), x.device)
+        if caption_mask is None:
+            cap_lens = torch.full((x.shape[0],), longest, device=device)
+        else:
+            cap_lens = caption_mask.sum(dim=1)
+        tables = rope_tables((longest + 1, height, width), cfg.axes_dims, cfg.rope_theta, device)
+        cos, sin = rope_gather(tables, self._positions(cap_lens, longest, height, width))
         caption_rope, image_rope = (cos[:, :longest], sin[:, :longest]), (cos[:, longest:], sin[:, longest:])
 
         for block in self.context_refiner:
@@ -195,12 +206,29 @@ class Lumina2Transformer(NextDiT):
             image = block(image, image_rope, None, t_emb)
         joint = torch.cat([caption, image], dim=1)
         joint_mask = None if caption_mask is None else nn.functional.pad(caption_mask, (0, image.shape[1]), value=True)
-        for block in self.layers:
-            joint = block(joint, (cos, sin), joint_mask, t_emb)
-        out = self.final_layer(joint[:, longest:], t_emb)
-        return unpatchify(out, height, width, cfg.patch_size).to(x.dtype)
+        return {"x": x, "t_emb": t_emb, "cos": cos, "sin": sin, "mask": joint_mask}, joint
 
-    def _positions(self, cap_lens: torch.Tensor, longest: int, height: int, width: int) -> torch.Tensor:
+    def probe(self, state: dict, joint: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The first main block's modulated attention input (B, L + N, D), and 1 / 0 weights for real / padding
+        tokens (None: all real)."""
+        mask = state["mask"]
+        return self.layers[0].modulated_input(joint, state["t_emb"]), None if mask is None else mask.float()
+
+    def run_blocks(self, state: dict, joint: torch.Tensor) -> torch.Tensor:
+        """The main blocks over the joint sequence: the span the step cache skips."""
+        for block in self.layers:
+            joint = block(joint, (state["cos"], state["sin"]), state["mask"], state["t_emb"])
+        return joint
+
+    def head(self, state: dict, joint: torch.Tensor) -> torch.Tensor:
+        """The final layer on the image tokens: velocity = noise - data, shaped like x and in its dtype."""
+        x, patch = state["x"], self.config.patch_size
+        height, width = x.shape[-2] // patch, x.shape[-1] // patch
+        out = self.final_layer(joint[:, joint.shape[1] - height * width :], state["t_emb"])
+        return -unpatchify(out, height, width, patch).to(x.dtype)  # the network predicts data - noise
+
+    @staticmethod
+    def _positions(cap_lens: torch.Tensor, longest: int, height: int, width: int) -> torch.Tensor:
         """(B, longest + height*width, 3) ids: caption token i -> (i, 0, 0); patch (r, c) -> (L_b, r, c)."""
         batch, device = cap_lens.shape[0], cap_lens.device
         caption = torch.zeros(batch, longest, 3, dtype=torch.long, device=device)

@@ -439,6 +439,8 @@ def sample(
     shape = _latent_shape(model, batch_size, height, width, frames, init_latent)
     sigmas = build_sigmas(schedule, steps, shift, denoise, tokens=math.prod(shape[2:])).tolist()
     guided_channels = _guided_channels(model, cfg_channels, shape[1])
+    if callable(getattr(model, "check_run", None)):  # the model's own checks of a run, once, not in every forward
+        model.check_run(shape, **(model_options or {}))
     if noise is None:
         noise = initial_noise(shape, seed)
     elif tuple(noise.shape) != shape:

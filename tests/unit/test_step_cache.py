@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from lumina_core import tiny
 from lumina_core.conditioning import Conditioning
 from lumina_core.errors import InvalidInputError
 from lumina_core.sampling import Dopri5, SamplingStats, sample
@@ -233,3 +234,53 @@ def test_bad_cache_settings_are_refused():
 
     with pytest.raises(InvalidInputError, match="run_blocks"):
         sample(Plain(), POS, NEG, cache=0.2, **SETTINGS)
+
+
+# The three transformers' cache stages.
+
+TRANSFORMERS = {
+    "lumina2": (lambda: tiny.make_transformer(0), lambda m: m.layers[0].attention, 32, {}),
+    "lumina_next": (lambda: tiny.make_lumina_next(0), lambda m: m.layers[0].attention, 32, {}),
+    "ltxv": (
+        lambda: tiny.make_ltxv_transformer(0), lambda m: m.transformer_blocks[0].attn1,
+        tiny.TINY_LTXV.caption_channels, {"frames": 9, "model_options": {"frame_rate": 24.0}},
+    ),
+}  # fmt: skip
+
+
+def model_prompts(width: int) -> tuple[Conditioning, Conditioning]:
+    g = torch.Generator().manual_seed(0)
+    positive = Conditioning(torch.randn(2, 5, width, generator=g), torch.tensor([[True] * 5, [True] * 3 + [False] * 2]))
+    return positive, Conditioning(torch.randn(1, 2, width, generator=g), torch.ones(1, 2, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("family", TRANSFORMERS)
+def test_transformer_stages(family):
+    build, first_attention, width, settings = TRANSFORMERS[family]
+    model, (positive, negative) = build(), model_prompts(width)
+    run = dict(width=64, height=64, batch_size=2, steps=6, cfg=3.0, renorm_cfg=0.0, **settings)
+    with torch.no_grad():
+        plain = sample(model, positive, negative, **run)
+        stats = SamplingStats()
+        assert torch.equal(sample(model, positive, negative, cache=0.0, stats=stats, **run), plain)
+        assert stats.cached_calls == 0
+
+        # The probe is what the first block's attention reads, for every row of a guided call.
+        seen = []
+        hook = first_attention(model).register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        x = torch.randn(4, *plain.shape[1:])
+        context = torch.cat([positive.embeds, negative.embeds.repeat(2, 3, 1)[:, :5]])
+        mask = torch.cat([positive.mask, torch.tensor([[True] * 2 + [False] * 3] * 2)])
+        state, hidden = model.embed(x, torch.full((4,), 0.6), context, mask, **settings.get("model_options", {}))
+        modulated, weights = model.probe(state, hidden)
+        model.run_blocks(state, hidden)
+        hook.remove()
+        assert torch.equal(modulated, seen[0])
+        if family == "lumina2":  # the joint sequence's padding slots do not count
+            assert weights.shape == modulated.shape[:2] and weights.sum(1).tolist() == [5 + 16, 3 + 16, 2 + 16, 2 + 16]
+        else:
+            assert weights is None
+
+        cached = sample(model, positive, negative, cache=1e6, stats=stats, **run)
+        assert stats.cached_calls == 4  # all but the first and last of 6 steps
+        assert not torch.equal(cached, plain)

@@ -1,0 +1,158 @@
+"""torch.compile: every family's forward and cache stages trace into one graph each (fullgraph: no break), with
+masks, batch > 1, the model options and GGUF layers; a sampling run compiles once and a new size at most once more.
+
+Traced with a backend that only counts the graphs it is handed and runs them as traced (inductor's code generation
+is the benches' business: compiling even a tiny model with it takes minutes on a small CPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lumina_core import tiny
+from lumina_core.conditioning import Conditioning
+from lumina_core.gguf.convert import convert
+from lumina_core.loading.transformer import load_transformer
+from lumina_core.sampling import sample
+from tests.fixtures.metrics import relative_error
+
+GRAPHS: list[torch.fx.GraphModule] = []
+
+
+@torch._dynamo.register_backend(name="lumina_counting")
+def counting_backend(graph: torch.fx.GraphModule, example_inputs) -> object:
+    GRAPHS.append(graph)
+    return graph.forward
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    GRAPHS.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def text(batch: int, tokens: int, width: int, padded: bool = True, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, tokens, dtype=torch.bool)
+    if padded:
+        mask[1:, tokens // 2 :] = False
+    return torch.randn(batch, tokens, width, generator=g), mask
+
+
+def lumina2():
+    return tiny.make_transformer(0), torch.randn(2, 16, 8, 6), {}
+
+
+def lumina_next(**options):
+    return lambda: (tiny.make_lumina_next(0), torch.randn(2, 4, 8, 6), options)
+
+
+def ltxv(per_token: bool = False):
+    def build():
+        model = tiny.make_ltxv_transformer(0)
+        return model, torch.randn(2, 128, 2, 3, 4), {"frame_rate": 24.0, "per_token": per_token}
+
+    return build
+
+
+def gguf(family: str, qtype: str):
+    def build(tmp_path):
+        if family == "lumina2":  # Linear inputs that are whole K-quant super-blocks of 256
+            model = tiny.make_transformer(0, replace(tiny.TINY_TRANSFORMER, dim=256, n_heads=4, ffn_hidden=512,
+                                                     axes_dims=(24, 20, 20)))  # fmt: skip
+            source, x = tiny.write_transformer(model, "original.safetensors", tmp_path), torch.randn(2, 16, 6, 4)
+        else:
+            model = tiny.make_ltxv_transformer(0)
+            source, x = tmp_path / "ltxv.safetensors", torch.randn(2, 128, 2, 3, 4)
+            from safetensors.torch import save_file
+
+            tensors = {f"model.diffusion_model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+            save_file(tensors, source, metadata=tiny.ltxv_config_metadata(model.config))
+        convert(source, tmp_path / "model.gguf", qtype)
+        return load_transformer(tmp_path / "model.gguf"), x, {}
+
+    return build
+
+
+CASES = {
+    "lumina2": lumina2,
+    "lumina_next-time_aware-extrapolated-context_drop": lumina_next(rope_scale=2.0, context_drop_ratio=2),
+    "lumina_next-ntk-no_proportional": lumina_next(rope_scaling="ntk", rope_scale=1.5, proportional_attention=False),
+    "ltxv-per_token_sigma": ltxv(per_token=True),
+    "gguf-lumina2-Q4_K": gguf("lumina2", "Q4_K"),
+    "gguf-ltxv-Q8_0": gguf("ltxv", "Q8_0"),
+}
+
+
+def call_args(model, x, options):
+    options = dict(options)
+    per_token = options.pop("per_token", False)
+    width = getattr(model.config, "cap_feat_dim", None) or model.config.caption_channels
+    context, mask = text(x.shape[0], 6, width)
+    sigma = torch.tensor([0.9, 0.2])  # Lumina-Next's time-aware RoPE follows the first sample's t
+    if per_token:  # image-to-video: the first frame kept (sigma 0)
+        sigma = sigma.view(2, 1, 1, 1, 1).repeat(1, 1, *x.shape[2:])
+        sigma[:, :, 0] = 0
+    return (x, sigma, context, mask), options
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_forward_is_one_graph(case, tmp_path):
+    build = CASES[case]
+    model, x, options = build(tmp_path) if case.startswith("gguf") else build()
+    args, options = call_args(model, x, options)
+    with torch.no_grad():
+        expected = model(*args, **options)
+        compiled = torch.compile(model.forward, fullgraph=True, backend="lumina_counting")  # raises at any break
+        assert relative_error(compiled(*args, **options), expected) < 1e-6
+    assert len(GRAPHS) == 1
+
+
+def prompts(width: int, seed: int = 0) -> tuple[Conditioning, Conditioning]:
+    g = torch.Generator().manual_seed(seed)
+    positive = Conditioning(torch.randn(1, 5, width, generator=g), torch.ones(1, 5, dtype=torch.bool))
+    negative = Conditioning(torch.randn(1, 3, width, generator=g), torch.ones(1, 3, dtype=torch.bool))
+    return positive, negative
+
+
+FAMILY_RUNS = {
+    "lumina2": (lambda: tiny.make_transformer(0), 32, {}),
+    "lumina_next": (lambda: tiny.make_lumina_next(0), 32, {}),
+    "ltxv": (lambda: tiny.make_ltxv_transformer(0), tiny.TINY_LTXV.caption_channels, {"frames": 9}),
+}
+
+
+@pytest.mark.parametrize("family", FAMILY_RUNS)
+def test_a_sampling_run_compiles_once(family):
+    """Counted over 4-step runs with guidance: sigma changes at every step, the graphs stay."""
+    build, width, video = FAMILY_RUNS[family]
+    model, (positive, negative) = build(), prompts(width)
+    options = {"frame_rate": 24.0} if video else {}
+
+    def run(size: int = 64, compile: str | None = "lumina_counting", **settings):
+        return sample(model, positive, negative, width=size, height=64, steps=4, cfg=3.0, renorm_cfg=0.0,
+                      compile=compile, model_options=options, **video, **settings)  # fmt: skip
+
+    with torch.no_grad():
+        assert relative_error(run(), run(compile=None)) < 1e-6
+        assert len(GRAPHS) == 1
+        run(seed=1)
+        assert len(GRAPHS) == 1  # a second run reuses the graph
+        cached = run(cache=0.3)  # the step cache runs the forward in its four stages, each one graph
+        assert len(GRAPHS) == 5
+        assert relative_error(cached, run(compile=None, cache=0.3)) < 1e-6
+        run(cache=0.3, seed=2)
+        assert len(GRAPHS) == 5
+        if family != "lumina_next":
+            return
+        run(96)
+        assert len(GRAPHS) == 6  # a new size: one recompile, its changed dims now symbolic ...
+        run(128)
+        assert len(GRAPHS) == 6  # ... which later sizes reuse
+        run(cfg_trunc=0.1)  # guides the calls at sigma > 0.9 (the first two of four), then the cond rows alone
+        assert len(GRAPHS) == 7  # the cond-only call: batch 1, no padding, no mask
