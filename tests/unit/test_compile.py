@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from lumina_core import tiny
 from lumina_core.conditioning import Conditioning
@@ -69,14 +70,20 @@ def gguf(family: str, qtype: str):
         else:
             model = tiny.make_ltxv_transformer(0)
             source, x = tmp_path / "ltxv.safetensors", torch.randn(2, 128, 2, 3, 4)
-            from safetensors.torch import save_file
-
             tensors = {f"model.diffusion_model.{k}": v.contiguous() for k, v in model.state_dict().items()}
             save_file(tensors, source, metadata=tiny.ltxv_config_metadata(model.config))
         convert(source, tmp_path / "model.gguf", qtype)
         return load_transformer(tmp_path / "model.gguf"), x, {}
 
     return build
+
+
+def fp8(tmp_path):  # weights kept in float8 and cast per layer (cast_ops), computing in bf16
+    model = tiny.make_transformer(0)
+    save_file({k: v.to(torch.float8_e4m3fn).contiguous() for k, v in model.state_dict().items()}, tmp_path / "f.st")
+    loaded = load_transformer(tmp_path / "f.st")
+    assert loaded.layers[0].attention.qkv.weight.dtype == torch.float8_e4m3fn
+    return loaded, torch.randn(2, 16, 8, 6), {}
 
 
 CASES = {
@@ -86,6 +93,7 @@ CASES = {
     "ltxv-per_token_sigma": ltxv(per_token=True),
     "gguf-lumina2-Q4_K": gguf("lumina2", "Q4_K"),
     "gguf-ltxv-Q8_0": gguf("ltxv", "Q8_0"),
+    "fp8-lumina2": fp8,
 }
 
 
@@ -104,7 +112,7 @@ def call_args(model, x, options):
 @pytest.mark.parametrize("case", CASES)
 def test_the_forward_is_one_graph(case, tmp_path):
     build = CASES[case]
-    model, x, options = build(tmp_path) if case.startswith("gguf") else build()
+    model, x, options = build(tmp_path) if case.startswith(("gguf", "fp8")) else build()
     args, options = call_args(model, x, options)
     with torch.no_grad():
         expected = model(*args, **options)
