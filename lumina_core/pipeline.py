@@ -33,7 +33,8 @@ class ImageRequest:
     """Everything `text_to_image` needs; defaults follow `lumina_core.sample`, and None takes the family's
     default (`lumina_core.sampling.recipes`). system_prompt applies to Lumina-Image 2.0 only (Lumina-Next has no
     template).
-    model_options: the model's own keywords (Lumina-Next's rope_scaling, context_drop_ratio...)."""
+    model_options: the model's own keywords (Lumina-Next's rope_scaling, context_drop_ratio...).
+    compile, cache: `sample`'s torch.compile switch and step-cache (TeaCache) threshold (None: off)."""
 
     prompt: str
     negative_prompt: str = ""
@@ -50,6 +51,8 @@ class ImageRequest:
     cfg_trunc: float = 1.0
     renorm_cfg: float | None = None
     model_options: dict | None = None
+    compile: bool = False
+    cache: float | None = None
 
     def for_family(self, family: str) -> ImageRequest:
         """A copy with the settings left None filled in from the family's defaults."""
@@ -145,6 +148,7 @@ def _generate(transformer, text_encoder, vae, request, device, dtype, on_step, v
     check_settings(
         steps=request.steps, cfg=request.cfg, batch_size=request.batch_size, solver=request.solver,
         schedule=request.schedule, shift=request.shift, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg,
+        cache=request.cache,
     )  # fmt: skip
     model.latent_shape(request.batch_size, request.height, request.width, **_frames(request, is_video))
     _check_vae(vae, is_video)
@@ -184,7 +188,7 @@ def _sample(path, positive, negative, request: ImageRequest, dtype, device, on_s
         model, positive, negative, width=request.width, height=request.height, batch_size=request.batch_size,
         seed=request.seed, steps=request.steps, cfg=request.cfg, shift=request.shift, solver=request.solver,
         schedule=request.schedule, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg, callback=callback,
-        model_options=options, **_frames(request, is_video),
+        model_options=options, compile=request.compile, cache=request.cache, **_frames(request, is_video),
     )  # fmt: skip
 
 

@@ -237,6 +237,7 @@ def check_settings(
     cfg_channels: int | None = None,
     atol: float = 1e-6,
     rtol: float = 1e-3,
+    cache: float | TeaCache | None = None,
 ) -> None:
     """Raise InvalidInputError for any setting `sample` would refuse, before a model is loaded or run.
 
@@ -246,6 +247,8 @@ def check_settings(
     _check_options(steps, cfg, batch_size, solver, cfg_channels, atol, rtol)
     make_guidance(cfg_mode, cfg, cfg_trunc, renorm_cfg)
     build_sigmas(schedule, steps, 1.0 if shift is None else shift, denoise)
+    if cache is not None and not isinstance(cache, TeaCache):
+        TeaCache(cache)  # a threshold below 0 is refused here
 
 
 # A 1024 x 1024 image, valid for every model family: its latent shape tells the channels and dims of an init_latent.
