@@ -12,7 +12,7 @@ per batch layout it uses (a guided run also has cond-only calls once CFG truncat
 resolution costs at most one more compile in the process, none after that.
 
 The step cache (`sampling.step_cache`) needs the forward in its four stages, with a host decision between them; each
-stage is then compiled on its own, also without a graph break.
+stage is then compiled on its own, also without a graph break. docs/sampling.md, 'Compilation', has the details.
 """
 
 from __future__ import annotations
