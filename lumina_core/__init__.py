@@ -15,7 +15,14 @@ the text encoder).
 from importlib import import_module
 
 from .conditioning import Conditioning
-from .errors import CheckpointError, InvalidInputError, LuminaCoreError, SamplingError, UnsupportedModelError
+from .errors import (
+    CheckpointError,
+    DecodeError,
+    InvalidInputError,
+    LuminaCoreError,
+    SamplingError,
+    UnsupportedModelError,
+)
 
 _LAZY = {  # name -> the submodule defining it, relative to this package (which may be vendored under another name)
     "load_transformer": ".loading.transformer",
@@ -26,7 +33,7 @@ _LAZY = {  # name -> the submodule defining it, relative to this package (which 
 }
 
 __all__ = [
-    "Conditioning", "CheckpointError", "InvalidInputError", "LuminaCoreError", "SamplingError",
+    "Conditioning", "CheckpointError", "DecodeError", "InvalidInputError", "LuminaCoreError", "SamplingError",
     "UnsupportedModelError", *_LAZY,
 ]  # fmt: skip
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .cli import EXIT_INTERRUPTED, OneLineParser, prompt_interrupt
 from .errors import LuminaCoreError
 
 
@@ -12,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .sampling import SCHEDULES, SOLVERS
     from .text.prompts import SYSTEM_PROMPTS
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m lumina_core", description="Lumina-Image 2.0, Lumina-Next and LTX-Video in plain PyTorch."
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -79,13 +80,20 @@ def generate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from .loading.transformer import inspect_transformer
-    from .outputs import output_paths, save_images, save_videos
-    from .pipeline import ImageRequest, VideoRequest, resolve_device, resolve_dtype, text_to_image, text_to_video
+    from .outputs import check_writable, output_paths, save_images, save_videos
+    from .pipeline import (
+        ImageRequest,
+        VideoRequest,
+        check_request,
+        resolve_device,
+        resolve_dtype,
+        text_to_image,
+        text_to_video,
+    )
 
     device = resolve_device(args.device)
     video = getattr(inspect_transformer(args.transformer), "is_video", False)
     out = args.out or ("ltxv.webp" if video else "lumina.png")
-    output_paths(out, args.batch_size, video)  # a bad --out fails now, not after sampling
     settings = dict(
         prompt=args.prompt, negative_prompt=args.negative_prompt, system_prompt=args.system_prompt,
         batch_size=args.batch_size, seed=args.seed, steps=args.steps, cfg=args.cfg, shift=args.shift,
@@ -98,6 +106,8 @@ def generate(args: argparse.Namespace) -> None:
                                tokenizer=args.tokenizer)  # fmt: skip
     else:
         request = ImageRequest(**settings)
+    check_request(request)  # every setting, then the output location, before any model is loaded
+    check_writable(output_paths(out, request.batch_size, video))
     bar = None
 
     def on_step(done: int, total: int) -> None:
@@ -135,6 +145,7 @@ def inspect(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; returns the exit code: 0 done, 2 an error (one line on stderr), 130 interrupted."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "generate":
@@ -145,11 +156,15 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import main as demo
 
             demo(args.out, args.steps)
-    except LuminaCoreError as err:
+    except (LuminaCoreError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with prompt_interrupt():
+        sys.exit(main())

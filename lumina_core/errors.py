@@ -23,3 +23,7 @@ class InvalidInputError(LuminaCoreError, ValueError):
 
 class SamplingError(LuminaCoreError, RuntimeError):
     """Sampling went wrong at run time (for example the latent became NaN)."""
+
+
+class DecodeError(LuminaCoreError, RuntimeError):
+    """Decoding a latent went wrong at run time (the VAE made NaN/inf pixels)."""

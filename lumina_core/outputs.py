@@ -36,10 +36,13 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 def output_paths(out: str | os.PathLike, count: int, video: bool = False) -> list[Path]:
     """Where `count` results go: `out`, or `out` with _0, _1 ... before the suffix for a batch.
 
-    No suffix means .png (.webp for a video); a suffix the format cannot take raises InvalidInputError, so a
-    caller can check the name before spending time on sampling.
+    No suffix means .png (.webp for a video); an existing folder, or a suffix the format cannot take, raises
+    InvalidInputError, so a caller can check the name before spending time on sampling.
     """
     out = Path(out)
+    if out.is_dir():
+        example = out / ("clip.webp" if video else "picture.png")
+        raise InvalidInputError(f"cannot write {out}: it is a folder; name a file in it, e.g. {example}.")
     if not out.suffix:
         out = out.with_suffix(".webp" if video else ".png")
     allowed = VIDEO_FORMATS if video else tuple(IMAGE_FORMATS)
@@ -50,6 +53,19 @@ def output_paths(out: str | os.PathLike, count: int, video: bool = False) -> lis
             f"output e.g. {example}."
         )
     return [out] if count == 1 else [out.with_stem(f"{out.stem}_{i}") for i in range(count)]
+
+
+def check_writable(paths: list[Path]) -> None:
+    """Raise InvalidInputError "cannot write PATH: reason" unless every path can be written, before any work.
+
+    Creates missing parent folders (as saving does) and writes and removes a probe file beside each path, so a
+    directory given as the output, a read-only folder or a full disk fails now rather than after sampling.
+    """
+    for path in paths:
+        if path.is_dir():
+            raise InvalidInputError(f"cannot write {path}: it is a folder; name a file in it.")
+        with _atomic(path, keep=False) as tmp, open(tmp, "wb") as probe:
+            probe.write(b"\0")
 
 
 def save_images(images: list[Image.Image], out: str | os.PathLike) -> list[Path]:
@@ -102,18 +118,45 @@ def _import_av():
 
 
 @contextmanager
-def _atomic(path: Path) -> Iterator[str]:
-    """A temporary file name beside `path`, renamed to `path` when the block succeeds and removed otherwise."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+def _atomic(path: Path, keep: bool = True) -> Iterator[str]:
+    """A temporary file name beside `path`, renamed to `path` when the block succeeds (keep) and removed otherwise.
+
+    An OSError (no such folder, permission denied, disk full, a folder in the way) becomes InvalidInputError
+    "cannot write PATH: reason", naming the output and not the temporary file.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    except OSError as err:
+        raise cannot_write(path, err) from None
     os.close(handle)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; outputs get the usual permissions
-        os.replace(tmp, path)
+        if keep:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; outputs get the usual permissions
+            os.replace(tmp, path)
+    except OSError as err:
+        raise cannot_write(path, err) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def cannot_write(path: Path, err: OSError) -> InvalidInputError:
+    """ "cannot write PATH: reason" for an OSError met while writing `path` or a temporary file beside it."""
+    return InvalidInputError(f"cannot write {path}: {_reason(err, path)}.")
+
+
+def _reason(err: OSError, path: Path) -> str:
+    """The OS's reason in words, naming the folder in the way when it is not the output itself or its temp file."""
+    blocking = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        return f"{blocking} is a file, not a folder"
+    reason = (err.strerror or str(err)).lower()
+    name = os.fspath(err.filename) if err.filename else ""
+    if not name or name == os.fspath(path) or os.path.basename(name).startswith(f".{path.stem}."):
+        return reason
+    return f"{reason}: {name}"
 
 
 def _umask() -> int:

@@ -19,11 +19,13 @@ from .loading.transformer import inspect_transformer, load_transformer
 from .models.ltxv import DEFAULT_FRAME_RATE
 from .outputs import to_pil
 from .sampling import check_settings, sample
+from .sampling.memory import check_memory
 from .sampling.recipes import family_defaults
 from .text import load_text_encoder
 from .vae import load_vae
 from .vae.load import is_video_vae
 from .vae.ltx_video import DEFAULT_DECODE_NOISE_SCALE, DEFAULT_DECODE_TIMESTEP
+from .validation import check_float, check_int
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -138,19 +140,40 @@ def text_to_video(
     return _generate(transformer, text_encoder, vae, request, device, dtype, on_step, video=True)
 
 
+def check_request(request: ImageRequest) -> None:
+    """Raise InvalidInputError for any setting of the request that a run would refuse, before any file is read.
+
+    Settings left None (the family's defaults) are accepted; the sizes' model-specific rules need the model.
+    """
+    video = isinstance(request, VideoRequest)
+    check_settings(
+        steps=request.steps, cfg=request.cfg, batch_size=request.batch_size, solver=request.solver,
+        schedule=request.schedule, shift=request.shift, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg,
+        seed=request.seed, width=request.width, height=request.height, frames=request.frames if video else None,
+        model_options={**(request.model_options or {}), **({"frame_rate": request.frame_rate} if video else {})},
+        cache=request.cache,
+    )  # fmt: skip
+    if video:
+        check_int("max_tokens", request.max_tokens, 1, rule="the T5 prompt length, 128 to 256")
+        check_float("decode_timestep", request.decode_timestep, 0.0, 1.0, rule="the timestep VAEs 0.9.1+ decode at")
+        check_float("decode_noise_scale", request.decode_noise_scale, 0.0, 1.0, rule="noise mixed into the latent "
+                    "before a 0.9.1+ decode")  # fmt: skip
+
+
 def _generate(transformer, text_encoder, vae, request, device, dtype, on_step, video: bool) -> torch.Tensor:
+    check_request(request)
     model = inspect_transformer(transformer)
     is_video = getattr(model, "is_video", False)
     if is_video != video:
         wanted, other = ("text_to_video", "a video") if is_video else ("text_to_image", "an image")
         raise InvalidInputError(f"{transformer} holds {other} model ({model.family}): use {wanted}.")
     request = request.for_family(model.family)
-    check_settings(
-        steps=request.steps, cfg=request.cfg, batch_size=request.batch_size, solver=request.solver,
-        schedule=request.schedule, shift=request.shift, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg,
-        cache=request.cache,
-    )  # fmt: skip
-    model.latent_shape(request.batch_size, request.height, request.width, **_frames(request, is_video))
+    check_request(request)
+    video_options = {"frame_rate": request.frame_rate} if is_video else {}
+    shape = model.latent_shape(request.batch_size, request.height, request.width, **_frames(request, is_video),
+                               **video_options)  # fmt: skip
+    weights = sum(p.numel() for p in model.parameters()) * torch.empty((), dtype=dtype).element_size()
+    check_memory(model, shape, request.cfg != 1.0, dtype, torch.device(device), extra_bytes=weights)
     _check_vae(vae, is_video)
     positive, negative = _encode(text_encoder, request, dtype, device)
     _free_memory()

@@ -192,19 +192,18 @@ class FlowSampler:
                first_frame=None, vae=None, first_frame_strength=1.0, **next_options):  # fmt: skip
         shift = shift or None  # 0: the schedule's own default (LTX: from the latent's token count)
         check_settings(steps=steps, cfg=cfg, batch_size=batch_size, solver=solver, schedule=schedule, shift=shift,
-                       denoise=denoise, cfg_trunc=cfg_trunc, renorm_cfg=cfg_renorm)  # fmt: skip
+                       denoise=denoise, cfg_trunc=cfg_trunc, renorm_cfg=cfg_renorm, seed=seed)  # fmt: skip
         # With denoise 1 the start is pure noise and the input latent only sets the size, except where a noise
         # mask (a core image-to-video latent's, or first_frame's) keeps its tokens.
         init = None if latent is None else model.model.latent_format.to_model(latent["samples"])
         noise_mask = None if latent is None else latent.get("noise_mask")
         if first_frame is not None:
             init, noise_mask = _first_frame(model, vae, first_frame, first_frame_strength, init,
-                                            (batch_size, height, width, frames))  # fmt: skip
+                                            (batch_size, height, width, frames, frame_rate))  # fmt: skip
         progress = bridge.Progress(steps)
         previewer = bridge.latent_previewer(model.model)
 
         def on_step(i, total, x, denoised):
-            bridge.check_interrupted()
             progress.step(i + 1, previewer(denoised) if previewer else None)
 
         try:
@@ -213,6 +212,7 @@ class FlowSampler:
                     module, positive, negative, width=width, height=height, batch_size=batch_size, seed=seed,
                     steps=steps, cfg=cfg, shift=shift, solver=solver, schedule=schedule, cfg_trunc=cfg_trunc,
                     renorm_cfg=cfg_renorm, denoise=denoise, init_latent=init, noise_mask=noise_mask, callback=on_step,
+                    interrupt=bridge.check_interrupted, make_room=bridge.make_room,  # Cancel between blocks
                     **_family_options(model.family, next_options), **_video_options(module, frames, frame_rate),
                 )  # fmt: skip
         finally:
@@ -256,11 +256,11 @@ def _first_frame(model: Handle, vae: Handle | None, image: torch.Tensor, strengt
         raise lumina_core.InvalidInputError("first_frame is for video models (LTX-Video); this model makes images.")
     if vae is None or vae.family != "ltxv":
         raise lumina_core.InvalidInputError("first_frame needs the LTX-Video VAE connected to the sampler's vae input.")
-    batch_size, height, width, frames = size
+    batch_size, height, width, frames, frame_rate = size
     if init is not None:
         shape = tuple(init.shape)
     else:
-        shape = model.model.latent_shape(batch_size, height, width, frames=frames)
+        shape = model.model.latent_shape(batch_size, height, width, frames=frames, frame_rate=frame_rate)
     with vae.placed() as module:
         latent, mask = first_frame_conditioning(module, image.permute(0, 3, 1, 2), shape, strength)
     return latent.cpu(), mask.cpu()

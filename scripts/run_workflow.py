@@ -9,8 +9,9 @@ positive / negative input; --seed sets every FlowSampler's seed; --transformer /
 else (VALUE is read as JSON when it parses, so 20, 4.5, true and [1, 0] are typed; quote a string that
 looks like a number: --set '3.prompt="1984"').
 
-Exit codes: 0 done, 1 bad workflow or override / server unreachable, 2 rejected by the server's
-validation (or a bad command line), 3 a node failed, 4 interrupted, 5 timed out.
+Exit codes: 0 done, 1 bad workflow, override or --server / server unreachable or not answering like ComfyUI,
+2 rejected by the server's validation (or a bad command line), 3 a node failed, 4 interrupted, 5 timed out.
+Every error is one line on stderr (one per node error for a rejection).
 
 Standard library only (a minimal WebSocket client included), so it runs with any Python >= 3.10.
 The functions are importable: tests/integration/test_comfyui.py drives ComfyUI through them.
@@ -123,8 +124,13 @@ def apply_overrides(
 
 
 def load_graph(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        graph = json.load(f)
+    """The API-format workflow in `path`; ValueError naming the file when it is not one (OSError when unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            graph = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        expected = "expected an API-format workflow (Export (API) in ComfyUI)"
+        raise ValueError(f"{path} is not JSON ({err}); {expected}") from None
     if not isinstance(graph, dict) or "nodes" in graph and isinstance(graph["nodes"], list):
         raise ValueError(f"{path} is a UI-format workflow; this script needs the API format (Export (API) in ComfyUI)")
     if not all(isinstance(node, dict) and "class_type" in node for node in graph.values()):
@@ -134,6 +140,10 @@ def load_graph(path: str) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------------
 # HTTP
+
+
+class ProtocolError(Exception):
+    """The server answered something a ComfyUI server does not send (not JSON where JSON is due)."""
 
 
 class PromptRejected(Exception):
@@ -148,13 +158,40 @@ def base_url(server: str) -> str:
     return server.rstrip("/") if "://" in server else f"http://{server.rstrip('/')}"
 
 
+def check_server(server: str) -> str:
+    """`server` as a base URL (http://host:port), or ValueError saying what is wrong with it."""
+    url = base_url(server)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http":
+        raise ValueError(
+            f"--server {server}: only plain http servers are supported (this runner speaks HTTP and WebSocket "
+            "without TLS); give host:port or http://host:port"
+        )
+    try:
+        parts.port  # noqa: B018 (parsing it is the check)
+    except ValueError:
+        raise ValueError(f"--server {server}: the port is not a number from 0 to 65535; give host:port") from None
+    if not parts.hostname:
+        raise ValueError(f"--server {server}: no host name; give host:port, e.g. 127.0.0.1:8188")
+    return url
+
+
 def request_json(server: str, path: str, body: dict | None = None, timeout: float = 30.0):
     """GET (body None) or POST JSON; returns the decoded answer, or None for an empty one."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(base_url(server) + path, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         raw = response.read()
-    return json.loads(raw) if raw.strip() else None
+    return parse_json(raw, f"the answer to {path}") if raw.strip() else None
+
+
+def parse_json(raw: bytes | str, what: str):
+    """json.loads, or ProtocolError naming `what` and the start of the text."""
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        start = raw[:60].decode("utf-8", "replace") if isinstance(raw, bytes) else raw[:60]
+        raise ProtocolError(f"{what} is not JSON ({start!r}...): is this a ComfyUI server?") from None
 
 
 def queue_prompt(server: str, graph: dict, client_id: str) -> str:
@@ -164,7 +201,7 @@ def queue_prompt(server: str, graph: dict, client_id: str) -> str:
     except urllib.error.HTTPError as err:
         if err.code != 400:
             raise
-        raise PromptRejected(json.loads(err.read() or b"{}")) from None
+        raise PromptRejected(parse_json(err.read() or b"{}", "the rejection of /prompt")) from None
     return answer["prompt_id"]
 
 
@@ -364,7 +401,9 @@ def wait_for_completion(ws: WebSocket, prompt_id: str, timeout: float, on_messag
         opcode, payload = ws.recv(timeout=remaining)
         if opcode != OP_TEXT:
             continue  # previews: 8-byte header + JPEG/PNG
-        message = json.loads(payload)
+        message = parse_json(payload, "a WebSocket message")
+        if not isinstance(message, dict):
+            raise ProtocolError(f"a WebSocket message is JSON but not an object ({payload[:60]!r})")
         kind, data = message.get("type"), message.get("data") or {}
         if data.get("prompt_id", prompt_id) != prompt_id:
             continue
@@ -389,6 +428,7 @@ def print_progress(kind: str, data: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        check_server(args.server)
         graph = apply_overrides(
             load_graph(args.workflow), prompt=args.prompt, negative=args.negative, seed=args.seed,
             transformer=args.transformer, text_encoder=args.text_encoder, vae=args.vae,
@@ -411,7 +451,7 @@ def run(args: argparse.Namespace) -> int:
     except TimeoutError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_TIMEOUT
-    except (OSError, WebSocketClosed) as err:  # URLError and refused connections are OSErrors
+    except (OSError, WebSocketClosed, ProtocolError) as err:  # URLError and refused connections are OSErrors
         print(f"error: cannot talk to ComfyUI at {args.server}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if status == "error":

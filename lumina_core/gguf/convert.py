@@ -6,7 +6,8 @@ original (Alpha-VLLM / Lightricks / ComfyUI) tensor names without a prefix,
 `general.architecture` set to the family ("lumina2", "ltxv"; "lumina_next" for Lumina-Next, which city96's
 list lacks), the quantization version and the file type, and an original LTX-Video file's JSON `config`.
 Tensors are written one at a time (tensor infos first, then each tensor's bytes), so converting never holds
-more than one tensor in memory, into a hidden `.part` file renamed into place once whole.
+more than one tensor in memory, into a hidden `.part` file renamed into place once whole. The output is never the
+source, and an existing file is replaced only when asked to (`--overwrite`).
 
 Per-tensor policy (`policy.keeps_float`): 1-D and small tensors (norms, biases, pad tokens, tables) in F32,
 the family's sensitive layers (embedders, output layers, LTX's adaLN) in F16 (BF16 when the source is
@@ -16,6 +17,7 @@ requested type.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from pathlib import Path
@@ -25,11 +27,13 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFileType
 
 from ..errors import InvalidInputError
+from ..outputs import cannot_write, check_writable
 from .policy import MIN_QUANTIZED_ELEMENTS, keeps_float
 from .quantize import quantize
 from .quantized import QuantizedTensor
 
 Q = GGMLQuantizationType
+logger = logging.getLogger("lumina_core.gguf")
 CONFIG_KEY = "config"  # safetensors metadata of original LTX-Video files, kept under the same GGUF key
 # --type choices -> ggml type and the file type ComfyUI-GGUF and llama.cpp tools show.
 TARGETS = {
@@ -57,9 +61,14 @@ def choose_type(family: str, name: str, shape: tuple[int, ...], target: Q, sourc
     return target
 
 
-def convert(source: str | os.PathLike, output: str | os.PathLike, type_name: str = "Q8_0") -> dict[str, int]:
+def convert(
+    source: str | os.PathLike, output: str | os.PathLike, type_name: str = "Q8_0", overwrite: bool = False
+) -> dict[str, int]:
     """Write `source` (any transformer file or folder load_transformer reads) to `output` as GGUF.
 
+    An existing output is refused unless `overwrite`, and the output may never be the source (or one of its files,
+    also through a link). Missing parent folders are created. The file is written as a hidden `.part` beside the
+    output and renamed when whole; a `.part` an interrupted run left behind is removed, with a logged note.
     Returns how many tensors were written in each ggml type.
     """
     from ..loading.files import open_checkpoint  # the loading package imports this one's modules
@@ -68,11 +77,15 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, type_name: str
     if type_name not in TARGETS:
         raise InvalidInputError(f"unknown --type '{type_name}'; choose one of {', '.join(TARGETS)}.")
     target, file_type = TARGETS[type_name]
+    output = Path(output)
+    _check_output(Path(source), output, overwrite)
     family, readers, shapes, stored_dtype = original_tensors(source)
     stored_config = open_checkpoint(source).metadata.get(CONFIG_KEY) if os.path.isfile(source) else None
     plan = {name: choose_type(family, name, shapes[name], target, stored_dtype) for name in sorted(readers)}
-    output = Path(output)
     partial = output.with_name(f".{output.name}.part")  # renamed into place once whole
+    if partial.exists():
+        logger.warning("removed %s, left by an interrupted conversion", partial)
+        partial.unlink()
     writer = GGUFWriter(os.fspath(partial), arch=family)
     try:
         writer.add_quantization_version(GGML_QUANT_VERSION)
@@ -88,10 +101,27 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, type_name: str
             writer.write_tensor_data(_encode(readers[name](), qtype))
         writer.close()
         os.replace(partial, output)
+    except OSError as err:
+        raise cannot_write(output, err) from None
     finally:
         writer.close()
         partial.unlink(missing_ok=True)
     return dict(Counter(qtype.name for qtype in plan.values()))
+
+
+def _check_output(source: Path, output: Path, overwrite: bool) -> None:
+    """Refuse an output that is the source or one of its files, a folder, or an existing file without overwrite;
+    then make sure it can be written (parent folders created)."""
+    if output.exists():
+        sources = [source] if source.is_file() else [p for p in source.rglob("*") if p.is_file()]
+        if output.is_file() and any(os.path.samefile(output, s) for s in sources):
+            raise InvalidInputError(
+                f"cannot write {output}: it is the source {source} itself (or a link to it); write the GGUF file "
+                "under another name."
+            )
+        if output.is_file() and not overwrite:
+            raise InvalidInputError(f"cannot write {output}: it exists; pass --overwrite (overwrite=True) to replace.")
+    check_writable([output])
 
 
 def _add_info(writer: GGUFWriter, name: str, shape: tuple[int, ...], qtype: Q) -> None:

@@ -94,6 +94,15 @@ SIGNATURES: tuple[Signature, ...] = (
         "vae", "diffusers", "an LTX-Video VAE (diffusers layout)", ("decoder.mid_block.resnets.0.conv1.conv.weight",)
     ),
     Signature("gemma2", "original", "a Gemma-2 text encoder", ("model.layers.0.post_feedforward_layernorm.weight",)),
+    # Gemma (v1), Lumina-Next's encoder: the decoder norms without Gemma-2's feed-forward pair or Gemma-3's q_norm,
+    # the rule lumina_core.text.gemma loads it by.
+    Signature(
+        "gemma",
+        "original",
+        "a Gemma (v1) text encoder (Lumina-Next's)",
+        ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.post_attention_layernorm.weight"),
+        ("model.layers.0.post_feedforward_layernorm.weight", "model.layers.0.self_attn.q_norm.weight"),
+    ),
     Signature("t5", "original", "a T5 text encoder", ("encoder.block.0.layer.0.SelfAttention.q.weight",)),
 )
 

@@ -14,10 +14,13 @@ tensors as `QuantizedTensor`s, still packed; `assign_tensors` decides what stays
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
+import pickletools
 import re
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -76,7 +79,7 @@ class _PickleReader:
         try:
             loaded = _torch_load(path, mmap)
         except pickle.UnpicklingError as err:
-            raise CheckpointError(_describe_refused(path, _unpickler_reason(err))) from None
+            raise CheckpointError(_describe_refused(path, err)) from None
         except Exception as err:  # a damaged file fails in many ways: EOFError, IndexError, struct.error ...
             reason = f"torch.load failed: {str(err) or type(err).__name__}"
             raise CheckpointError(_describe_unreadable(path, reason)) from None
@@ -104,24 +107,105 @@ def _torch_load(path: str, mmap: bool) -> object:
     return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
-def _unpickler_reason(err: pickle.UnpicklingError) -> str:
-    # torch wraps the unpickler's one-line reason in paragraphs of advice that do not apply here.
-    text = str(err).split("WeightsUnpickler error:", 1)[-1].strip()
-    return re.split(r"\. (?=[A-Z])", text.splitlines()[0])[0] if text else type(err).__name__
-
-
-def _describe_refused(path: str, reason: str) -> str:
-    if re.match(r"Unsupported global: GLOBAL \w+(\.\w+)+", reason):  # a real class, e.g. argparse.Namespace
+def _describe_refused(path: str, err: pickle.UnpicklingError) -> str:
+    """Why the safe loader refused a torch.save file: the first Python object in it that is not a tensor, found by
+    reading its pickle opcodes (nothing is executed), or else a damaged file."""
+    offending = _first_offending_global(_torch_pickle_streams(path))
+    if offending is not None:
         return (
-            f"{path}: refusing to unpickle it: it holds Python objects besides tensors (torch.load with "
-            f"weights_only=True said: {reason}). Convert it to .safetensors, or load only the tensor file "
-            "(e.g. consolidated.00-of-01.pth, not model_args.pth)."
+            f"{path}: refusing to unpickle it: it holds Python objects that are not tensors (the first is "
+            f"{offending}), and loading those can run code. Convert it to .safetensors where it was made, or load "
+            "only the tensor file (e.g. consolidated.00-of-01.pth, not model_args.pth)."
         )
+    reason = str(err).splitlines()[0].split(". ")[0] or type(err).__name__  # torch's first sentence, not its advice
     return (
         f"{path}: torch.load with weights_only=True cannot read it ({reason}): the file is damaged, or pickled "
         "with a protocol the safe loader does not know. Re-save it with torch.save(state_dict, path) or convert "
         "it to .safetensors."
     )
+
+
+def _describe_plain_pickle(path: str) -> str:
+    """A file pickled with `pickle.dump` rather than `torch.save`: never unpickled, described from its opcodes."""
+    with open(path, "rb") as handle:
+        offending = _first_offending_global([handle.read()])
+    holds = (
+        f"it holds Python objects that are not tensors (the first is {offending}), and loading those can run code"
+        if offending is not None
+        else "it holds plain Python values and no tensors"
+    )
+    return (
+        f"{path} is a Python pickle (pickle.dump), not a torch.save checkpoint: {holds}. Refusing to load it; "
+        "expected a .safetensors or torch.save .pth checkpoint of tensors."
+    )
+
+
+def _torch_pickle_streams(path: str) -> list[bytes]:
+    """The pickle bytes of a torch.save file: the zip format's data.pkl, or the whole legacy file."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return [archive.read(name) for name in archive.namelist() if name.endswith("data.pkl")]
+        with open(path, "rb") as handle:
+            return [handle.read()]
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return []
+
+
+def _first_offending_global(streams: Iterable[bytes]) -> str | None:
+    """The first `module.name` global of the pickles in `streams` that the weights-only loader does not allow.
+
+    Walks the opcodes with pickletools (nothing is executed), through consecutive pickles (the legacy torch.save
+    format writes several), stopping quietly where the data is damaged. STACK_GLOBAL takes its two names from the
+    strings pushed before it, directly or through the memo.
+    """
+    allowed = _weights_only_globals()
+    for data in streams:
+        stream = io.BytesIO(data)
+        while stream.tell() < len(data):
+            strings: list[str] = []
+            memo: dict[int, str] = {}
+            try:
+                for opcode, arg, _ in pickletools.genops(stream):
+                    name = None
+                    if opcode.name in _STRING_OPCODES and isinstance(arg, str):
+                        strings.append(arg)
+                    elif opcode.name == "MEMOIZE" and strings:
+                        memo[len(memo)] = strings[-1]
+                    elif opcode.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
+                        memo[int(arg)] = strings[-1]
+                    elif opcode.name in ("BINGET", "LONG_BINGET", "GET") and int(arg) in memo:
+                        strings.append(memo[int(arg)])
+                    elif opcode.name == "GLOBAL":
+                        name = arg.replace(" ", ".")
+                    elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        name = f"{strings[-2]}.{strings[-1]}"
+                    if name is not None and not _is_allowed(name, allowed):
+                        return name
+            except (ValueError, EOFError):  # damaged, or the end of the stream
+                break
+    return None
+
+
+_STRING_OPCODES = frozenset(
+    {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+)
+
+
+def _weights_only_globals() -> set[str]:
+    """The globals torch's weights-only unpickler allows (private API; an empty set falls back to a name rule)."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return set(_get_allowed_globals())
+    except (ImportError, AttributeError):
+        return set()
+
+
+def _is_allowed(name: str, allowed: set[str]) -> bool:
+    if allowed:
+        return name in allowed
+    return name.startswith("torch.") or name in ("collections.OrderedDict", "_codecs.encode")
 
 
 def _flatten_pickled(path: str, loaded: object) -> dict[str, torch.Tensor]:
@@ -234,6 +318,8 @@ def _open_file(path: str) -> _SafetensorsReader | _PickleReader | GGUFTensors:
         return _PickleReader(path, mmap=True)
     if head.startswith(b"\x80") and LEGACY_TORCH_MAGIC in head:
         return _PickleReader(path, mmap=False)
+    if head[:1] == b"\x80" and 2 <= head[1] <= pickle.HIGHEST_PROTOCOL:  # a pickle, but not torch.save's
+        raise CheckpointError(_describe_plain_pickle(path))
     if head[8:9] == b"{" and int.from_bytes(head[:8], "little") + 8 <= size:
         return _SafetensorsReader(path)
     raise CheckpointError(_describe_unreadable(path, _unknown_start(head, size)))

@@ -20,6 +20,7 @@ from ..errors import CheckpointError, UnsupportedModelError
 from ..gguf.policy import LOAD_FLOAT_MODULES
 from ..gguf.quantized import QuantizedTensor, concat_rows, same_values
 from ..models import ltxv, lumina2, lumina_next
+from .consensus import consensus_shapes
 from .detect import describe_contents, detect_model
 from .files import Checkpoint, is_gguf, open_checkpoint, preview, read_json, shard_owner
 from .keymaps import ltxv as ltxv_keys
@@ -77,6 +78,7 @@ FAMILIES: dict[str, TransformerFamily] = {
 NEXT_STEP = {
     "vae": " Load it with load_vae (the Load Lumina VAE node).",
     "gemma2": " Load it with load_text_encoder (the Load Gemma Text Encoder node).",
+    "gemma": " Load it with load_text_encoder (the Load Gemma Text Encoder node).",
     "t5": " Load it with load_text_encoder (the Load T5 Text Encoder node).",
 }
 
@@ -110,7 +112,9 @@ def load_transformer(
         partial(family.build, plan.model.config), plan.dtypes, dtype, compute_dtype, operations
     )
     keep_float = LOAD_FLOAT_MODULES.get(plan.model.family, ())
-    return assign_tensors(model, plan.readers, plan.shapes, plan.source, precision, device, keep_float)
+    model = assign_tensors(model, plan.readers, plan.shapes, plan.source, precision, device, keep_float)
+    model.source = os.fspath(path)  # named when the weights turn out to hold NaN/inf (lumina_core.nonfinite)
+    return model
 
 
 def original_tensors(
@@ -157,7 +161,7 @@ def _plan(path: str | os.PathLike, config: dict) -> _LoadPlan:
     dtypes = {name: dtype for name, (_, dtype, _) in readers.items()}
     stored = {**_diffusers_config(folder, family), **_metadata_config(checkpoint, family), **config}
     try:
-        config = family.config_from_shapes(shapes, **stored)
+        config = family.config_from_shapes(consensus_shapes(shapes), **stored)  # one damaged block cannot mislead
     except (KeyError, ValueError, TypeError) as err:
         raise CheckpointError(
             f"{checkpoint.path}: looks like {detected.signature.description} but its shapes do not form a "

@@ -136,6 +136,21 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], **stored) -> LTXVideo
     )
 
 
+def _check_reach(max_positions: tuple[float, float, float], height: int, width: int, frames: int, rate: float) -> None:
+    """Refuse a size beyond what the fractional RoPE positions cover (seconds, pixels, pixels)."""
+    seconds, max_height, max_width = max_positions
+    for name, size, limit in (("width", width, max_width), ("height", height, max_height)):
+        if size > limit:
+            raise InvalidInputError(
+                f"{name} {size} is too large: LTX-Video's positions cover {limit:g} px per side; use {limit:g} or less."
+            )
+    if (frames - 1) / rate > seconds:
+        raise InvalidInputError(
+            f"{frames} frames at {rate:g} fps is too long: LTX-Video's positions cover {seconds:g} s, at most "
+            f"{int(seconds * rate) // 8 * 8 + 1} frames at this frame rate."
+        )
+
+
 def rope_angles(
     frames: int, height: int, width: int, frame_rate: float, cfg: LTXVideoConfig, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
@@ -333,12 +348,16 @@ class LTXVideoTransformer(nn.Module):
         self.norm_out = operations.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
         self.proj_out = operations.Linear(cfg.dim, cfg.out_channels)
 
-    def latent_shape(self, batch_size: int, height: int, width: int, frames: int = 1) -> tuple[int, ...]:
+    def latent_shape(
+        self, batch_size: int, height: int, width: int, frames: int = 1, frame_rate: float = DEFAULT_FRAME_RATE
+    ) -> tuple[int, ...]:
         """(B, 128, F, H, W) latent for a video of `frames` frames of height x width pixels.
 
         Width and height must be positive multiples of 32 and the frame count 8k + 1 (1, 9, ..., 97, 121, 257): the
-        VAE compresses 32 x 32 pixels and 8 frames into one cell, keeping the first frame on its own.
+        VAE compresses 32 x 32 pixels and 8 frames into one cell, keeping the first frame on its own. The RoPE
+        positions cover `config.max_positions`: 2048 px per side and 20 s (at `frame_rate`).
         """
+        _check_reach(self.config.max_positions, height, width, frames, frame_rate)
         scale_t, scale_h, scale_w = VAE_SCALE_FACTORS
         for name, size, multiple in (("width", width, scale_w), ("height", height, scale_h)):
             if size < multiple or size % multiple:
@@ -365,11 +384,6 @@ class LTXVideoTransformer(nn.Module):
         """velocity = noise - data; see the class docstring. The network's own time is sigma x timestep_scale."""
         state, tokens = self.embed(x, sigma, context, context_mask, frame_rate)
         return self.head(state, self.run_blocks(state, tokens))
-
-    def check_run(self, latent_shape: tuple[int, ...], *, frame_rate: float = DEFAULT_FRAME_RATE) -> None:
-        """What a sampler checks once per run, before any step: the frame rate."""
-        if not frame_rate > 0:
-            raise InvalidInputError(f"frame_rate must be a positive number of frames per second; got {frame_rate!r}.")
 
     # The forward in the stages the step cache works between (sampling/step_cache.py): embed -> run_blocks -> head.
 

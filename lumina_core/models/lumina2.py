@@ -147,6 +147,7 @@ class Lumina2Transformer(NextDiT):
 
     family = FAMILY
     model_name = "Lumina-Image 2.0"
+    rope_positions = 512  # the original's axes_lens (300, 512, 512): 8192 px at patch 2
     # The model works in the normalised FLUX VAE latent: z_model = (z_vae - shift) * scale
     # (docs/models.md, 'Latent normalisations').
     latent_format = latents.FLUX

@@ -252,6 +252,7 @@ class LuminaNextTransformer(NextDiT):
 
     family = FAMILY
     model_name = "Lumina-Next"
+    rope_positions = 384  # the original's 384 x 384 RoPE table: 6144 px at patch 2
     # Guidance touches only the first 3 of the 4 latent channels, as the reference sampler does
     # (docs/sampling.md, 'Lumina-Next guidance').
     cfg_channels = 3

@@ -48,9 +48,10 @@ class NextDiT(nn.Module):
     model_name = ""
     # The dtype the forward computes in (its loader sets it; None: the input's dtype); it returns the input's.
     compute_dtype: torch.dtype | None = None
+    rope_positions: int | None = None  # positions per image axis of the original RoPE table: the largest size
 
     def latent_shape(self, batch_size: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """Latent shape for an image of height x width pixels; both must be multiples of 16."""
+        """Latent shape for an image of height x width pixels; both must be multiples of 16, within the RoPE table."""
         multiple = VAE_DOWNSCALE * self.config.patch_size
         for name, size in (("width", width), ("height", height)):
             if size < multiple or size % multiple:
@@ -58,6 +59,12 @@ class NextDiT(nn.Module):
                 raise InvalidInputError(
                     f"{name} {size} is not allowed: {self.model_name} needs sizes that are positive multiples of "
                     f"{multiple} (8x VAE downscale x patch {self.config.patch_size}); try {nearest}."
+                )
+            largest = self.rope_positions * multiple if self.rope_positions else size
+            if size > largest:
+                raise InvalidInputError(
+                    f"{name} {size} is too large: {self.model_name} addresses at most {self.rope_positions} patches "
+                    f"per side (its RoPE table), {largest} px; use {largest} or less."
                 )
         return (batch_size, self.config.in_channels, height // VAE_DOWNSCALE, width // VAE_DOWNSCALE)
 

@@ -54,13 +54,17 @@ clean-latent estimate with init by m); the two agree for masks of 0 and 1.
 
 Precision: x stays float32 between steps; the model sees x and the context in its own dtype (bf16 is fine) and
 its velocity is cast back to float32. Sigma is passed as float32 and the model casts it where it needs to.
-fp16 overflows on Lumina-Image 2.0; a non-finite latent raises SamplingError.
+Checks (`lumina_core.nonfinite`): the text features before the first step, every model output and the latent after
+every step; the first NaN/inf raises SamplingError saying where it was found, the model and dtype, and the likely
+causes (a weight holding NaN/inf is named; float16 overflow comes first only for float16 models). Long model calls
+stay interruptible: `interrupt` runs before every transformer block (`checks_between_blocks`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -71,7 +75,10 @@ from ..common.ops import placement
 from ..compile import CompiledModel, compiled
 from ..conditioning import Conditioning, check_family, concat_conditionings
 from ..errors import InvalidInputError, SamplingError
-from .cfg import Guidance, make_guidance
+from ..nonfinite import check_conditioning, count_nonfinite, dtype_name, is_finite, model_name, model_output_error
+from ..validation import check_float, check_int, check_model_options, check_seed
+from .cfg import CFG_MODES, Guidance, make_guidance
+from .memory import check_memory
 from .schedules import build_sigmas
 from .solvers import SOLVERS, Dopri5, StepFn
 from .step_cache import COND, COND_UNCOND, StepCache, TeaCache, make_step_cache
@@ -114,7 +121,7 @@ class GuidedVelocity:
     The prompts are trimmed to their longest real token once, here, and a mask without padding is passed as None,
     so the model's forward needs no host sync to find either (`model_text_inputs`). `runner` replaces the model's
     forward (a compiled one), and `cache`, a `StepCache`, makes every call go through the model's cache stages
-    (`runner` then provides the stages too).
+    (`runner` then provides the stages too). `interrupt`, when given, is called before every model call.
     """
 
     def __init__(
@@ -131,6 +138,7 @@ class GuidedVelocity:
         noise_mask: torch.Tensor | None = None,
         runner: Callable[..., torch.Tensor] | None = None,
         cache: StepCache | None = None,
+        interrupt: Callable[[], None] | None = None,
     ) -> None:
         self.model = model
         self.runner = runner if runner is not None else model
@@ -145,12 +153,15 @@ class GuidedVelocity:
         self.model_options = model_options or {}
         self.stats = stats if stats is not None else SamplingStats()
         self.noise_mask = noise_mask
+        self.interrupt = interrupt
 
     def __call__(self, x: torch.Tensor, sigma: float, *, step: int, total: int) -> torch.Tensor:
         if self.guidance is None or not self.guidance.needs_uncond(sigma, step, total):
-            return self.predict(x, sigma, self.positive, rows=COND, step=step, total=total)
+            cond = self.predict(x, sigma, self.positive, rows=COND, step=step, total=total)
+            return self._checked(cond, sigma, step, total, "conditional call")
         self.stats.uncond_calls += 1
         both = self.predict(torch.cat([x, x]), sigma, self.both, rows=COND_UNCOND, step=step, total=total)
+        both = self._checked(both, sigma, step, total, "conditional + unconditional call")
         cond, uncond = both.chunk(2)  # (2B, ...) -> 2 x (B, ...)
         k = self.cfg_channels
         if k is None:
@@ -169,6 +180,8 @@ class GuidedVelocity:
         total: int = 1,
     ) -> torch.Tensor:
         """One model call on x at sigma with the prepared text (`model_text_inputs`); rows and step for the cache."""
+        if self.interrupt is not None:
+            self.interrupt()
         self.stats.model_calls += 1
         if self.noise_mask is None:
             sigmas = torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)
@@ -182,6 +195,13 @@ class GuidedVelocity:
         )
         self.stats.cached_calls = self.cache.skipped
         return v.float()
+
+    def _checked(self, v: torch.Tensor, sigma: float, step: int, total: int, passes: str) -> torch.Tensor:
+        """v, or SamplingError when the model made NaN/inf (its inputs were checked before, so it is the model's)."""
+        if not is_finite(v):
+            where = f"at step {step + 1} of {total} (sigma {sigma:.4f})"
+            raise model_output_error(self.model, v, self.dtype, where, passes)
+        return v
 
 
 def model_text_inputs(conditioning: Conditioning) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -202,51 +222,77 @@ def _masked_velocity(
     return mask * velocity(x, sigma)
 
 
-def _check_options(
-    steps: int, cfg: float, batch_size: int, solver: str, cfg_channels: int | None, atol: float, rtol: float
-) -> StepFn:
-    """Raise for a bad option; returns the step function for one run of the solver."""
-    if steps < 1:
-        raise InvalidInputError(f"steps must be at least 1, got {steps}.")
-    if cfg < 0:
-        raise InvalidInputError(f"cfg must be >= 0 (1 disables guidance), got {cfg}.")
-    if batch_size < 1:
-        raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}.")
-    if cfg_channels is not None and cfg_channels < 1:
-        raise InvalidInputError(
-            f"cfg_channels must be at least 1 (None takes the model's default), got {cfg_channels}."
-        )
+def _solver_step(solver: str, atol: float, rtol: float) -> StepFn:
+    """The step function for one run of the named solver."""
     if solver not in SOLVERS:
         raise InvalidInputError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}.")
     spec = SOLVERS[solver]
     return spec.adaptive(atol, rtol) if spec.adaptive is not None else spec.step
 
 
+MAX_STEPS = 10_000  # far beyond any use; it keeps a mistyped 10**9 from allocating the schedule
+
+
 def check_settings(
     *,
     steps: int,
-    cfg: float,
+    cfg: float | None,
     batch_size: int = 1,
     solver: str = "euler",
-    schedule: str = "shifted_linear",
+    schedule: str | None = "shifted_linear",
     shift: float | None = 6.0,
     denoise: float = 1.0,
     cfg_mode: str = "original",
     cfg_trunc: float = 1.0,
-    renorm_cfg: float = 1.0,
+    renorm_cfg: float | None = 1.0,
     cfg_channels: int | None = None,
     atol: float = 1e-6,
     rtol: float = 1e-3,
+    seed: int = 0,
+    width: int | None = None,
+    height: int | None = None,
+    frames: int | None = None,
+    model_options: Mapping[str, Any] | None = None,
     cache: float | TeaCache | None = None,
 ) -> None:
     """Raise InvalidInputError for any setting `sample` would refuse, before a model is loaded or run.
 
-    cfg_channels is only checked to be positive here; that it fits the latent needs the model. shift None (the
-    schedule's default, which may depend on the latent size) is always accepted.
+    The one place the API (`sample` calls it first), the pipeline and CLI, and the ComfyUI nodes check settings:
+    integers must be integers, floats finite and in range, each message naming the rule. cfg, schedule and
+    renorm_cfg None (a family default not filled in yet) and shift None (the schedule's default) are accepted.
+    cfg_channels is only checked to be positive here; that it fits the latent needs the model. model_options: the
+    model keywords `lumina_core.validation.check_model_options` knows.
     """
-    _check_options(steps, cfg, batch_size, solver, cfg_channels, atol, rtol)
-    make_guidance(cfg_mode, cfg, cfg_trunc, renorm_cfg)
-    build_sigmas(schedule, steps, 1.0 if shift is None else shift, denoise)
+    check_int("steps", steps, 1, MAX_STEPS, "solver steps ending at sigma 0")
+    check_int("batch_size", batch_size, 1, rule="images (videos) per run")
+    check_seed(seed)
+    for name, size in (("width", width), ("height", height)):
+        if size is not None:
+            check_int(name, size, 1, rule="pixels; the model's own rule and largest size follow")
+    if frames is not None:
+        check_int("frames", frames, 1, rule="the frame count of a video model, 8k + 1")
+    if cfg is not None:
+        check_float("cfg", cfg, 0.0, rule="the guidance scale; 1 turns guidance off")
+    if shift is not None:
+        check_float("shift", shift, 0.0, low_open=True, rule="1 means no shift; Lumina 2 uses 6, Lumina-Next 4")
+    check_float("denoise", denoise, 0.0, 1.0, low_open=True, rule="how much of the schedule runs; 1 starts from noise")
+    check_float("cfg_trunc", cfg_trunc, 0.0, rule="guidance runs while Lumina time t = 1 - sigma is below it; 1 or "
+                "more never truncates")  # fmt: skip
+    if renorm_cfg is not None:
+        check_float("renorm_cfg", renorm_cfg, 0.0, rule="the guided velocity's norm is clamped to this times the "
+                    "conditional one; 0 turns it off")  # fmt: skip
+    if cfg_channels is not None:
+        check_int("cfg_channels", cfg_channels, 1, rule="guide the first k latent channels; None takes the model's")
+    check_float("atol", atol, 0.0, rule="dopri5's absolute tolerance")
+    check_float("rtol", rtol, 0.0, rule="dopri5's relative tolerance")
+    check_model_options(model_options or {})
+    _solver_step(solver, atol, rtol)
+    if cfg_mode not in CFG_MODES:
+        raise InvalidInputError(f"unknown cfg_mode {cfg_mode!r}; choose one of {sorted(CFG_MODES)}.")
+    if cfg is not None and renorm_cfg is not None:
+        make_guidance(cfg_mode, cfg, cfg_trunc, renorm_cfg)
+    if schedule is not None:
+        build_sigmas(schedule, steps, 1.0 if shift is None else shift, denoise)
     if cache is not None and not isinstance(cache, TeaCache):
         TeaCache(cache)  # a threshold below 0 is refused here
 
@@ -256,9 +302,19 @@ EXAMPLE_SIZE = 1024
 
 
 def _latent_shape(
-    model: torch.nn.Module, batch_size: int, height: int, width: int, frames: int | None, init: torch.Tensor | None
+    model: torch.nn.Module,
+    batch_size: int,
+    height: int,
+    width: int,
+    frames: int | None,
+    init: torch.Tensor | None,
+    model_options: Mapping[str, Any] | None,
 ) -> tuple[int, ...]:
-    """The latent shape: from the image (video) size, or from init_latent (batch 1 or batch_size), ignoring the size."""
+    """The latent shape: from the image (video) size, or from init_latent (batch 1 or batch_size), ignoring the size.
+
+    The model's `latent_shape` applies its size rule and the largest size it addresses; an init_latent's size is
+    checked against that limit too (a video's frame count with its frame rate, from model_options).
+    """
     video = getattr(model, "is_video", False)
     if frames is not None and not video:
         raise InvalidInputError(f"frames={frames} was given, but this {_name(model)} model makes images, not videos.")
@@ -267,7 +323,8 @@ def _latent_shape(
             raise InvalidInputError(
                 f"this {_name(model)} model makes videos: pass frames, the number of frames (8k + 1, e.g. 97)."
             )
-        return tuple(model.latent_shape(batch_size, height, width, **({"frames": frames} if video else {})))
+        rate = {"frame_rate": model_options["frame_rate"]} if video and "frame_rate" in (model_options or {}) else {}
+        return tuple(model.latent_shape(batch_size, height, width, **({"frames": frames, **rate} if video else {})))
     example = tuple(model.latent_shape(batch_size, EXAMPLE_SIZE, EXAMPLE_SIZE))
     if init.ndim != len(example) or init.shape[1] != example[1] or init.shape[0] not in (1, batch_size):
         raise InvalidInputError(
@@ -275,6 +332,8 @@ def _latent_shape(
             f"{len(example)} dims and batch 1 or {batch_size} (e.g. {example} for {EXAMPLE_SIZE}x{EXAMPLE_SIZE}). "
             "Encode the image with this model's VAE."
         )
+    pixels_per_cell = EXAMPLE_SIZE // example[-1]
+    model.latent_shape(batch_size, init.shape[-2] * pixels_per_cell, init.shape[-1] * pixels_per_cell)
     return (batch_size, *init.shape[1:])
 
 
@@ -349,11 +408,15 @@ def initial_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
 
 
-def _check_finite(x: torch.Tensor, step: int, total: int, sigma: float, dtype: torch.dtype) -> None:
-    if not torch.isfinite(x).all():
+def _check_latent(
+    model: torch.nn.Module, x: torch.Tensor, step: int, total: int, sigma: float, dtype: torch.dtype, cfg: float
+) -> None:
+    """After a step whose model outputs were all finite: only the guidance or the solver can have overflowed."""
+    if not is_finite(x):
         raise SamplingError(
-            f"the latent became NaN/inf at step {step + 1} of {total} (sigma {sigma:.4f}) with the model in {dtype}. "
-            "Run the model in bfloat16 or float32: float16 overflows on Lumina-Image 2.0."
+            f"the latent became NaN/inf after step {step + 1} of {total} (sigma {sigma:.4f}; {count_nonfinite(x)}) "
+            f"although every output of the {model_name(model)} transformer ({dtype_name(dtype)}) was finite: the "
+            f"guidance (cfg {cfg}) or the solver overflowed. Use a smaller cfg."
         )
 
 
@@ -389,6 +452,8 @@ def sample(
     device: torch.device | str | None = None,
     compile: bool | str = False,
     cache: float | TeaCache | None = None,
+    interrupt: Callable[[], None] | None = None,
+    make_room: Callable[[int, torch.device], None] | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from noise to a clean latent; returns it in model space, float32, on `device`.
 
@@ -435,21 +500,48 @@ def sample(
     cache: step caching (TeaCache, `step_cache.py`): a threshold (0 never skips; the published ones are in
         `PUBLISHED_THRESHOLDS`) or a `TeaCache` naming a polynomial variant; None (the default) is off. The model
         calls whose block stack was skipped are `stats.cached_calls`.
+    interrupt: called before every transformer block and after every step; raise from it to stop (ComfyUI's
+        Cancel), so a long step stops within one block. With `compile` it is called before every model call
+        instead of every block (a call into compiled code cannot be entered halfway).
+    make_room(bytes, device): called when the run's memory estimate (`sampling.memory`) exceeds what `device` has
+        free, to let the host free some (ComfyUI unloads cached models); without enough, InvalidInputError says
+        the estimate and what is available before anything runs.
+
+    Every setting is checked first (`check_settings`), then the size against what the model addresses, the text
+    features and given latents for NaN/inf, and the memory. A model output or latent that turns NaN/inf raises
+    SamplingError naming the step, the model and its dtype, and the likely causes (a weight holding NaN/inf is
+    named).
     """
-    solver_step = _check_options(steps, cfg, batch_size, solver, cfg_channels, atol, rtol)
+    check_settings(
+        steps=steps, cfg=cfg, batch_size=batch_size, solver=solver, schedule=schedule, shift=shift, denoise=denoise,
+        cfg_mode=cfg_mode, cfg_trunc=cfg_trunc, renorm_cfg=renorm_cfg, cfg_channels=cfg_channels, atol=atol,
+        rtol=rtol, seed=seed, width=width, height=height, frames=frames, model_options=model_options, cache=cache,
+    )  # fmt: skip
+    solver_step = _solver_step(solver, atol, rtol)
     guidance = make_guidance(cfg_mode, cfg, cfg_trunc, renorm_cfg)
     step_cache = make_step_cache(cache, model)
-    shape = _latent_shape(model, batch_size, height, width, frames, init_latent)
+    shape = _latent_shape(model, batch_size, height, width, frames, init_latent, model_options)
     sigmas = build_sigmas(schedule, steps, shift, denoise, tokens=math.prod(shape[2:])).tolist()
     guided_channels = _guided_channels(model, cfg_channels, shape[1])
     if callable(getattr(model, "check_run", None)):  # the model's own checks of a run, once, not in every forward
         model.check_run(shape, **(model_options or {}))
-    if noise is None:
-        noise = initial_noise(shape, seed)
-    elif tuple(noise.shape) != shape:
+    if noise is not None and tuple(noise.shape) != shape:
         raise InvalidInputError(f"noise has shape {tuple(noise.shape)}, the latent is {shape}.")
+    family = getattr(model, "family", None)
+    for role, conditioning in (("positive", positive), ("negative", negative)):
+        if conditioning is not None:
+            if family is not None:
+                check_family(family, conditioning, role)
+            check_conditioning(conditioning, role)
+    for name, given in (("init_latent", init_latent), ("noise", noise)):
+        if given is not None and not is_finite(given):
+            raise InvalidInputError(f"{name} holds NaN/inf ({count_nonfinite(given)}); sampling needs finite values.")
 
     device, dtype = placement(model, device)
+    guided = negative is not None and cfg != 1.0
+    check_memory(model, shape, guided, dtype, device, make_room)
+    if noise is None:
+        noise = initial_noise(shape, seed)
     mask = None if noise_mask is None else _expand_noise_mask(model, noise_mask, init_latent, shape, device)
     x = noise.to(device=device, dtype=torch.float32)
     if mask is not None:
@@ -459,13 +551,7 @@ def sample(
         x = (1 - sigmas[0]) * init_latent.to(device=device, dtype=torch.float32) + sigmas[0] * x
     else:
         x = sigmas[0] * x
-    family = getattr(model, "family", None)
-    if family is not None:
-        for role, conditioning in (("positive", positive), ("negative", negative)):
-            if conditioning is not None:
-                check_family(family, conditioning, role)
     positive = positive.repeat_to(batch_size).to(device, dtype)
-    guided = negative is not None and cfg != 1.0
     negative = negative.repeat_to(batch_size).to(device, dtype) if guided else None
     if stats is None:
         stats = SamplingStats()
@@ -473,23 +559,52 @@ def sample(
         stats.model_calls = stats.uncond_calls = stats.solver_steps = stats.rejected_steps = stats.cached_calls = 0
     if isinstance(solver_step, Dopri5):
         solver_step.rewind = step_cache  # a rejected substep's calls leave no trace in the cache
+    runner = _compiled(model, compile)
     velocity = GuidedVelocity(
         model, positive, negative, guidance, dtype,
         cfg_channels=guided_channels, model_options=model_options, stats=stats, noise_mask=mask,
-        runner=_compiled(model, compile), cache=step_cache,
+        runner=runner, cache=step_cache, interrupt=interrupt if runner is not None else None,
     )  # fmt: skip
 
-    for i in range(steps):
-        step_velocity = partial(velocity, step=i, total=steps)
-        if mask is not None:  # dx/dsigma on each token's clock sigma·mask: kept tokens stand still
-            step_velocity = partial(_masked_velocity, step_velocity, mask)
-        x_next, v = solver_step(step_velocity, x, sigmas[i], sigmas[i + 1])
-        if isinstance(solver_step, Dopri5):
-            stats.solver_steps, stats.rejected_steps = solver_step.accepted, solver_step.rejected
-        else:
-            stats.solver_steps += 1
-        _check_finite(x_next, i, steps, sigmas[i], dtype)
-        if callback is not None:
-            callback(i, steps, x_next, x - sigmas[i] * v)
-        x = x_next
+    # Hooks between blocks would be traced into a compiled graph (and break it); a compiled run checks per call.
+    with checks_between_blocks(model, interrupt if runner is None else None):
+        for i in range(steps):
+            step_velocity = partial(velocity, step=i, total=steps)
+            if mask is not None:  # dx/dsigma on each token's clock sigma·mask: kept tokens stand still
+                step_velocity = partial(_masked_velocity, step_velocity, mask)
+            x_next, v = solver_step(step_velocity, x, sigmas[i], sigmas[i + 1])
+            if isinstance(solver_step, Dopri5):
+                stats.solver_steps, stats.rejected_steps = solver_step.accepted, solver_step.rejected
+            else:
+                stats.solver_steps += 1
+            _check_latent(model, x_next, i, steps, sigmas[i], dtype, cfg)
+            if interrupt is not None:
+                interrupt()
+            if callback is not None:
+                callback(i, steps, x_next, x - sigmas[i] * v)
+            x = x_next
     return x
+
+
+@contextmanager
+def checks_between_blocks(model: torch.nn.Module, interrupt: Callable[[], None] | None) -> Iterator[None]:
+    """Call `interrupt` before every block of the model's block lists for the duration of the block.
+
+    The model's direct `nn.ModuleList` children are its block stacks (layers, refiners, transformer_blocks), so a
+    forward pre-hook on each of their members stops a long model call within one block when `interrupt` raises,
+    without the model files knowing. The hooks are removed when the block ends.
+    """
+    if interrupt is None:
+        yield
+        return
+    hooks = [
+        block.register_forward_pre_hook(lambda module, args: interrupt())
+        for child in model.children()
+        if isinstance(child, torch.nn.ModuleList)
+        for block in child
+    ]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -28,6 +28,7 @@ from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from ..loading import files
 from ..loading.keymaps import ldm_vae
 from ..loading.modules import assign_tensors, build_with_precision
+from ..nonfinite import check_decoded
 
 NORM_EPS = 1e-6  # every GroupNorm of the LDM autoencoder
 
@@ -272,7 +273,7 @@ class Autoencoder(nn.Module):
         z = raw.to(device, dtype)
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
-        return ((self.decoder(z).float() + 1) / 2).clamp(0, 1)
+        return check_decoded(self, raw, (self.decoder(z).float() + 1) / 2).clamp(0, 1)
 
 
 def _check_input(x: torch.Tensor, channels: int, multiple: int, name: str) -> None:

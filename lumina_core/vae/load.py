@@ -25,8 +25,11 @@ def load_vae(
     """
     checkpoint = _open(path)
     if ltx_vae.detect_ltx_vae(checkpoint.keys) is not None:
-        return ltx_video.load_ltx_vae(path, dtype, device, checkpoint=checkpoint, **options)
-    return autoencoder.load_vae(path, dtype, device, **options)
+        vae = ltx_video.load_ltx_vae(path, dtype, device, checkpoint=checkpoint, **options)
+    else:
+        vae = autoencoder.load_vae(path, dtype, device, **options)
+    vae.source = os.fspath(path)  # decode names it when it makes NaN/inf pixels (lumina_core.nonfinite)
+    return vae
 
 
 def is_video_vae(path: str | os.PathLike) -> bool:

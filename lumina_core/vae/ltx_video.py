@@ -34,6 +34,8 @@ from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from ..loading import files
 from ..loading.keymaps import ltx_vae
 from ..loading.modules import assign_tensors, build_with_precision
+from ..nonfinite import check_decoded
+from ..validation import check_float
 from .ltx_video_blocks import (
     CausalConv3d,
     DepthToSpaceUpsample,
@@ -370,7 +372,7 @@ class LTXVideoVAE(nn.Module):
                 tile = FALLBACK_TILES
         if frames is None:
             frames = decode_tiled(decode_tile, z, tile, self.spatial_ratio, self.temporal_ratio)
-        return frames.add_(1).div_(2).clamp_(0, 1)  # in place: the video is the largest tensor of a decode
+        return check_decoded(self, latent, frames).add_(1).div_(2).clamp_(0, 1)  # in place: the largest tensor
 
 
 def release_cached_memory(device: torch.device) -> None:
@@ -381,6 +383,8 @@ def release_cached_memory(device: torch.device) -> None:
 
 def _per_sample(value: float | Sequence[float] | torch.Tensor, batch: int, name: str) -> torch.Tensor:
     values = torch.as_tensor(value, dtype=torch.float32).flatten()
+    if not bool(((values >= 0) & (values <= 1)).all()):  # NaN fails both comparisons
+        raise InvalidInputError(f"{name} must be finite numbers from 0 to 1; got {values.tolist()}.")
     if values.numel() == 1:
         return values.expand(batch)
     if values.numel() != batch:
@@ -412,6 +416,7 @@ def first_frame_conditioning(
     1 - strength on the first frame (0 = keep it as it is). device, dtype: where the VAE encodes (see `encode`).
     """
     batch, channels, frames, height, width = latent_shape
+    check_float("strength", strength, 0.0, 1.0, rule="1 keeps the first frame as given, 0 lets the model repaint it")
     if image.ndim == 5 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim != 4 or image.shape[1] != 3 or image.shape[0] not in (1, batch):
@@ -514,11 +519,24 @@ def _stride_kind(product: int, where: str) -> str:
     return kind
 
 
+def _width_factor(width: int, next_width: int, widens: bool, where: str) -> int:
+    """The width multiplier of a block going from `width` to `next_width` channels: a whole number >= 1, the
+    encoder's blocks widening and the decoder's narrowing (or keeping) the width."""
+    wide, narrow = (next_width, width) if widens else (width, next_width)
+    if narrow < 1 or wide < narrow or wide % narrow:
+        direction = "widens" if widens else "narrows"
+        raise CheckpointError(
+            f"{where}: the widths go from {width} to {next_width} channels; each block of this part keeps the width "
+            f"or {direction} it by a whole factor. A damaged file?"
+        )
+    return wide // narrow
+
+
 def _encoder_spec(shapes: Mapping, index: int, kind: str, width: int, next_width: int, source: str) -> BlockSpec:
     prefix = f"encoder.down_blocks.{index}."
     if kind == ltx_vae.GROUP:
         return BlockSpec("res_x", layers=_count(shapes, prefix + "res_blocks."))
-    multiplier = next_width // width
+    multiplier = _width_factor(width, next_width, True, f"{source} {prefix.rstrip('.')}")
     if kind == ltx_vae.RESNET:
         return BlockSpec("res_x_y", multiplier=multiplier)
     if prefix + "conv.conv.weight" in shapes:  # space-to-depth: the conv makes next_width / prod(stride) channels
@@ -532,7 +550,7 @@ def _decoder_spec(shapes: Mapping, index: int, kind: str, width: int, next_width
     if kind == ltx_vae.GROUP:
         noise = prefix + "res_blocks.0.per_channel_scale1" in shapes
         return BlockSpec("res_x", layers=_count(shapes, prefix + "res_blocks."), inject_noise=noise)
-    multiplier = width // next_width
+    multiplier = _width_factor(width, next_width, False, f"{source} {prefix.rstrip('.')}")
     if kind == ltx_vae.RESNET:
         return BlockSpec("res_x_y", multiplier=multiplier, inject_noise=prefix + "per_channel_scale1" in shapes)
     # depth-to-space: the conv makes prod(stride) * width / multiplier = prod(stride) * next_width channels
@@ -655,9 +673,9 @@ def load_ltx_vae(
             diffusers = files.read_json(config_path, "a diffusers AutoencoderKLLTXVideo config")
             cfg = apply_diffusers_config(cfg, diffusers, tensors.names, source)
         cfg = replace(cfg, **config)
+        stored = {k: tensors.dtype(k) for k in tensors.names}
+        model, precision = build_with_precision(partial(LTXVideoVAE, cfg), stored, dtype, compute_dtype, operations)
     except (KeyError, TypeError, ZeroDivisionError) as err:
         raise CheckpointError(f"{source}: the tensors do not form an LTX VAE ({type(err).__name__}: {err}).") from None
-    stored = {k: tensors.dtype(k) for k in tensors.names}
-    model, precision = build_with_precision(partial(LTXVideoVAE, cfg), stored, dtype, compute_dtype, operations)
     readers = {k: partial(tensors.load, k) for k in tensors.names}
     return assign_tensors(model, readers, shapes, source, precision, device)

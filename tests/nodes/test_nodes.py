@@ -130,7 +130,7 @@ def test_dropping_a_loader_output_frees_the_model(model_dirs):
     assert ref() is None
 
 
-def test_interrupt_in_the_callback_stops_sampling(model_dirs, monkeypatch):
+def test_cancel_stops_sampling_between_transformer_blocks(model_dirs, monkeypatch):
     model, encoder, _ = load_all()
     positive = N["GemmaEncode"]().encode(encoder, "a fox", "real")[0]
     calls = []
@@ -144,6 +144,26 @@ def test_interrupt_in_the_callback_stops_sampling(model_dirs, monkeypatch):
             raise Interrupted
 
     monkeypatch.setattr(comfy_bridge, "check_interrupted", interrupt)
+    finished_calls = []
+    hook = model.model.final_layer.register_forward_hook(lambda *args: finished_calls.append(1))
     with pytest.raises(Interrupted):
         N["FlowSampler"]().sample(model, positive, positive, **{**SETTINGS, "steps": 5})
-    assert len(calls) == 2
+    hook.remove()
+    assert len(calls) == 2 and finished_calls == []  # checked before each of the 4 blocks: it stopped in the first call
+
+
+def test_vae_decode_of_a_nan_vae_fails_naming_the_stage_and_the_file(model_dirs):
+    from safetensors.torch import load_file, save_file
+
+    from lumina_core.errors import DecodeError
+
+    weights = load_file(model_dirs / "vae" / "ae.safetensors")
+    weights["decoder.conv_out.weight"][0] = float("nan")  # the red channel
+    save_file(weights, model_dirs / "vae" / "ae_nan.safetensors")
+    model, encoder, _ = load_all()
+    vae = N["LoadLuminaVAE"]().load("ae_nan.safetensors", device="cpu")[0]
+    positive = N["GemmaEncode"]().encode(encoder, "a fox", "real")[0]
+    latent = N["FlowSampler"]().sample(model, positive, positive, **SETTINGS)[0]
+    with pytest.raises(DecodeError, match=r"^VAE decode \(.*ae_nan\.safetensors\) made NaN/inf pixels .* "
+                       r"decoder\.conv_out\.weight holds 288 NaN"):  # fmt: skip
+        N["LuminaVAEDecode"]().decode(vae, latent)

@@ -1,5 +1,11 @@
 """The command line and the end-to-end pipeline on tiny checkpoints, including its failure messages."""
 
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
@@ -175,3 +181,50 @@ def test_an_image_vae_for_a_video_model_fails_before_anything_runs(ltxv_files, a
     assert generate_video(ltxv_files, tmp_path / "x.webp", "--vae", str(all_in_one)) == 2
     assert "holds an image VAE; this model needs LTX-Video's video VAE" in one_line_error(capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_names_lumina_nexts_gemma_file(tmp_path, capsys):
+    path = tiny.write_text_encoder(tiny.make_gemma1(0), tiny.train_tokenizer(), "comfy.safetensors", tmp_path)
+    assert main(["inspect", str(path)]) == 0
+    assert "contains: a Gemma (v1) text encoder (Lumina-Next's)" in capsys.readouterr().out
+
+
+def run_until_interrupted(code: str, ready: str) -> tuple[int, str, float]:
+    """Run `python -c code` and press Ctrl-C (SIGINT) once `ready` is on its stderr.
+
+    Returns the exit code, the stderr (the text read up to `ready`, then the rest, as pipes allow) and the seconds
+    from Ctrl-C to the exit."""
+    repo = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=repo, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while ready not in seen:
+        char = process.stderr.read(1)
+        assert char, f"exited before {ready!r}: {seen}"
+        seen += char
+    time.sleep(0.5)
+    start = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    err = seen + process.communicate(timeout=60)[1]
+    return process.returncode, err, time.monotonic() - start
+
+
+def test_ctrl_c_ends_the_process_within_seconds_even_inside_one_long_call():
+    # pbkdf2 with 2**31 iterations is one C call of minutes; Python runs no signal handler until it returns
+    code = (
+        "import hashlib, sys\nfrom lumina_core.cli import prompt_interrupt\nwith prompt_interrupt(grace=1.0):\n"
+        "    print('ready', file=sys.stderr, flush=True)\n    hashlib.pbkdf2_hmac('sha256', b'x', b'y', 2**31 - 1)\n"
+    )
+    exit_code, err, seconds = run_until_interrupted(code, "ready")
+    assert exit_code == 130 and err.rstrip().endswith("interrupted") and "Traceback" not in err and seconds < 10
+
+
+def test_ctrl_c_during_generate_exits_130_with_one_line_and_no_output(all_in_one, tmp_path):
+    out = tmp_path / "fox.png"
+    code = (
+        "import sys\nfrom lumina_core.__main__ import main\nfrom lumina_core.cli import prompt_interrupt\n"
+        f"with prompt_interrupt():\n    sys.exit(main(['generate', '--transformer', {str(all_in_one)!r}, '--prompt', "
+        f"'a fox', '--steps', '500', '--width', '256', '--height', '256', '--out', {str(out)!r}]))\n"
+    )
+    exit_code, err, seconds = run_until_interrupted(code, "sampling:")
+    assert exit_code == 130 and err.rstrip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [] and seconds < 30

@@ -164,3 +164,24 @@ def test_a_sampling_run_compiles_once(family):
         assert len(GRAPHS) == 6  # ... which later sizes reuse
         run(cfg_trunc=0.1)  # guides the calls at sigma > 0.9 (the first two of four), then the cond rows alone
         assert len(GRAPHS) == 7  # the cond-only call: batch 1, no padding, no mask
+
+
+def test_a_compiled_run_checks_interrupt_before_every_call_not_between_blocks():
+    """Block hooks would be traced into the graph (ComfyUI's check takes a lock: a graph break); a compiled run calls
+    `interrupt` before each model call and after each step instead."""
+
+    class Cancelled(Exception):
+        pass
+
+    checks = []
+
+    def interrupt():
+        checks.append(len(checks))
+        if len(checks) == 3:  # before call 1, after step 1, before call 2
+            raise Cancelled
+
+    model, (positive, negative) = tiny.make_transformer(0), prompts(32)
+    with torch.no_grad(), pytest.raises(Cancelled):
+        sample(model, positive, negative, width=64, height=64, steps=4, compile="lumina_counting", interrupt=interrupt)
+    assert len(checks) == 3 and len(GRAPHS) == 1
+    assert not any(block._forward_pre_hooks for block in model.layers)

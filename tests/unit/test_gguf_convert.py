@@ -94,3 +94,39 @@ def test_a_failed_conversion_leaves_no_file(source, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         convert(source[1], tmp_path / "out.gguf", "Q8_0")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stale_part_file_is_removed_with_a_note(source, tmp_path, caplog):
+    stale = tmp_path / ".out.gguf.part"
+    stale.write_bytes(b"\0" * 4096)  # what a killed conversion leaves
+    with caplog.at_level("WARNING", logger="lumina_core.gguf"):
+        convert(source[1], tmp_path / "out.gguf", "Q8_0")
+    assert f"removed {stale}, left by an interrupted conversion" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf"]
+
+
+def test_sigterm_stops_the_cli_and_removes_its_part_file(source, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from lumina_core.gguf import convert as module
+
+    encode = module._encode
+    calls = []
+
+    def terminated_midway(tensor, qtype):
+        calls.append(qtype)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` would, while tensors are being written
+        return encode(tensor, qtype)
+
+    monkeypatch.setattr(module, "_encode", terminated_midway)
+    with pytest.raises(SystemExit) as exit:
+        main(["convert", str(source[1]), str(tmp_path / "out.gguf")])
+    assert exit.value.code == 143 and list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the CLI's handler is gone again
+
+
+def test_missing_output_folders_are_created(source, tmp_path):
+    convert(source[1], tmp_path / "new" / "folder" / "out.gguf", "F16")
+    assert (tmp_path / "new" / "folder" / "out.gguf").read_bytes()[:4] == b"GGUF"

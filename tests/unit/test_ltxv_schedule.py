@@ -77,7 +77,7 @@ class FakeVideoModel(nn.Module):
         self.scale = nn.Parameter(torch.ones(()))
         self.frame_rates: list[float] = []
 
-    def latent_shape(self, batch_size: int, height: int, width: int, frames: int = 1) -> tuple[int, ...]:
+    def latent_shape(self, batch_size: int, height: int, width: int, frames: int = 1, frame_rate: float = 25.0):
         return (batch_size, 4, (frames - 1) // 8 + 1, height // 32, width // 32)
 
     def forward(self, x, sigma, context, context_mask, frame_rate: float = 25.0):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -537,14 +539,54 @@ def test_bf16_model_gets_bf16_inputs_and_x_stays_float32():
     assert out.dtype == torch.float32 and set(seen) == {torch.float32}
 
 
-def test_non_finite_latent_raises_sampling_error():
-    class Overflow(FakeModel):
-        def forward(self, x, sigma, context, context_mask):
-            v = super().forward(x, sigma, context, context_mask)
-            return v if len(self.calls) < 3 else v * float("inf")
+class Overflow(FakeModel):
+    """Returns inf from its third call on, from finite inputs."""
 
-    with pytest.raises(SamplingError, match=r"step 3 of 4 \(sigma 0\.8571\).*bfloat16 or float32.*float16"):
+    def forward(self, x, sigma, context, context_mask):
+        v = super().forward(x, sigma, context, context_mask)
+        return v if len(self.calls) < 3 else v * float("inf")
+
+
+def test_non_finite_model_output_names_the_step_model_and_dtype_without_blaming_float16():
+    with pytest.raises(SamplingError) as caught:
         sample(Overflow(), POS, NEG, **SMALL)
+    message = str(caught.value)
+    assert re.match(
+        r"the Overflow transformer returned NaN/inf at step 3 of 4 \(sigma 0\.8571\) in its conditional "
+        r"\+ unconditional call \(64 inf among 64 values\) from finite inputs, computing in float32",
+        message,
+    )
+    assert "float16" not in message and "Lumina-Image 2.0" not in message and "\n" not in message
+    assert message.index("weights that are finite but far out of range") < message.index("inputs it was not made for")
+
+
+def test_non_finite_output_in_float16_puts_overflow_first():
+    with pytest.raises(SamplingError, match=r"computing in float16\..*\(1\) float16 overflows in this transformer"):
+        sample(Overflow(dtype=torch.float16), POS, NEG, **SMALL)
+
+
+def test_non_finite_weight_is_named_as_the_cause():
+    model = Overflow()
+    model.anchor.fill_(float("nan"))
+    model.source = "/models/broken.safetensors"
+    with pytest.raises(SamplingError, match=r"Cause: its weight anchor holds 1 NaN among 1 values: "
+                       r"/models/broken\.safetensors is damaged"):  # fmt: skip
+        sample(model, POS, NEG, **SMALL)
+
+
+def test_non_finite_conditioning_is_refused_before_any_model_call():
+    bad = Conditioning(torch.full((1, 3, 8), float("nan")), torch.ones(1, 3, dtype=torch.bool))
+    model = FakeModel()
+    with pytest.raises(SamplingError, match=r"the negative conditioning holds NaN/inf \(24 NaN among 24 values, "
+                       r"float32\) before sampling: the text encoder made it so"):  # fmt: skip
+        sample(model, POS, bad, **SMALL)
+    assert model.calls == []
+
+
+def test_latent_overflow_with_finite_model_outputs_blames_the_guidance():
+    with pytest.raises(SamplingError, match=r"the latent became NaN/inf after step 1 of 4 .* every output of the "
+                       r"FakeModel transformer \(float32\) was finite: the guidance \(cfg 3e\+38\)"):  # fmt: skip
+        sample(FakeModel(), POS, NEG, **{**SMALL, "cfg": 3e38, "renorm_cfg": 0.0})
 
 
 # ---------------------------------------------------------------- sampler: channels, model options, stats
@@ -680,23 +722,23 @@ def test_dopri5_truncation_is_tested_per_call_or_per_output_step(cfg_mode, trunc
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"steps": 0}, "steps must be at least 1, got 0"),
-        ({"cfg": -1.0}, "cfg must be >= 0.*got -1.0"),
-        ({"denoise": 0.0}, r"denoise must be in \(0, 1\], got 0.0"),
-        ({"denoise": 1.2}, r"denoise must be in \(0, 1\], got 1.2"),
+        ({"steps": 0}, r"steps must be a whole number from 1 to 10000 .*; got 0"),
+        ({"cfg": -1.0}, "cfg must be a finite number of at least 0.*got -1.0"),
+        ({"denoise": 0.0}, r"denoise must be a finite number above 0 and at most 1 .*; got 0.0"),
+        ({"denoise": 1.2}, r"denoise must be a finite number above 0 and at most 1 .*; got 1.2"),
         ({"solver": "dpm"}, "unknown solver 'dpm'; choose one of"),
         ({"schedule": "karras"}, "unknown schedule 'karras'"),
         ({"cfg_mode": "comfy"}, "unknown cfg_mode 'comfy'; choose one of"),
-        ({"cfg_trunc": -0.1}, "cfg_trunc and renorm_cfg must be >= 0"),
+        ({"cfg_trunc": -0.1}, "cfg_trunc must be a finite number of at least 0 .*; got -0.1"),
         ({"cfg_mode": "diffusers", "renorm_cfg": 2.0}, "renorm_cfg must be 1 or 0, got 2.0"),
-        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+        ({"batch_size": 0}, "batch_size must be a whole number of at least 1 .*; got 0"),
         ({"width": 100}, "multiples of 16, got 100x16"),
         ({"init_latent": torch.zeros(1, 16, 2, 4)}, r"init_latent has shape \(1, 16, 2, 4\).*\(batch, 4, \.\.\.\)"),
         ({"init_latent": torch.zeros(3, 4, 2, 4), "batch_size": 2}, "batch 1 or 2"),
         ({"noise": torch.zeros(1, 4, 4, 4)}, r"noise has shape \(1, 4, 4, 4\), the latent is \(1, 4, 2, 4\)"),
-        ({"cfg_channels": 0}, "cfg_channels must be at least 1 .None takes the model's default., got 0"),
+        ({"cfg_channels": 0}, "cfg_channels must be a whole number of at least 1 .*None takes the model's.*; got 0"),
         ({"cfg_channels": 5}, "cfg_channels is 5 but the latent has 4 channels.*the model's default is None"),
-        ({"solver": "dopri5", "rtol": -1.0}, "dopri5 needs atol >= 0 and rtol >= 0.*rtol=-1.0"),
+        ({"solver": "dopri5", "rtol": -1.0}, "rtol must be a finite number of at least 0 .*; got -1.0"),
     ],
 )
 def test_sample_input_errors(kwargs, match):
@@ -755,3 +797,89 @@ def test_prompts_reach_the_model_trimmed_and_unmasked_when_full():
     assert model.calls[0]["tokens"] == 4 and model.calls[0]["mask"].tolist() == [[True] * 4, [True] * 3 + [False]]
     sample(model, padded, None, width=16, height=16, steps=1)  # cond alone: 4 real tokens, no padding left
     assert model.calls[-1]["tokens"] == 4 and model.calls[-1]["raw_mask"] is None
+
+
+# ---------------------------------------------------------------- sampler: hardening (seeds, limits, interrupts)
+
+
+def test_the_highest_seed_is_accepted_and_negative_seeds_do_not_wrap_onto_it():
+    top = sample(FakeModel(), POS, seed=2**64 - 1, **SMALL)
+    assert not torch.equal(top, sample(FakeModel(), POS, seed=0, **SMALL))
+    for seed in (-1, 2**64):
+        with pytest.raises(InvalidInputError, match=r"seed must be a whole number from 0 to 18446744073709551615"):
+            sample(FakeModel(), POS, seed=seed, **SMALL)
+
+
+class Blocks(FakeModel):
+    """FakeModel run through a stack of 4 blocks, like a transformer's `layers`; counts the blocks run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Identity() for _ in range(4))
+        self.blocks_run = 0
+
+    def forward(self, x, sigma, context, context_mask):
+        for block in self.layers:
+            x = block(x)
+            self.blocks_run += 1
+        return super().forward(x, sigma, context, context_mask)
+
+
+def test_interrupt_stops_a_model_call_between_blocks_and_its_hooks_go_away():
+    class Cancelled(Exception):
+        pass
+
+    checks = []
+
+    def interrupt():
+        checks.append(len(checks))
+        if len(checks) == 7:  # 4 blocks and the end of step 1, the first block of step 2, then its second block
+            raise Cancelled
+
+    model = Blocks()
+    with pytest.raises(Cancelled):
+        sample(model, POS, NEG, interrupt=interrupt, **SMALL)
+    assert model.blocks_run == 5  # 4 in the first call, then 1 more: the stop came inside a call
+    sample(model, POS, NEG, **SMALL)  # without interrupt: no hook left behind
+    assert len(checks) == 7 and model.blocks_run == 5 + 4 * 4
+
+
+def test_memory_refusal_asks_the_host_to_make_room_first(monkeypatch):
+    from lumina_core.sampling import memory
+
+    free = [1024]
+    asked = []
+    monkeypatch.setattr(memory, "available_bytes", lambda device: free[0])
+
+    def make_room(needed, device):
+        asked.append(needed)
+        free[0] = needed  # the host unloaded enough
+
+    model = FakeModel()
+    model.config = SimpleNamespace(dim=64, ffn_hidden=256, patch_size=2)  # what the estimate reads
+    sample(model, POS, make_room=make_room, **SMALL)
+    assert len(asked) == 1 and asked[0] > 1024
+    free[0] = 1024
+    with pytest.raises(InvalidInputError, match=r"needs at least .* but only 1.0 KiB is available"):
+        sample(model, POS, **SMALL)
+
+
+def test_sizes_stop_where_the_models_rope_positions_end():
+    from lumina_core import tiny
+    from lumina_core.models.lumina_next import LuminaNextTransformer
+
+    lumina2 = tiny.make_transformer(0)
+    assert lumina2.latent_shape(1, 8192, 16)[-2:] == (1024, 2)
+    with pytest.raises(InvalidInputError, match=r"height 8208 is too large: Lumina-Image 2.0 addresses at most 512"):
+        lumina2.latent_shape(1, 8208, 16)
+    with torch.device("meta"):
+        lumina_next = LuminaNextTransformer(tiny.TINY_LUMINA_NEXT)
+    lumina_next.latent_shape(1, 16, 6144)
+    with pytest.raises(InvalidInputError, match=r"width 6160 is too large: Lumina-Next .* 384 patches .* 6144 px"):
+        lumina_next.latent_shape(1, 16, 6160)
+    with torch.device("meta"):
+        ltxv = tiny.LTXVideoTransformer(tiny.TINY_LTXV)
+    assert ltxv.latent_shape(1, 2048, 32, frames=497)[2] == 63  # 496 frames after the first: 19.84 s at 25 fps
+    with pytest.raises(InvalidInputError, match=r"505 frames at 25 fps is too long"):
+        ltxv.latent_shape(1, 32, 32, frames=505)
+    ltxv.latent_shape(1, 32, 32, frames=1001, frame_rate=50.0)  # the same 20 s at 50 fps

@@ -126,3 +126,24 @@ def test_signatures_exclude_each_other():
     """Each signature's own keys match it alone, so detection never depends on the table's order."""
     for signature in SIGNATURES:
         assert matching_signatures(set(signature.required)) == [signature], signature.description
+
+
+def test_consensus_shapes_outvote_one_damaged_block_tensor_only():
+    from lumina_core.loading.consensus import consensus_shapes
+
+    shapes = {
+        "layers.0.feed_forward.w1.weight": (64, 256),  # transposed
+        "layers.1.feed_forward.w1.weight": (256, 64),
+        "noise_refiner.0.feed_forward.w1.weight": (256, 64),  # breaks the 1 : 1 tie within `layers`
+        "layers.0.attention.qkv.weight": (128, 64),
+        "layers.1.attention.qkv.weight": (128, 64),
+        "cap_embedder.0.weight": (32,),  # an nn.Sequential, not a block list: never voted on
+        "cap_embedder.1.weight": (64, 32),
+        "t_embedder.mlp.0.weight": (64, 256),
+        "t_embedder.mlp.2.weight": (64, 64),
+    }
+    agreed = consensus_shapes(shapes)
+    assert agreed == {**shapes, "layers.0.feed_forward.w1.weight": (256, 64)}
+    assert consensus_shapes({k: v for k, v in shapes.items() if "noise_refiner" not in k})[
+        "layers.0.feed_forward.w1.weight"
+    ] == (64, 256)  # a tie with nothing to break it: the tensor keeps its own shape
