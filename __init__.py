@@ -1,14 +1,9 @@
-"""ComfyUI entry point: ComfyUI imports this folder from custom_nodes/ and reads the two mappings."""
+"""ComfyUI entry point: ComfyUI imports this folder from custom_nodes/ as a package and reads the two mappings.
 
-import os
-import sys
+The nodes import the core relatively (`from ..lumina_core import ...`), so every copy of the pack runs its own
+`lumina_core`, and nothing is added to `sys.path`.
+"""
 
-# The nodes import `lumina_core` as a top-level package. Appended, not prepended, so ComfyUI's own
-# top-level modules (it has a `nodes` module too) always win over this folder's.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.append(_HERE)
-
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -11,17 +11,23 @@ from .errors import LuminaCoreError
 
 def build_parser() -> argparse.ArgumentParser:
     from .sampling import SCHEDULES, SOLVERS
+    from .sampling.recipes import RECIPES
     from .text.prompts import SYSTEM_PROMPTS
 
     parser = OneLineParser(
-        prog="python -m lumina_core", description="Lumina-Image 2.0, Lumina-Next and LTX-Video in plain PyTorch."
+        prog="python -m lumina_core",
+        description="Lumina-Image 2.0, Lumina-Next, Z-Image and LTX-Video in plain PyTorch.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
     gen = commands.add_parser("generate", help="text to image (or video, with an LTX-Video model) from checkpoints")
     gen.add_argument("--transformer", required=True, help="DiT file or folder (an all-in-one file works for all three)")
-    gen.add_argument("--text-encoder", help="Gemma / Gemma-2 / T5 file or folder (default: the --transformer file)")
-    gen.add_argument("--tokenizer", help="T5 tokenizer folder or file, for a single-file T5 without one beside it")
+    gen.add_argument(
+        "--text-encoder", help="Gemma / Gemma-2 / Qwen3 / T5 file or folder (default: the --transformer file)"
+    )
+    gen.add_argument(
+        "--tokenizer", help="T5 or Qwen tokenizer folder or file, for a single-file T5 / Qwen3 without one beside it"
+    )
     gen.add_argument("--vae", help="VAE file or folder (default: the --transformer file)")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative-prompt", default="")
@@ -33,10 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-tokens", type=int, default=128, help="T5 prompt length, 128 to 256")
     gen.add_argument("--batch-size", type=int, default=1)
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--steps", type=int, default=30)
-    gen.add_argument("--cfg", type=float, help="guidance scale (default: the model's: 4 Lumina, 3 LTX-Video)")
+    gen.add_argument("--steps", type=int, help="solver steps (default: the recipe's: 30; 8 Z-Image-Turbo)")
     gen.add_argument(
-        "--shift", type=float, help="time shift (default: the model's: 6 Lumina 2, 4 Lumina-Next, LTX from the size)"
+        "--cfg", type=float, help="guidance scale (default: the recipe's: 4 Lumina, 3 LTX-Video, 1 = off Z-Image-Turbo)"
+    )
+    gen.add_argument(
+        "--shift",
+        type=float,
+        help="time shift (default: the recipe's: 6 Lumina 2, 4 Lumina-Next, 3 Z-Image-Turbo, LTX from the size)",
+    )
+    gen.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        help="reference settings for steps/cfg/shift/schedule/renorm left unset (default: the model's family; "
+        "zimage_base for Z-Image base, whose files look like Z-Image-Turbo's)",
     )
     gen.add_argument("--solver", default="euler", choices=sorted(SOLVERS))
     gen.add_argument(
@@ -48,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--renorm-cfg",
         type=float,
-        help="clamp guided norm to this x cond norm (0 = off; default: 1 Lumina 2, 0 Lumina-Next)",
+        help="clamp guided norm to this x cond norm (0 = off; default: 1 Lumina 2, 0 the others)",
     )
     gen.add_argument(
         "--compile", action="store_true", help="torch.compile the transformer (whole graph; the first run compiles)"
@@ -98,12 +114,11 @@ def generate(args: argparse.Namespace) -> None:
         prompt=args.prompt, negative_prompt=args.negative_prompt, system_prompt=args.system_prompt,
         batch_size=args.batch_size, seed=args.seed, steps=args.steps, cfg=args.cfg, shift=args.shift,
         solver=args.solver, schedule=args.schedule, cfg_trunc=args.cfg_trunc, renorm_cfg=args.renorm_cfg,
-        compile=args.compile, cache=args.cache,
+        compile=args.compile, cache=args.cache, recipe=args.recipe, tokenizer=args.tokenizer,
         **{k: v for k, v in (("width", args.width), ("height", args.height)) if v is not None},
     )  # fmt: skip
     if video:
-        request = VideoRequest(**settings, frames=args.frames, frame_rate=args.frame_rate, max_tokens=args.max_tokens,
-                               tokenizer=args.tokenizer)  # fmt: skip
+        request = VideoRequest(**settings, frames=args.frames, frame_rate=args.frame_rate, max_tokens=args.max_tokens)
     else:
         request = ImageRequest(**settings)
     check_request(request)  # every setting, then the output location, before any model is loaded

@@ -12,6 +12,7 @@ from .errors import InvalidInputError
 FAMILY_NAMES = {
     "lumina2": ("Lumina-Image 2.0", "Gemma-2-2B"),
     "lumina_next": ("Lumina-Next", "Gemma-2B (Gemma 1)"),
+    "zimage": ("Z-Image", "Qwen3-4B"),
     "ltxv": ("LTX-Video", "T5-XXL"),
 }
 
@@ -22,7 +23,7 @@ class Conditioning:
 
     embeds: (B, L, D) float hidden states, right padded.
     mask:   (B, L) bool, True for real tokens. Every row has at least one True.
-    family: the model family the encoder made it for ("lumina2", "lumina_next", "ltxv"), so a sampler can name
+    family: the model family the encoder made it for ("lumina2", "lumina_next", "zimage", "ltxv"), so a sampler can name
             both sides of a miswired graph; None for features from elsewhere (checked by width only).
     """
 

@@ -5,8 +5,10 @@ The same random weights are saved in each layout a user may download (original s
 Hugging Face folder; the VAE as FLUX `ae.safetensors` and a diffusers folder). Text-to-image runs from
 each, and the pictures must agree: the same weights give the same image whatever the file layout.
 Lumina-Next (with Gemma and the SDXL VAE) then renders with its reference settings and with the few-step
-sigmoid schedule and context drop, and LTX-Video (its single file with the VAE inside, and T5) renders a short
-clip as an animated WEBP and, with PyAV installed, an MP4.
+sigmoid schedule and context drop; Z-Image (with Qwen3 and the FLUX VAE) with Z-Image-Turbo's recipe from its
+original and ComfyUI bf16 files and a GGUF made by the converter, and with Z-Image base's recipe; and LTX-Video
+(its single file with the VAE inside, and T5) renders a short clip as an animated WEBP and, with PyAV
+installed, an MP4.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def build_checkpoints(folder: Path, seed: int = 0) -> dict[str, Path]:
         tiny.make_gemma1(seed), spm_model, "comfy.safetensors", next_folder
     )
     paths["lumina_next/vae"] = tiny.write_vae(tiny.make_vae(seed, tiny.TINY_SDXL_VAE), "ae.safetensors", next_folder)
+    paths |= _build_zimage(folder / "zimage", seed, paths["vae/ae.safetensors"])
     ltxv_folder = folder / "ltxv"
     ltxv_folder.mkdir(exist_ok=True)
     paths["ltxv/checkpoint"] = tiny.write_ltxv_all_in_one(
@@ -92,6 +95,7 @@ def run_demo(out: Path, steps: int = 4, width: int = 128, height: int = 96) -> l
     print(f"{'t2i_batch (2 images, cfg truncation 0.5)':40s} -> {written[-2]}, {written[-1]}")
     _report_agreement(pixels)
     written += _run_lumina_next(paths, request, out)
+    written += _run_zimage(paths, request, out)
     written += _run_ltxv(paths, steps, out)
     return written
 
@@ -108,6 +112,49 @@ def _run_lumina_next(paths: dict[str, Path], request: ImageRequest, out: Path) -
         start = time.perf_counter()
         written += save_images(text_to_image(*files, settings), out / f"{name}.png")
         print(f"{name:40s} {time.perf_counter() - start:5.2f} s  -> {written[-1]}")
+    return written
+
+
+def _build_zimage(folder: Path, seed: int, vae: Path) -> dict[str, Path]:
+    """Z-Image as Tongyi-MAI's original file, ComfyUI's bf16 repack and a Q8_0 GGUF; Qwen3 as a Hugging Face folder
+    and as ComfyUI's single file (its tokenizer in qwen_tokenizer/ beside it); the FLUX VAE is Lumina 2's."""
+    from .gguf.convert import convert
+
+    folder.mkdir(parents=True)
+    transformer, qwen3 = tiny.make_transformer(seed, tiny.TINY_ZIMAGE), tiny.make_qwen3(seed)
+    tokenizer = tiny.train_qwen_tokenizer()
+    paths = {f"zimage/{layout}": tiny.write_transformer(transformer, layout, folder)
+             for layout in ("original.safetensors", "comfy_bf16.safetensors")}  # fmt: skip
+    paths["zimage/q8_0.gguf"] = folder / "z_image_turbo-Q8_0.gguf"
+    convert(paths["zimage/original.safetensors"], paths["zimage/q8_0.gguf"], "Q8_0")
+    for layout in ("hf_folder", "comfy.safetensors"):
+        paths[f"zimage/qwen3_{layout}"] = tiny.write_qwen3_text_encoder(qwen3, tokenizer, layout, folder / "qwen3")
+    paths["zimage/vae"] = vae
+    return paths
+
+
+def _run_zimage(paths: dict[str, Path], request: ImageRequest, out: Path) -> list[Path]:
+    """Z-Image-Turbo's recipe (steps, cfg, shift left None) from three transformer layouts and both text-encoder
+    layouts, which must agree, then Z-Image base's recipe (guided, shift 6)."""
+    turbo = ImageRequest(**{**request.__dict__, "steps": None, "solver": "euler"})
+    qwen_tokenizer = str(paths["zimage/qwen3_comfy.safetensors"].parent / "qwen_tokenizer")
+    runs = {
+        "t2i_zimage_turbo": ("original.safetensors", "hf_folder", turbo),
+        "t2i_zimage_turbo_comfy_bf16": ("comfy_bf16.safetensors", "comfy.safetensors",
+                                        ImageRequest(**{**turbo.__dict__, "tokenizer": qwen_tokenizer})),
+        "t2i_zimage_turbo_gguf_q8_0": ("q8_0.gguf", "hf_folder", turbo),
+        "t2i_zimage_base_recipe": ("original.safetensors", "hf_folder",
+                                   ImageRequest(**{**turbo.__dict__, "recipe": "zimage_base", "steps": 4})),
+    }  # fmt: skip
+    written, pixels = [], {}
+    for name, (transformer, encoder, settings) in runs.items():
+        start = time.perf_counter()
+        files = (paths[f"zimage/{transformer}"], paths[f"zimage/qwen3_{encoder}"], paths["zimage/vae"])
+        images = text_to_image(*files, settings)
+        written += save_images(images, out / f"{name}.png")
+        pixels[name] = np.asarray(images[0], dtype=np.float32)
+        print(f"{name:40s} {time.perf_counter() - start:5.2f} s  -> {written[-1]}")
+    _report_agreement({k: v for k, v in pixels.items() if "turbo" in k}, "t2i_zimage_turbo")
     return written
 
 
@@ -135,11 +182,11 @@ def _run_name(layout: str) -> str:
     return "t2i_" + layout.removesuffix(".safetensors").replace(".", "_")
 
 
-def _report_agreement(pixels: dict[str, np.ndarray]) -> None:
-    reference = pixels["t2i_original"]
+def _report_agreement(pixels: dict[str, np.ndarray], reference_name: str = "t2i_original") -> None:
+    reference = pixels[reference_name]
     for name, image in pixels.items():
-        # bf16 weights round every tensor, so that layout may differ by a few grey levels.
-        limit = 40.0 if "bf16" in name else 1.0
+        # bf16 weights (and Q8_0 blocks) round every tensor, so those layouts may differ by a few grey levels.
+        limit = 40.0 if "bf16" in name or "q8_0" in name else 1.0
         difference = float(np.abs(image - reference).max())
         status = "same picture" if difference <= limit else "DIFFERENT"
         print(f"  {name:38s} max |difference| vs original layout: {difference:5.1f}/255  {status}")

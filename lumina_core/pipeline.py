@@ -20,7 +20,7 @@ from .models.ltxv import DEFAULT_FRAME_RATE
 from .outputs import to_pil
 from .sampling import check_settings, sample
 from .sampling.memory import check_memory
-from .sampling.recipes import family_defaults
+from .sampling.recipes import named_recipe
 from .text import load_text_encoder
 from .vae import load_vae
 from .vae.load import is_video_vae
@@ -32,10 +32,11 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 @dataclass
 class ImageRequest:
-    """Everything `text_to_image` needs; defaults follow `lumina_core.sample`, and None takes the family's
-    default (`lumina_core.sampling.recipes`). system_prompt applies to Lumina-Image 2.0 only (Lumina-Next has no
-    template).
-    model_options: the model's own keywords (Lumina-Next's rope_scaling, context_drop_ratio...).
+    """Everything `text_to_image` needs; defaults follow `lumina_core.sample`, and None takes the recipe's value:
+    `recipe` names a row of `lumina_core.sampling.recipes.RECIPES` (e.g. "zimage_base"), None the model family's
+    default. system_prompt applies to Lumina-Image 2.0 only (Lumina-Next and Z-Image have no template).
+    model_options: the model's own keywords (Lumina-Next's rope_scaling, context_drop_ratio...). tokenizer: a
+    tokenizer folder or file for a single-file text encoder without one beside it (T5, Qwen3).
     compile, cache: `sample`'s torch.compile switch and step-cache (TeaCache) threshold (None: off)."""
 
     prompt: str
@@ -45,7 +46,7 @@ class ImageRequest:
     height: int = 1024
     batch_size: int = 1
     seed: int = 0
-    steps: int = 30
+    steps: int | None = None
     cfg: float | None = None
     shift: float | None = None
     solver: str = "euler"
@@ -55,19 +56,21 @@ class ImageRequest:
     model_options: dict | None = None
     compile: bool = False
     cache: float | None = None
+    recipe: str | None = None
+    tokenizer: str | None = None
 
     def for_family(self, family: str) -> ImageRequest:
-        """A copy with the settings left None filled in from the family's defaults."""
-        return replace(self, **{k: v for k, v in family_defaults(family).items() if getattr(self, k) is None})
+        """A copy with the settings left None filled in from the recipe (by default the family's own)."""
+        recipe = named_recipe(self.recipe, family)
+        return replace(self, **{k: v for k, v in recipe.items() if getattr(self, k) is None})
 
 
 @dataclass
 class VideoRequest(ImageRequest):
     """An ImageRequest for a video model (LTX-Video): 768x512, 97 frames at 25 fps by default.
 
-    max_tokens: the T5 prompt length (128 as diffusers' pipeline, up to 256). tokenizer: a T5 tokenizer folder
-    or file, for a single-file T5 with none beside it. decode_timestep and decode_noise_scale: the
-    timestep-conditioned VAE's decode settings (0.9.1 and later), seeded by `seed`.
+    max_tokens: the T5 prompt length (128 as diffusers' pipeline, up to 256). decode_timestep and
+    decode_noise_scale: the timestep-conditioned VAE's decode settings (0.9.1 and later), seeded by `seed`.
     """
 
     width: int = 768
@@ -75,7 +78,6 @@ class VideoRequest(ImageRequest):
     frames: int = 97
     frame_rate: float = DEFAULT_FRAME_RATE
     max_tokens: int = 128
-    tokenizer: str | None = None
     decode_timestep: float = DEFAULT_DECODE_TIMESTEP
     decode_noise_scale: float = DEFAULT_DECODE_NOISE_SCALE
 
@@ -188,8 +190,8 @@ def _frames(request: ImageRequest, is_video: bool) -> dict:
     return {"frames": request.frames} if is_video else {}
 
 
-def _encode(path, request: ImageRequest, dtype, device) -> tuple[Conditioning, Conditioning]:
-    tokenizer = {"tokenizer": request.tokenizer} if isinstance(request, VideoRequest) and request.tokenizer else {}
+def _encode(path, request: ImageRequest, dtype, device) -> tuple[Conditioning, Conditioning | None]:
+    tokenizer = {"tokenizer": request.tokenizer} if request.tokenizer else {}
     encoder = load_text_encoder(path, dtype=dtype, device=device, **tokenizer)
     if encoder.family == "ltxv":
         return tuple(
@@ -197,6 +199,8 @@ def _encode(path, request: ImageRequest, dtype, device) -> tuple[Conditioning, C
         )
     template = request.system_prompt if encoder.family == "lumina2" else None
     positive = encoder.encode([request.prompt], system_prompt=template)
+    if request.cfg == 1.0:  # no guidance (Z-Image-Turbo's recipe): the negative prompt is never used
+        return positive, None
     negative = encoder.encode([request.negative_prompt], system_prompt=template, negative=True)
     return positive, negative
 

@@ -21,6 +21,7 @@ from .loading.keymaps.lumina2 import to_diffusers
 from .models.ltxv import LTXVideoConfig, LTXVideoTransformer
 from .models.lumina2 import Lumina2Config, Lumina2Transformer
 from .models.lumina_next import LuminaNextConfig, LuminaNextTransformer
+from .models.zimage import ZImageConfig, ZImageTransformer
 from .text.prompts import PROMPT_START, SYSTEM_PROMPTS
 from .vae.autoencoder import Autoencoder, AutoencoderConfig
 from .vae.ltx_video import BlockSpec, LTXVideoVAE, LTXVideoVAEConfig
@@ -111,8 +112,10 @@ def spm_tensor(spm_model: bytes) -> torch.Tensor:
 
 
 def make_transformer(seed: int = 0, config: Lumina2Config = TINY_TRANSFORMER) -> Lumina2Transformer:
+    """A random Lumina-Image 2.0 transformer, or a Z-Image one for a `ZImageConfig` (e.g. TINY_ZIMAGE)."""
     torch.manual_seed(seed)
-    return randomise_parameters(Lumina2Transformer(config), seed)
+    model_class = ZImageTransformer if isinstance(config, ZImageConfig) else Lumina2Transformer
+    return randomise_parameters(model_class(config), seed)
 
 
 def make_lumina_next(seed: int = 0, config: LuminaNextConfig = TINY_LUMINA_NEXT) -> LuminaNextTransformer:
@@ -144,8 +147,8 @@ def make_vae(seed: int = 0, config: AutoencoderConfig = TINY_VAE) -> Autoencoder
 def transformer_tensors(model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
     """Original / ComfyUI names, with the unused tensor the released files carry (Lumina 2's `norm_final.weight`,
     Lumina-Next's `pad_token`)."""
-    unused = "norm_final.weight" if model.family == "lumina2" else "pad_token"
-    state = {**_contiguous(model.state_dict()), unused: torch.ones(model.config.dim)}
+    unused = {"lumina2": "norm_final.weight", "lumina_next": "pad_token"}.get(model.family)
+    state = {**_contiguous(model.state_dict()), **({unused: torch.ones(model.config.dim)} if unused else {})}
     return {prefix + k: v for k, v in state.items()}
 
 
@@ -156,7 +159,7 @@ def gemma_tensors(model, prefix: str = "model.") -> dict[str, torch.Tensor]:
 def write_transformer(model: nn.Module, layout: str, folder: Path) -> Path:
     """Layouts: original.safetensors, original.pth, comfy_bf16.safetensors, diffusers_single.safetensors,
     diffusers_pipeline (a folder with transformer/config.json and weights). Returns the path to load.
-    A Lumina-Next model takes the first three (the diffusers ones need diffusers' converter: see the tests)."""
+    Lumina-Next and Z-Image models take the first three (the diffusers ones need diffusers: see the tests)."""
     path = Path(folder) / layout
     original = transformer_tensors(model)
     if model.family != "lumina2" and layout.startswith("diffusers"):
@@ -388,3 +391,117 @@ def write_ltxv_all_in_one(transformer: LTXVideoTransformer, vae: LTXVideoVAE, pa
     }
     save_file(tensors, path, metadata=ltxv_config_metadata(transformer.config))
     return Path(path)
+
+
+# ---- Z-Image and its Qwen3 text encoder ---------------------------------------------------------------------
+
+# Z-Image at toy width: head 16 with the released RoPE split scaled down (4, 6, 6, what loading derives), no
+# grouped kv heads (as released), the release's 1024-wide timestep MLP, 16 latent channels (FLUX VAE) and the
+# tiny Qwen3's 32-wide features.
+TINY_ZIMAGE = ZImageConfig(
+    in_channels=16, dim=64, n_layers=2, n_refiner_layers=1, n_heads=4, n_kv_heads=4, ffn_hidden=170, cap_feat_dim=32,
+    axes_dims=(4, 6, 6), adaln_dim=64, t_hidden_dim=1024,
+)  # fmt: skip
+# Qwen3 at toy size: grouped kv heads and a head_dim that is not hidden / heads, as Qwen3-4B has (128 vs 80).
+TINY_QWEN3 = {
+    "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 16, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+}  # fmt: skip
+TINY_QWEN_PIECES = 400  # byte-level BPE: the 256 byte symbols, then merges
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # appended after the pieces, as in Qwen's
+QWEN_ADDED_TOKENS = ("<think>", "</think>")
+# The part of Qwen3's chat template a one-message prompt meets: each message in <|im_start|> ... <|im_end|>, then the
+# assistant's turn, with an empty think block only when thinking is switched off.
+QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}{%- endif %}"
+)
+QWEN_TOKENIZER_CORPUS = [
+    *TOKENIZER_CORPUS,
+    '一只红色的狐狸坐在新雪中，晨光柔和。 A poster with the words "Z-Image" in bold letters, 8k, photorealistic.',
+]
+
+
+def train_qwen_tokenizer():
+    """A byte-level BPE `tokenizers.Tokenizer` built as Qwen's is (NFC, Qwen2's split pattern, bytes to symbols),
+    with Qwen's chat tokens as special tokens after the pieces."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    from .gguf.text import PRE_TOKENIZER_PATTERNS
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRE_TOKENIZER_PATTERNS["qwen2"]), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])  # fmt: skip
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_QWEN_PIECES, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tokenizer.train_from_iterator(QWEN_TOKENIZER_CORPUS * 4, trainer)
+    tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in QWEN_SPECIAL_TOKENS])
+    tokenizer.add_tokens([AddedToken(t, normalized=False) for t in QWEN_ADDED_TOKENS])
+    return tokenizer
+
+
+def write_qwen_tokenizer(tokenizer, folder: Path, tokenizer_json: bool = True) -> Path:
+    """The tokenizer in a Hugging Face folder: tokenizer.json (or, as ComfyUI ships Qwen's, vocab.json and
+    merges.txt) and tokenizer_config.json with the chat template; returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if tokenizer_json:
+        tokenizer.save(str(folder / "tokenizer.json"))
+    else:
+        tokenizer.model.save(str(folder))  # vocab.json, merges.txt; the added tokens go in the config below
+    added = {
+        str(tokenizer.token_to_id(t)): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                                        "single_word": False, "special": t in QWEN_SPECIAL_TOKENS}
+        for t in (*QWEN_SPECIAL_TOKENS, *QWEN_ADDED_TOKENS)
+    }  # fmt: skip
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer", "added_tokens_decoder": added, "add_prefix_space": False,
+        "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": None,
+        "model_max_length": 40960, "chat_template": QWEN3_CHAT_TEMPLATE, "errors": "replace",
+    }  # fmt: skip
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def make_qwen3(seed: int = 0, vocab_size: int | None = None, **overrides):
+    """A random transformers Qwen3Model (sdpa attention); RMS-norm gains near 1 (Qwen3 scales by w)."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    vocab = vocab_size or TINY_QWEN_PIECES + len(QWEN_SPECIAL_TOKENS) + len(QWEN_ADDED_TOKENS)
+    config = Qwen3Config(**{"vocab_size": vocab, **TINY_QWEN3, **overrides}, attn_implementation="sdpa")
+    return randomise_parameters(Qwen3Model(config), seed, std=0.2)
+
+
+def qwen3_tensors(model, prefix: str = "model.") -> dict[str, torch.Tensor]:
+    """ComfyUI's qwen_3_4b.safetensors names (and Qwen3ForCausalLM's without its tied lm_head)."""
+    return {prefix + k: v for k, v in _contiguous(model.state_dict()).items()}
+
+
+def write_qwen3_text_encoder(model, tokenizer, layout: str, folder: Path) -> Path:
+    """Layouts: comfy.safetensors (weights only, as ComfyUI's qwen_3_4b file; the tokenizer goes to
+    qwen_tokenizer/ beside it in ComfyUI's vocab.json + merges.txt form, to pass as `tokenizer_dirs`), hf_folder
+    (config.json, weights, tokenizer), diffusers_pipeline (model_index.json, text_encoder/, tokenizer/)."""
+    path = Path(folder) / layout
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if layout == "comfy.safetensors":
+        save_file(qwen3_tensors(model), path)
+        write_qwen_tokenizer(tokenizer, path.parent / "qwen_tokenizer", tokenizer_json=False)
+    elif layout == "hf_folder":
+        path.mkdir(parents=True)
+        model.config.save_pretrained(path)
+        save_file(qwen3_tensors(model), path / "model.safetensors")
+        write_qwen_tokenizer(tokenizer, path)
+    elif layout == "diffusers_pipeline":
+        model.save_pretrained(path / "text_encoder")
+        write_qwen_tokenizer(tokenizer, path / "tokenizer")
+        (path / "model_index.json").write_text(json.dumps({"_class_name": "ZImagePipeline"}))
+    else:
+        raise ValueError(f"unknown Qwen3 layout {layout!r}")
+    return path

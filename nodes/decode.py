@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import lumina_core
-from lumina_core.models.ltxv import DEFAULT_FRAME_RATE
-from lumina_core.vae import TileSettings
-from lumina_core.vae.ltx_video import DEFAULT_DECODE_NOISE_SCALE, DEFAULT_DECODE_TIMESTEP
-
+from .. import lumina_core
+from ..lumina_core.models.ltxv import DEFAULT_FRAME_RATE
+from ..lumina_core.vae import TileSettings
+from ..lumina_core.vae.ltx_video import DEFAULT_DECODE_NOISE_SCALE, DEFAULT_DECODE_TIMESTEP
 from . import comfy_bridge as bridge
-from .handles import Handle
+from .handles import Handle, decoding_memory
 
 CATEGORY = "Lumina"
 
@@ -38,8 +37,8 @@ class LuminaVAEDecode:
                 f"this VAE ({vae.source}) decodes {vae.model.latent_channels}-channel image latents; got a latent "
                 f"of shape {tuple(latent.shape)}: is it from a model of another family?"
             )
-        with vae.placed() as module:
-            images = module.decode_raw(latent)  # (B, 3, H, W) in [0, 1]
+        device = vae.load(decoding_memory(vae.model, tuple(latent.shape)))
+        images = vae.model.decode_raw(latent, device=device)  # (B, 3, H, W) in [0, 1]
         return (images.permute(0, 2, 3, 1).to(bridge.intermediate_device()),)
 
 
@@ -95,8 +94,10 @@ class LTXVideoDecode:
                 f"{tuple(latent.shape)}: is it from an image model?"
             )
         settings = {"timestep": decode_timestep, "noise_scale": decode_noise_scale, "seed": seed}
-        with vae.placed() as module:
-            video = module.decode(latent, tile=_tiles(tile_size, tile_frames), **settings)  # (B, 3, T, H, W)
+        tiles = _tiles(tile_size, tile_frames)
+        device = vae.load(decoding_memory(vae.model, _tile_shape(latent.shape, tiles)))
+        # A whole decode that runs out of memory is retried in tiles by the core (`LTXVideoVAE.decode`).
+        video = vae.model.decode(latent, tile=tiles, device=device, **settings)  # (B, 3, T, H, W)
         frames = video.permute(0, 2, 3, 4, 1).flatten(0, 1)  # (B*T, H, W, 3), ComfyUI's frame batch
         return (frames.to(bridge.intermediate_device()), float(samples.get("frame_rate", DEFAULT_FRAME_RATE)))
 
@@ -107,3 +108,11 @@ def _tiles(tile_size: int, tile_frames: int) -> TileSettings | None:
     size = tile_size // 32  # the widget keeps it a multiple of 32 from 64 up
     frames = max(2, (tile_frames - 1) // 8)
     return TileSettings(size=size, overlap=max(1, size // 4), frames=frames, frame_overlap=max(1, frames // 4))
+
+
+def _tile_shape(shape: tuple[int, ...], tiles: TileSettings | None) -> tuple[int, ...]:
+    """The latent shape one decode call sees: the whole latent, or one tile of it."""
+    if tiles is None:
+        return tuple(shape)
+    batch, channels, frames, height, width = shape
+    return (batch, channels, min(frames, tiles.frames), min(height, tiles.size), min(width, tiles.size))

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import torch
 
-import lumina_core
-from lumina_core.models.ltxv import DEFAULT_FRAME_RATE
-from lumina_core.models.lumina_next import ROPE_SCALINGS
-from lumina_core.sampling import SCHEDULES, SOLVERS, check_settings
-from lumina_core.text.prompts import SYSTEM_PROMPTS
-from lumina_core.vae import first_frame_conditioning
-
+from .. import lumina_core
+from ..lumina_core.models.ltxv import DEFAULT_FRAME_RATE
+from ..lumina_core.models.lumina_next import ROPE_SCALINGS
+from ..lumina_core.sampling import SCHEDULES, SOLVERS, check_settings
+from ..lumina_core.sampling.recipes import family_defaults
+from ..lumina_core.text.prompts import SYSTEM_PROMPTS
+from ..lumina_core.vae import first_frame_conditioning
 from . import comfy_bridge as bridge
-from .handles import Handle
+from .handles import Handle, decoding_memory, encoding_memory, sampling_memory
 
 CATEGORY = "Lumina"
-SIZE_MULTIPLE = 16  # 8x VAE downscale x patch 2 (Lumina-Image 2.0); the model re-checks its own rule
+SIZE_MULTIPLE = 16  # 8x VAE downscale x patch 2 (Lumina-Image 2.0); the model checks its own rule before loading
+AUTO = -1.0  # shift / cfg_renorm: the family's recipe (lumina_core.sampling.recipes)
 
 
 NEXT_ONLY = " Lumina-Next only; other models ignore it."
@@ -49,25 +50,27 @@ VIDEO_OPTIONS = {
 
 
 class GemmaEncode:
-    DISPLAY_NAME = "Gemma Encode (Lumina)"
+    DISPLAY_NAME = "Gemma / Qwen3 Encode (Lumina, Z-Image)"
     DESCRIPTION = ("Encodes a prompt for the model its text encoder belongs to. For Lumina-Image 2.0 (Gemma-2) the "
                    "prompt gets the chosen system prompt template, and an empty prompt is encoded as '' without "
                    "one, as the original code does for negative prompts. Lumina-Next (Gemma) takes the bare "
-                   "prompt.")  # fmt: skip
+                   "prompt; Z-Image (Qwen3-4B) takes it in Qwen3's chat template, as its pipeline does (at most 512 "
+                   "tokens).")  # fmt: skip
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LUMINA_CONDITIONING",)
     RETURN_NAMES = ("conditioning",)
     FUNCTION = "encode"
-    SERVES = ("lumina2", "lumina_next")
+    SERVES = ("lumina2", "lumina_next", "zimage")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "text_encoder": ("LUMINA_TEXT_ENCODER", {"tooltip": "From Load Gemma Text Encoder."}),
+            "text_encoder": ("LUMINA_TEXT_ENCODER", {"tooltip": "From Load Gemma / Qwen3 Text Encoder."}),
             "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Long, detailed prompts work best."}),
             "system_prompt": (list(SYSTEM_PROMPTS), {
                 "default": "real", "tooltip": "Lumina-Image 2.0's sample.py presets; 'real' is its default. "
-                                              "Ignored for Lumina-Next, which was trained without one."}),
+                                              "Ignored for Lumina-Next and Z-Image, which were trained without "
+                                              "one."}),
         }}  # fmt: skip
 
     def encode(self, text_encoder: Handle, prompt: str, system_prompt: str):
@@ -106,8 +109,9 @@ def _encode(node, text_encoder: Handle, prompts: list[str], **options) -> tuple:
         other = next((cls for cls in (GemmaEncode, T5Encode) if text_encoder.family in cls.SERVES), None)
         where = f"encode with {other.DISPLAY_NAME} instead" if other else "no encode node of this pack takes it"
         raise lumina_core.InvalidInputError(f"this text encoder serves {text_encoder.family}: {where}.")
-    with text_encoder.placed() as encoder:
-        conditioning = encoder.encode(prompts, **options)
+    tokens = getattr(text_encoder.model, "max_tokens", 256)
+    device = text_encoder.load(encoding_memory(text_encoder.model, len(prompts), tokens))
+    conditioning = text_encoder.model.encode(prompts, device=device, **options)
     return (conditioning.to(bridge.intermediate_device()),)
 
 
@@ -115,8 +119,9 @@ class FlowSampler:
     DISPLAY_NAME = "Flow Sampler (Lumina)"
     DESCRIPTION = ("Flow-matching sampler for every Lumina family: Lumina-Image 2.0's CFG truncation and "
                    "renormalisation (original semantics), Lumina-Next's resolution extrapolation, context drop and "
-                   "few-step sigmoid schedule, LTX-Video text- and image-to-video (use schedule ltx, shift 0, cfg 3, "
-                   "cfg_renorm 0, as the shipped workflow does). Outputs a standard LATENT that core nodes "
+                   "few-step sigmoid schedule, Z-Image (Turbo: 8 euler steps, cfg 1, no negative needed), "
+                   "LTX-Video text- and image-to-video. shift, schedule and cfg_renorm default to auto: the model "
+                   "family's reference recipe. Outputs a standard LATENT (raw VAE space) that core nodes "
                    "accept.")  # fmt: skip
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT",)
@@ -127,8 +132,7 @@ class FlowSampler:
         return {
             "required": {
                 "model": ("LUMINA_MODEL", {"tooltip": "From Load Lumina Transformer."}),
-                "positive": ("LUMINA_CONDITIONING", {"tooltip": "What to draw: a Gemma Encode of your prompt."}),
-                "negative": ("LUMINA_CONDITIONING", {"tooltip": "An empty Gemma Encode gives the usual negative."}),
+                "positive": ("LUMINA_CONDITIONING", {"tooltip": "What to draw: an Encode of your prompt."}),
                 "width": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": SIZE_MULTIPLE,
                                   "tooltip": "Pixels, a multiple of 16; a connected latent sets the size instead."}),
                 "height": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": SIZE_MULTIPLE,
@@ -137,17 +141,21 @@ class FlowSampler:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
                                  "tooltip": "Noise is drawn on the CPU: a seed gives the same image on any device."}),
                 "steps": ("INT", {"default": 18, "min": 1, "max": 500,
-                                  "tooltip": "Solver steps ending at sigma 0; the reference recipe is 18 midpoint."}),
+                                  "tooltip": "Solver steps ending at sigma 0; the reference recipes: 18 midpoint "
+                                             "(Lumina-Image 2.0), 8 euler (Z-Image-Turbo), 50 euler (Z-Image)."}),
                 "cfg": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
-                                  "tooltip": "Guidance scale; 1 turns guidance (and the uncond pass) off."}),
-                "shift": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip":
-                                    "Schedule shift. 6 for Lumina-Image 2.0 (18 midpoint or 30 euler steps; less "
-                                    "for very few steps, e.g. 3 for 20 euler steps); 4 for Lumina-Next; 0 = the "
-                                    "schedule's default (with ltx: from the video's token count, as LTX-Video)."}),
+                                  "tooltip": "Guidance scale; 1 turns guidance (and the uncond pass) off, as "
+                                             "Z-Image-Turbo is run. Z-Image base: 5 (diffusers' guidance_scale 4)."}),
+                "shift": ("FLOAT", {"default": AUTO, "min": AUTO, "max": 100.0, "step": 0.1, "tooltip":
+                                    "Schedule shift. -1 = auto, the family's: 6 for Lumina-Image 2.0, 4 for "
+                                    "Lumina-Next, 3 for Z-Image (Turbo; the base model's scheduler uses 6), from "
+                                    "the video's token count for LTX-Video. Less for very few steps (e.g. 3 for 20 "
+                                    "euler steps on Lumina-Image 2.0); 0 = the schedule's own default."}),
                 "solver": (sorted(SOLVERS), {"default": "midpoint", "tooltip":
                            "Model calls per step: euler 1, midpoint 2, heun 2 (1 on the last), rk4 4; dopri5 is "
                            "adaptive (its calls depend on the model; steps only set where previews are taken)."}),
-                "schedule": (sorted(SCHEDULES), {"default": "shifted_linear", "tooltip":
+                "schedule": (["auto", *sorted(SCHEDULES)], {"default": "auto", "tooltip":
+                             "auto: the family's (ltx for LTX-Video, shifted_linear for the Lumina models). "
                              "shifted_linear: the Lumina / SD3 time shift. sigmoid: Lumina-Next's few-step "
                              "discretisation (dense at both ends), for good images in 5-10 steps. ltx: LTX-Video's "
                              "(resolution-dependent shift, stretched to end at sigma 0.1)."}),
@@ -155,13 +163,17 @@ class FlowSampler:
                               "Guide while Lumina time t = 1 - sigma is below this; after, the uncond pass is "
                               "skipped (faster). 1 = always guide; Lumina-Image 2.0's demo uses 0.25, "
                               "Lumina-Next's reference never truncates."}),
-                "cfg_renorm": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip":
-                               "Clamp the guided velocity's norm to this times the conditional one; 0 = off "
-                               "(Lumina-Next's reference has no renormalisation: use 0)."}),
+                "cfg_renorm": ("FLOAT", {"default": AUTO, "min": AUTO, "max": 10.0, "step": 0.05, "tooltip":
+                               "Clamp the guided velocity's norm to this times the conditional one; 0 = off. "
+                               "-1 = auto, the family's: 1 for Lumina-Image 2.0, 0 for Lumina-Next, Z-Image "
+                               "and LTX-Video."}),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
                                       "tooltip": "Below 1, start from the input latent (img2img)."}),
             },
             "optional": {
+                "negative": ("LUMINA_CONDITIONING", {"tooltip": "What to steer away from: an Encode of an empty "
+                             "prompt gives the usual negative. Needed when cfg is not 1; unused (and may be left "
+                             "out) at cfg 1, e.g. for Z-Image-Turbo."}),
                 "latent": ("LATENT", {"tooltip": "Start latent for denoise < 1; sets the size."}),
                 **NEXT_OPTIONS,
                 **VIDEO_OPTIONS,
@@ -187,38 +199,52 @@ class FlowSampler:
                 return f"{name} {size} is not a multiple of {SIZE_MULTIPLE}; try {nearest}."
         return True
 
-    def sample(self, model: Handle, positive, negative, width, height, batch_size, seed, steps, cfg, shift, solver,
-               schedule, cfg_trunc, cfg_renorm, denoise, latent=None, frames=97, frame_rate=DEFAULT_FRAME_RATE,
+    def sample(self, model: Handle, positive, negative=None, *, width, height, batch_size, seed, steps, cfg, shift,
+               solver, schedule, cfg_trunc, cfg_renorm, denoise, latent=None, frames=97, frame_rate=DEFAULT_FRAME_RATE,
                first_frame=None, vae=None, first_frame_strength=1.0, **next_options):  # fmt: skip
-        shift = shift or None  # 0: the schedule's own default (LTX: from the latent's token count)
+        if negative is None and cfg != 1.0:
+            raise lumina_core.InvalidInputError(
+                f"cfg {cfg} guides away from a negative prompt, but none is connected: connect an Encode of an empty "
+                "prompt to negative, or set cfg 1 (no guidance)."
+            )
+        recipe = family_defaults(model.family)
+        schedule = recipe["schedule"] if schedule == "auto" else schedule
+        shift = recipe["shift"] if shift < 0 else shift or None  # 0: the schedule's own default (ltx: token count)
+        cfg_renorm = recipe["renorm_cfg"] if cfg_renorm < 0 else cfg_renorm
         check_settings(steps=steps, cfg=cfg, batch_size=batch_size, solver=solver, schedule=schedule, shift=shift,
                        denoise=denoise, cfg_trunc=cfg_trunc, renorm_cfg=cfg_renorm, seed=seed)  # fmt: skip
+        module = model.model
         # With denoise 1 the start is pure noise and the input latent only sets the size, except where a noise
         # mask (a core image-to-video latent's, or first_frame's) keeps its tokens.
-        init = None if latent is None else model.model.latent_format.to_model(latent["samples"])
+        init = None if latent is None else module.latent_format.to_model(latent["samples"])
         noise_mask = None if latent is None else latent.get("noise_mask")
+        video = getattr(module, "is_video", False)
+        # The size rule (LTX-Video: multiples of 32, 8k + 1 frames) is checked before any weight moves.
+        shape = tuple(init.shape) if init is not None else tuple(module.latent_shape(
+            batch_size, height, width, **({"frames": frames, "frame_rate": frame_rate} if video else {})))  # fmt: skip
         if first_frame is not None:
-            init, noise_mask = _first_frame(model, vae, first_frame, first_frame_strength, init,
-                                            (batch_size, height, width, frames, frame_rate))  # fmt: skip
+            init, noise_mask = _first_frame(model, vae, first_frame, first_frame_strength, (batch_size, *shape[1:]))
         progress = bridge.Progress(steps)
-        previewer = bridge.latent_previewer(model.model)
+        guided = cfg != 1.0
+        device = model.load(sampling_memory(module, (batch_size, *shape[1:]), guided))
+        previewer = bridge.latent_previewer(model.family, device)
 
         def on_step(i, total, x, denoised):
             progress.step(i + 1, previewer(denoised) if previewer else None)
 
         try:
-            with model.placed() as module:
-                samples = lumina_core.sample(
-                    module, positive, negative, width=width, height=height, batch_size=batch_size, seed=seed,
-                    steps=steps, cfg=cfg, shift=shift, solver=solver, schedule=schedule, cfg_trunc=cfg_trunc,
-                    renorm_cfg=cfg_renorm, denoise=denoise, init_latent=init, noise_mask=noise_mask, callback=on_step,
-                    interrupt=bridge.check_interrupted, make_room=bridge.make_room,  # Cancel between blocks
-                    **_family_options(model.family, next_options), **_video_options(module, frames, frame_rate),
-                )  # fmt: skip
+            samples = lumina_core.sample(
+                module, positive, negative, width=width, height=height, batch_size=batch_size, seed=seed,
+                steps=steps, cfg=cfg, shift=shift, solver=solver, schedule=schedule, cfg_trunc=cfg_trunc,
+                renorm_cfg=cfg_renorm, denoise=denoise, init_latent=init, noise_mask=noise_mask, callback=on_step,
+                interrupt=bridge.check_interrupted,  # Cancel between blocks; model.load made room already
+                device=device, **_family_options(model.family, next_options), **_video_options(module, frames,
+                frame_rate),
+            )  # fmt: skip
         finally:
             progress.close()
-        out = {"samples": model.model.latent_format.to_raw(samples).to(bridge.intermediate_device())}
-        if getattr(model.model, "is_video", False):
+        out = {"samples": module.latent_format.to_raw(samples).to(bridge.intermediate_device())}
+        if video:
             out["frame_rate"] = frame_rate  # read by LTX-Video Decode, which hands it to the save node
         return (out,)
 
@@ -250,19 +276,14 @@ def _family_options(family: str, chosen: dict) -> dict:
     }
 
 
-def _first_frame(model: Handle, vae: Handle | None, image: torch.Tensor, strength: float, init, size: tuple):
+def _first_frame(model: Handle, vae: Handle | None, image: torch.Tensor, strength: float, shape: tuple):
     """(init_latent, noise_mask) that keep the encoded image as the video's first frame."""
     if not getattr(model.model, "is_video", False):
         raise lumina_core.InvalidInputError("first_frame is for video models (LTX-Video); this model makes images.")
     if vae is None or vae.family != "ltxv":
         raise lumina_core.InvalidInputError("first_frame needs the LTX-Video VAE connected to the sampler's vae input.")
-    batch_size, height, width, frames, frame_rate = size
-    if init is not None:
-        shape = tuple(init.shape)
-    else:
-        shape = model.model.latent_shape(batch_size, height, width, frames=frames, frame_rate=frame_rate)
-    with vae.placed() as module:
-        latent, mask = first_frame_conditioning(module, image.permute(0, 3, 1, 2), shape, strength)
+    device = vae.load(decoding_memory(vae.model, (shape[0], shape[1], 1, *shape[3:])))
+    latent, mask = first_frame_conditioning(vae.model, image.permute(0, 3, 1, 2), shape, strength, device=device)
     return latent.cpu(), mask.cpu()
 
 

@@ -3,9 +3,9 @@
     python scripts/run_workflow.py workflows/api/lumina2_t2i.json --server 127.0.0.1:8188 \
         --prompt "a red fox in snow" --seed 7 --set 5.steps=20 --set 5.cfg=4.5
 
-Overrides: --prompt / --negative set `prompt` on the GemmaEncode / T5Encode node wired into FlowSampler's
-positive / negative input; --seed sets every FlowSampler's seed; --transformer / --text-encoder / --vae set
-`file` on every LoadLuminaTransformer / LoadGemma or LoadT5 / LoadLuminaVAE; --set NODE_ID.INPUT=VALUE sets anything
+Overrides: --prompt / --negative set `prompt` on the encode node wired into LuminaFlowSampler's positive /
+negative input; --seed sets every LuminaFlowSampler's seed; --transformer / --text-encoder / --vae set `file` on
+every LuminaLoadTransformer / LuminaLoadGemma or LuminaLoadT5 / LuminaLoadVAE; --set NODE_ID.INPUT=VALUE sets anything
 else (VALUE is read as JSON when it parses, so 20, 4.5, true and [1, 0] are typed; quote a string that
 looks like a number: --set '3.prompt="1984"').
 
@@ -36,8 +36,10 @@ import urllib.request
 import uuid
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_REJECTED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
+SAMPLER = "LuminaFlowSampler"
 LOADER_FILE_OVERRIDES = {
-    "transformer": ("LoadLuminaTransformer",), "text_encoder": ("LoadGemma", "LoadT5"), "vae": ("LoadLuminaVAE",),
+    "transformer": ("LuminaLoadTransformer",), "text_encoder": ("LuminaLoadGemma", "LuminaLoadT5"),
+    "vae": ("LuminaLoadVAE",),
 }  # fmt: skip
 
 
@@ -89,21 +91,21 @@ def apply_overrides(
 ) -> dict:
     """A copy of `graph` with the overrides applied; raises ValueError naming what does not fit the workflow."""
     graph = copy.deepcopy(graph)
-    samplers = nodes_of(graph, "FlowSampler")
+    samplers = nodes_of(graph, SAMPLER)
     for side, text in (("positive", prompt), ("negative", negative)):
         if text is None:
             continue
         if not samplers:
-            raise ValueError(f"--{side if side == 'negative' else 'prompt'} needs a FlowSampler in the workflow")
+            raise ValueError(f"--{side if side == 'negative' else 'prompt'} needs a {SAMPLER} in the workflow")
         for sampler in samplers:
             encoder = linked_node(graph, sampler, side)
             if "prompt" not in graph[encoder]["inputs"]:
                 name = f"node {encoder} ({graph[encoder]['class_type']})"
-                raise ValueError(f"{name} feeding FlowSampler {sampler}.{side} has no 'prompt' input")
+                raise ValueError(f"{name} feeding {SAMPLER} {sampler}.{side} has no 'prompt' input")
             graph[encoder]["inputs"]["prompt"] = text
     if seed is not None:
         if not samplers:
-            raise ValueError("--seed needs a FlowSampler in the workflow")
+            raise ValueError(f"--seed needs a {SAMPLER} in the workflow")
         for sampler in samplers:
             graph[sampler]["inputs"]["seed"] = seed
     files = {"transformer": transformer, "text_encoder": text_encoder, "vae": vae}
@@ -471,9 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workflow", help="API-format workflow JSON, e.g. workflows/api/lumina2_t2i.json")
     parser.add_argument("--server", default="127.0.0.1:8188", help="host:port of ComfyUI (default %(default)s)")
-    parser.add_argument("--prompt", help="text of the encode node wired into FlowSampler.positive")
-    parser.add_argument("--negative", help="text of the encode node wired into FlowSampler.negative")
-    parser.add_argument("--seed", type=int, help="seed of every FlowSampler")
+    parser.add_argument("--prompt", help="text of the encode node wired into LuminaFlowSampler.positive")
+    parser.add_argument("--negative", help="text of the encode node wired into LuminaFlowSampler.negative")
+    parser.add_argument("--seed", type=int, help="seed of every LuminaFlowSampler")
     parser.add_argument("--transformer", help="file of every LoadLuminaTransformer")
     parser.add_argument("--text-encoder", help="file of every LoadGemma / LoadT5")
     parser.add_argument("--vae", help="file of every LoadLuminaVAE")

@@ -1,18 +1,19 @@
 """Convert a diffusion transformer checkpoint to a GGUF file in the ComfyUI GGUF ecosystem's conventions.
 
-The output follows city96/ComfyUI-GGUF's conventions, so for Lumina-Image 2.0 and LTX-Video its
+The output follows city96/ComfyUI-GGUF's conventions, so for Lumina-Image 2.0, Z-Image and LTX-Video its
 UnetLoaderGGUF, diffusers' GGUF path and our own loader all read it (Lumina-Next files only ours):
-original (Alpha-VLLM / Lightricks / ComfyUI) tensor names without a prefix,
-`general.architecture` set to the family ("lumina2", "ltxv"; "lumina_next" for Lumina-Next, which city96's
-list lacks), the quantization version and the file type, and an original LTX-Video file's JSON `config`.
-Tensors are written one at a time (tensor infos first, then each tensor's bytes), so converting never holds
-more than one tensor in memory, into a hidden `.part` file renamed into place once whole. The output is never the
-source, and an existing file is replaced only when asked to (`--overwrite`).
+original (Alpha-VLLM / Tongyi-MAI / Lightricks / ComfyUI) tensor names without a prefix,
+`general.architecture` as city96's converter writes it ("lumina2" for Lumina 2 and Z-Image, "ltxv";
+"lumina_next" for Lumina-Next, which city96's list lacks), the quantization version and the file type, and an
+original LTX-Video file's JSON `config`. Tensors are written one at a time (tensor infos first, then each
+tensor's bytes), so converting never holds more than one tensor in memory, into a hidden `.part` file renamed
+into place once whole. The output is never the source, and an existing file is replaced only when asked to
+(`--overwrite`).
 
-Per-tensor policy (`policy.keeps_float`): 1-D and small tensors (norms, biases, pad tokens, tables) in F32,
-the family's sensitive layers (embedders, output layers, LTX's adaLN) in F16 (BF16 when the source is
-BF16), rows that are not whole blocks of the requested type in F16/BF16 as well, everything else in the
-requested type.
+Per-tensor policy (`policy.keeps_float`): 1-D and small tensors (norms, biases) and plain parameters (pad
+tokens, LTX's scale-shift tables) in F32, the family's sensitive layers (embedders, output layers, refiners,
+LTX's adaLN) in F16 (BF16 when the source is BF16), rows that are not whole blocks of the requested type in
+F16/BF16 as well, everything else in the requested type.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from gguf import GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGU
 
 from ..errors import InvalidInputError
 from ..outputs import cannot_write, check_writable
-from .policy import MIN_QUANTIZED_ELEMENTS, keeps_float
+from .policy import MIN_QUANTIZED_ELEMENTS, PLAIN_PARAMETERS, keeps_float
 from .quantize import quantize
 from .quantized import QuantizedTensor
 
@@ -52,7 +53,7 @@ def choose_type(family: str, name: str, shape: tuple[int, ...], target: Q, sourc
     """The ggml type one tensor is written in."""
     # Float-kept tensors: the requested float type, else the source's half type (city96 keeps BF16 as BF16).
     half = target if target in (Q.F16, Q.BF16) else (Q.BF16 if source_dtype == torch.bfloat16 else Q.F16)
-    if len(shape) != 2 or shape[0] * shape[1] <= MIN_QUANTIZED_ELEMENTS:
+    if len(shape) != 2 or shape[0] * shape[1] <= MIN_QUANTIZED_ELEMENTS or name.endswith(PLAIN_PARAMETERS):
         return Q.F32
     if keeps_float(family, name, shape):
         return half
@@ -71,7 +72,8 @@ def convert(
     output and renamed when whole; a `.part` an interrupted run left behind is removed, with a logged note.
     Returns how many tensors were written in each ggml type.
     """
-    from ..loading.files import open_checkpoint  # the loading package imports this one's modules
+    from ..loading.detect import GGUF_ARCHITECTURE_OF  # the loading package imports this one's modules
+    from ..loading.files import open_checkpoint
     from ..loading.transformer import original_tensors
 
     if type_name not in TARGETS:
@@ -86,7 +88,7 @@ def convert(
     if partial.exists():
         logger.warning("removed %s, left by an interrupted conversion", partial)
         partial.unlink()
-    writer = GGUFWriter(os.fspath(partial), arch=family)
+    writer = GGUFWriter(os.fspath(partial), arch=GGUF_ARCHITECTURE_OF[family])
     try:
         writer.add_quantization_version(GGML_QUANT_VERSION)
         writer.add_file_type(file_type)

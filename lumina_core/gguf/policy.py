@@ -13,11 +13,14 @@ from __future__ import annotations
 
 FLOAT_MODULES: dict[str, tuple[str, ...]] = {
     "lumina2": ("t_embedder.", "x_embedder.", "cap_embedder.", "final_layer.", "context_refiner.", "noise_refiner."),
+    # Z-Image files are "lumina2" files to city96's tools, which treat them alike.
+    "zimage": ("t_embedder.", "x_embedder.", "cap_embedder.", "final_layer.", "context_refiner.", "noise_refiner."),
     "lumina_next": ("t_embedder.", "x_embedder.", "cap_embedder.", "final_layer."),
     "ltxv": ("adaln_single.", "caption_projection.", "patchify_proj.", "proj_out."),
 }
 LOAD_FLOAT_MODULES: dict[str, tuple[str, ...]] = {
     "lumina2": ("t_embedder.", "x_embedder.", "cap_embedder."),
+    "zimage": ("t_embedder.", "x_embedder.", "cap_embedder."),
     "lumina_next": ("t_embedder.", "x_embedder.", "cap_embedder."),
     "ltxv": ("adaln_single.", "patchify_proj.", "caption_projection."),
 }
@@ -25,6 +28,9 @@ LOAD_FLOAT_MODULES: dict[str, tuple[str, ...]] = {
 # pad tokens, gates, LTX's scale_shift_table), gain nothing from it and lose precision.
 MIN_QUANTIZED_ELEMENTS = 1024
 FLOAT_NAMES = ("scale_shift_table", "pad_token", "norm")
+# Parameters a model owns directly (not a layer's weight): written in F32, as city96's converter keeps them,
+# because ComfyUI-GGUF loads them without dequantizing and breaks on half ones (city96/ComfyUI-GGUF#419).
+PLAIN_PARAMETERS = ("scale_shift_table", "pad_token")
 
 
 def keeps_float(family: str, name: str, shape: tuple[int, ...]) -> bool:

@@ -1,11 +1,12 @@
-"""Text encoders in llama.cpp GGUF files (Gemma, Gemma-2, T5): transformers' tensor names, and the tokenizer
-rebuilt from the file's `tokenizer.ggml.*` metadata.
+"""Text encoders in llama.cpp GGUF files (Gemma, Gemma-2, Qwen3, T5): transformers' tensor names, and the
+tokenizer rebuilt from the file's `tokenizer.ggml.*` metadata.
 
 Names: llama.cpp's converter (gguf-py `tensor_mapping.py`, `constants.py` TENSOR_NAMES) renames every tensor;
-the tables below map them back to `Gemma*Model` names under `model.` (as `*ForCausalLM` and ComfyUI's
-gemma_2_2b file store them) and to `T5EncoderModel` names, so the existing loaders read a GGUF like any other
-checkpoint. One table per generation, because llama.cpp's `ffn_norm` is Gemma (v1)'s
-`post_attention_layernorm` but Gemma-2's `pre_feedforward_layernorm`.
+the tables below map them back to `Gemma*Model` / `Qwen3Model` names under `model.` (as `*ForCausalLM` and
+ComfyUI's gemma_2_2b and qwen_3_4b files store them) and to `T5EncoderModel` names, so the existing loaders
+read a GGUF like any other checkpoint. One table per generation, because llama.cpp's `ffn_norm` is Gemma (v1)'s
+and Qwen3's `post_attention_layernorm` but Gemma-2's `pre_feedforward_layernorm`. Qwen models keep their q/k
+rows in order (llama.cpp permutes them for the "llama" architecture only) and their norms as they are.
 
 Values: llama.cpp adds 1 to every Gemma norm weight (its RMSNorm multiplies by w, Gemma's by 1 + w;
 docs/formats.md, 'GGUF text encoders'), so `GEMMA_NORM_OFFSET` is subtracted again when such a tensor is read.
@@ -14,6 +15,8 @@ Tokenizer: a SentencePiece model proto written from `tokenizer.ggml.tokens`, `sc
 (the piece types share SentencePiece's numbering), the special ids, `add_space_prefix`,
 `remove_extra_whitespaces` and, for T5, `precompiled_charsmap`; "llama" files are BPE (Gemma's model type),
 "t5" files unigram. The proto is encoded here (a few protobuf fields), so no protobuf package is needed.
+"gpt2" files (Qwen3) are byte-level BPE: a `tokenizers.Tokenizer` from the token list and `tokenizer.ggml.merges`,
+split as the Hugging Face tokenizer that `tokenizer.ggml.pre` names.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..errors import CheckpointError, UnsupportedModelError
 
 GEMMA_NORM_OFFSET = 1.0
 GEMMA_ARCHITECTURES = ("gemma", "gemma2")
+DECODER_ARCHITECTURES = (*GEMMA_ARCHITECTURES, "qwen3")  # decoder-only language models, llama.cpp's `blk.N.*`
 T5_ARCHITECTURES = ("t5", "t5encoder")
 
 _GEMMA_LAYER = {
@@ -42,6 +46,12 @@ LAYER_NAMES = {
         "ffn_norm": "pre_feedforward_layernorm",
         "post_ffw_norm": "post_feedforward_layernorm",
     },
+    "qwen3": {
+        **_GEMMA_LAYER,
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
+        "ffn_norm": "post_attention_layernorm",
+    },
     "t5": {
         "attn_q": "layer.0.SelfAttention.q", "attn_k": "layer.0.SelfAttention.k", "attn_v": "layer.0.SelfAttention.v",
         "attn_o": "layer.0.SelfAttention.o", "attn_rel_b": "layer.0.SelfAttention.relative_attention_bias",
@@ -51,31 +61,31 @@ LAYER_NAMES = {
     },
 }  # fmt: skip
 GLOBAL_NAMES = {
-    "gemma": {"token_embd": "model.embed_tokens", "output_norm": "model.norm"},
+    "decoder": {"token_embd": "model.embed_tokens", "output_norm": "model.norm"},
     "t5": {"token_embd": "shared", "enc.output_norm": "encoder.final_layer_norm"},
 }
-LAYER_PATTERN = {"gemma": re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$"),
+LAYER_PATTERN = {"decoder": re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$"),
                  "t5": re.compile(r"^enc\.blk\.(\d+)\.(\w+)\.(weight|bias)$")}  # fmt: skip
-LAYER_TEMPLATE = {"gemma": "model.layers.{}.{}.{}", "t5": "encoder.block.{}.{}.{}"}
+LAYER_TEMPLATE = {"decoder": "model.layers.{}.{}.{}", "t5": "encoder.block.{}.{}.{}"}
 # Stored beside the encoder and not used for text features: the LM head (tied to the embedding in Gemma),
 # T5's decoder, and llama.cpp's precomputed RoPE factors.
 IGNORED = re.compile(r"^(output\.weight|dec\..*|rope_freqs\.weight)$")
 
 
 def text_architecture(architecture: str) -> str | None:
-    """The name table for a `general.architecture` ("gemma", "gemma2" or "t5"), or None for other models."""
-    if architecture in GEMMA_ARCHITECTURES:
+    """The name table for a `general.architecture` ("gemma", "gemma2", "qwen3" or "t5"), or None for other models."""
+    if architecture in DECODER_ARCHITECTURES:
         return architecture
     return "t5" if architecture in T5_ARCHITECTURES else None
 
 
 def transformers_names(architecture: str, names: Iterable[str], path: str) -> dict[str, str]:
-    """transformers name -> llama.cpp name, for every tensor of a Gemma/Gemma-2/T5 GGUF that the encoder uses.
+    """transformers name -> llama.cpp name, for every tensor of a Gemma/Gemma-2/Qwen3/T5 GGUF the encoder uses.
 
     Raises UnsupportedModelError naming the tensors no table knows (e.g. a Gemma-3 file's q/k norms).
     """
     table = text_architecture(architecture)
-    family = "t5" if table == "t5" else "gemma"
+    family = "t5" if table == "t5" else "decoder"
     layer_names = dict(LAYER_NAMES[table])
     names = [n for n in names if not IGNORED.match(n)]
     if table == "t5" and not any(".ffn_gate." in n for n in names):
@@ -204,3 +214,52 @@ def _varint(value: int) -> bytes:
         out.append(byte | (0x80 if value else 0))
         if not value:
             return bytes(out)
+
+
+# llama.cpp's `tokenizer.ggml.pre` -> the split pattern of the Hugging Face tokenizer.json it was converted from
+# (Qwen2 / Qwen2.5 / Qwen3 share one: letters, single digits, punctuation runs, newlines and spaces apart).
+PRE_TOKENIZER_PATTERNS = {
+    "qwen2": (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+    ),
+}
+_CONTROL = 3  # llama.cpp token type of special tokens (<|im_start|> ...); 4 (_USER_DEFINED) for added ones
+
+
+def byte_level_bpe(metadata: Mapping[str, object], path: str):
+    """A byte-level BPE `tokenizers.Tokenizer` rebuilt from a "gpt2"-model GGUF's metadata (Qwen's tokenizer).
+
+    The vocabulary is the token list (ids are positions), the merges `tokenizer.ggml.merges`; text is NFC
+    normalised, split with the pattern `tokenizer.ggml.pre` names, then mapped to bytes, as in the tokenizer.json
+    llama.cpp converted; control and user-defined tokens are matched whole before splitting.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    model, pre = metadata.get("tokenizer.ggml.model"), metadata.get("tokenizer.ggml.pre")
+    tokens, merges = metadata.get("tokenizer.ggml.tokens"), metadata.get("tokenizer.ggml.merges")
+    if model != "gpt2" or tokens is None or merges is None:
+        raise CheckpointError(
+            f"{path}: no byte-level BPE tokenizer in its metadata (tokenizer.ggml.model is {model!r}, expected "
+            "'gpt2' with tokenizer.ggml.tokens and merges). Pass the tokenizer of the original model instead."
+        )
+    if pre not in PRE_TOKENIZER_PATTERNS:
+        raise CheckpointError(
+            f"{path}: its tokenizer splits text as {pre!r} (tokenizer.ggml.pre), which this loader does not know "
+            f"(known: {', '.join(PRE_TOKENIZER_PATTERNS)}). Pass the tokenizer of the original model instead."
+        )
+    tokens = list(tokens)
+    types = _array(metadata, "tokenizer.ggml.token_type", len(tokens), np.ones(len(tokens), np.int32), path).tolist()
+    vocab = {token: index for index, token in enumerate(tokens)}
+    pairs = [tuple(merge.split(" ", 1)) for merge in merges]
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=pairs, byte_fallback=False, fuse_unk=False))
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRE_TOKENIZER_PATTERNS[pre]), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])  # fmt: skip
+    tokenizer.decoder = decoders.ByteLevel()
+    whole = [(token, kind) for token, kind in zip(tokens, types) if kind in (_CONTROL, _USER_DEFINED)]
+    tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True) for t, k in whole if k == _CONTROL])
+    tokenizer.add_tokens([AddedToken(t, normalized=False) for t, k in whole if k == _USER_DEFINED])
+    return tokenizer

@@ -33,6 +33,20 @@ SIGNATURES: tuple[Signature, ...] = (
         "original",
         "a Lumina-Image 2.0 transformer",
         ("cap_embedder.1.weight", "context_refiner.0.attention.qkv.weight"),
+        # Z-Image keeps Lumina 2's names but modulates its blocks without SiLU: adaLN_modulation.0, not .1.
+        ("layers.0.adaLN_modulation.0.weight",),
+    ),
+    Signature(
+        "zimage",
+        "original",
+        "a Z-Image transformer",
+        ("cap_embedder.1.weight", "context_refiner.0.attention.qkv.weight", "layers.0.adaLN_modulation.0.weight"),
+    ),
+    Signature(
+        "zimage",
+        "diffusers",
+        "a Z-Image transformer (diffusers layout)",
+        ("cap_embedder.1.weight", "context_refiner.0.attention.to_q.weight", "layers.0.adaLN_modulation.0.weight"),
     ),
     Signature(
         "lumina2",
@@ -94,6 +108,13 @@ SIGNATURES: tuple[Signature, ...] = (
         "vae", "diffusers", "an LTX-Video VAE (diffusers layout)", ("decoder.mid_block.resnets.0.conv1.conv.weight",)
     ),
     Signature("gemma2", "original", "a Gemma-2 text encoder", ("model.layers.0.post_feedforward_layernorm.weight",)),
+    Signature(
+        "qwen3",
+        "original",
+        "a Qwen3 text encoder",
+        ("model.layers.0.self_attn.q_norm.weight",),
+        ("model.layers.0.pre_feedforward_layernorm.weight",),  # Gemma-3 has q/k norms too
+    ),
     # Gemma (v1), Lumina-Next's encoder: the decoder norms without Gemma-2's feed-forward pair or Gemma-3's q_norm,
     # the rule lumina_core.text.gemma loads it by.
     Signature(
@@ -110,10 +131,15 @@ SIGNATURES: tuple[Signature, ...] = (
 MODEL_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "")
 
 # GGUF files name their model in `general.architecture`: city96's converter and patched llama.cpp write
-# "lumina2" and "ltxv"; lumina_core's converter writes "lumina_next" for the Lumina-Next layout. calcuis'
-# gguf-node writes the placeholder "pig"; other strings are language models (llama, gemma2, t5 ...).
+# "lumina2" (for Lumina-Image 2.0 and for Z-Image, which it does not tell apart) and "ltxv"; lumina_core's
+# converter does the same and writes "lumina_next" for the Lumina-Next layout. calcuis' gguf-node writes the
+# placeholder "pig"; other strings are language models (llama, gemma2, t5 ...). Architecture -> our families.
 GGUF_ARCHITECTURE_KEY = "general.architecture"
-GGUF_ARCHITECTURES = {"lumina2": "lumina2", "ltxv": "ltxv", "lumina_next": "lumina_next"}
+GGUF_ARCHITECTURES = {
+    "lumina2": ("lumina2", "zimage"), "ltxv": ("ltxv",), "lumina_next": ("lumina_next",),
+}  # fmt: skip
+# The architecture our converter writes for each family (city96's name where his converter has one).
+GGUF_ARCHITECTURE_OF = {family: arch for arch, families in GGUF_ARCHITECTURES.items() for family in families}
 GGUF_PLACEHOLDERS = frozenset({"", "pig", "none"})
 GGUF_TEXT_ENCODERS = {"gemma": "a Gemma text encoder", "gemma2": "a Gemma-2 text encoder", "t5": "a T5 text encoder",
                       "t5encoder": "a T5 text encoder"}  # fmt: skip
@@ -135,12 +161,13 @@ def detect_model(checkpoint: Checkpoint, prefixes: tuple[str, ...] = MODEL_PREFI
     A GGUF file whose `general.architecture` names one of our families is that family: only its signatures
     are tried (the layout still comes from the keys), and tensors that fit none of them are an error.
     """
-    family = GGUF_ARCHITECTURES.get(checkpoint.metadata.get(GGUF_ARCHITECTURE_KEY, ""))
+    architecture = checkpoint.metadata.get(GGUF_ARCHITECTURE_KEY, "")
+    families = GGUF_ARCHITECTURES.get(architecture)
     for prefix in prefixes:
         if prefix and not checkpoint.has_prefix(prefix):
             continue
         part = checkpoint.subset(prefix) if prefix else checkpoint
-        hits = [s for s in matching_signatures(set(part.keys)) if family in (None, s.family)]
+        hits = [s for s in matching_signatures(set(part.keys)) if families is None or s.family in families]
         if len(hits) > 1:
             raise CheckpointError(
                 f"{checkpoint.path}: the tensors under '{prefix}' look like several models at once "
@@ -148,9 +175,9 @@ def detect_model(checkpoint: Checkpoint, prefixes: tuple[str, ...] = MODEL_PREFI
             )
         if hits:
             return Detected(hits[0], part)
-    if family is not None:
+    if families is not None:
         raise CheckpointError(
-            f"{checkpoint.path}: its {GGUF_ARCHITECTURE_KEY} says '{family}' but its tensors are not such a "
+            f"{checkpoint.path}: its {GGUF_ARCHITECTURE_KEY} says '{architecture}' but its tensors are not such a "
             f"transformer (found: {describe_contents(checkpoint)}; e.g. {preview(sorted(checkpoint.keys))}): "
             "a mislabelled or incomplete file."
         )
@@ -166,6 +193,7 @@ def describe_contents(checkpoint: Checkpoint) -> str:
         "vae.",
         "first_stage_model.",
         "text_encoders.gemma2_2b.transformer.",
+        "text_encoders.qwen3_4b.transformer.",
         "",
     ):
         if prefix and not checkpoint.has_prefix(prefix):

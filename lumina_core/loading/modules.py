@@ -48,6 +48,15 @@ class Precision:
         return self.compute
 
 
+def scaled_fp8_dtype(stored: Mapping[str, torch.dtype]) -> torch.dtype | None:
+    """The fp8 dtype of a ComfyUI scaled-fp8 file, from its tensors' stored dtypes: the dtype of its marker tensor
+    (a float32 marker means e4m3fn, as ComfyUI reads it); None for any other file."""
+    markers = [dtype for name, dtype in stored.items() if name.rpartition(".")[2] == SCALED_FP8_MARKER]
+    if not markers:
+        return None
+    return markers[0] if markers[0] in FP8_DTYPES else torch.float8_e4m3fn
+
+
 def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
     """Construct a module on the meta device: shapes only, no memory, no random init."""
     with torch.device("meta"):

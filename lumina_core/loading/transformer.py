@@ -7,6 +7,7 @@ memory map, so loading never holds a second full copy of the weights.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -19,14 +20,15 @@ from torch import nn
 from ..errors import CheckpointError, UnsupportedModelError
 from ..gguf.policy import LOAD_FLOAT_MODULES
 from ..gguf.quantized import QuantizedTensor, concat_rows, same_values
-from ..models import ltxv, lumina2, lumina_next
+from ..models import ltxv, lumina2, lumina_next, zimage
 from .consensus import consensus_shapes
 from .detect import describe_contents, detect_model
 from .files import Checkpoint, is_gguf, open_checkpoint, preview, read_json, shard_owner
 from .keymaps import ltxv as ltxv_keys
 from .keymaps import lumina2 as lumina2_keys
 from .keymaps import lumina_next as lumina_next_keys
-from .modules import assign_tensors, build_on_meta, build_with_precision
+from .keymaps import zimage as zimage_keys
+from .modules import SCALED_FP8_MARKER, assign_tensors, build_on_meta, build_with_precision, scaled_fp8_dtype
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class TransformerFamily:
     diffusers_copies: bool = False
     # (safetensors metadata, file path) -> config fields the file's own metadata states, for what shapes cannot tell.
     metadata_config: Callable[[Mapping[str, str], str], dict] | None = None
+    # (1, D) parameters that some files store as (D,); read as (1, D) whatever the file holds.
+    row_vectors: tuple[str, ...] = ()
 
 
 FAMILIES: dict[str, TransformerFamily] = {
@@ -62,6 +66,15 @@ FAMILIES: dict[str, TransformerFamily] = {
         unused_keys=lumina_next.UNUSED_KEYS,
         diffusers_copies=True,
     ),
+    "zimage": TransformerFamily(
+        name="Z-Image",
+        config_from_shapes=zimage.config_from_shapes,
+        build=zimage.ZImageTransformer,
+        map_diffusers_keys=zimage_keys.map_diffusers_keys,
+        diffusers_config=zimage_keys.DIFFUSERS_CONFIG,
+        unused_keys=zimage.UNUSED_KEYS,
+        row_vectors=zimage.PAD_TOKENS,
+    ),
     "ltxv": TransformerFamily(
         name="LTX-Video",
         config_from_shapes=ltxv.config_from_shapes,
@@ -80,6 +93,7 @@ NEXT_STEP = {
     "gemma2": " Load it with load_text_encoder (the Load Gemma Text Encoder node).",
     "gemma": " Load it with load_text_encoder (the Load Gemma Text Encoder node).",
     "t5": " Load it with load_text_encoder (the Load T5 Text Encoder node).",
+    "qwen3": " Load it with load_text_encoder (the text-encoder loader node).",
 }
 
 
@@ -124,6 +138,22 @@ def original_tensors(
     their shapes, and the floating dtype most of them are stored in (read from the headers)."""
     plan = _plan(path, config)
     return plan.model.family, plan.readers, plan.shapes, plan.stored_dtype
+
+
+@dataclass(frozen=True)
+class StoredWeights:
+    """How a transformer file stores its weights, read from the headers: what a host needs to choose the
+    precision and layers before loading (`load_transformer(dtype=..., compute_dtype=..., operations=...)`)."""
+
+    dtype: torch.dtype  # the floating dtype most tensors are stored in
+    scaled_fp8: torch.dtype | None  # ComfyUI's scaled-fp8 files: the fp8 dtype of their weights; else None
+    parameters: int
+
+
+def stored_weights(path: str | os.PathLike, **config) -> StoredWeights:
+    plan = _plan(path, config)
+    parameters = sum(math.prod(shape) for name, shape in plan.shapes.items() if name != SCALED_FP8_MARKER)
+    return StoredWeights(plan.stored_dtype, scaled_fp8_dtype(plan.dtypes), parameters)
 
 
 def inspect_transformer(path: str | os.PathLike, **config) -> nn.Module:
@@ -174,7 +204,7 @@ def _plan(path: str | os.PathLike, config: dict) -> _LoadPlan:
 
 
 def _most_common_float(part: Checkpoint) -> torch.dtype:
-    dtypes = Counter(part.dtype(key) for key in part.keys)
+    dtypes = Counter(part.dtype(key) for key in part.keys if not key.endswith(("scale_weight", "scale_input")))
     floats = [dtype for dtype, _ in dtypes.most_common() if dtype.is_floating_point]
     return floats[0] if floats else torch.float32
 
@@ -204,6 +234,23 @@ def _original_key_readers(
     part: Checkpoint, layout: str, family: TransformerFamily
 ) -> dict[str, tuple[tuple[int, ...], torch.dtype, Callable[[], torch.Tensor]]]:
     """Original key -> (shape, stored dtype, reader) for every tensor the model uses, renaming diffusers keys."""
+    readers = _renamed_readers(part, layout, family)
+    for name in family.row_vectors:
+        if name in readers and len(readers[name][0]) == 1:
+            shape, dtype, read = readers[name]
+            readers[name] = ((1, *shape), dtype, partial(_as_row, read))
+    return readers
+
+
+def _as_row(read: Callable[[], torch.Tensor | QuantizedTensor]) -> torch.Tensor:
+    tensor = read()
+    tensor = tensor.dequantize() if isinstance(tensor, QuantizedTensor) else tensor
+    return tensor.reshape(1, -1)
+
+
+def _renamed_readers(
+    part: Checkpoint, layout: str, family: TransformerFamily
+) -> dict[str, tuple[tuple[int, ...], torch.dtype, Callable[[], torch.Tensor]]]:
     if layout == "original":
         return {k: (part.shape(k), part.dtype(k), partial(part.load, k)) for k in part.keys
                 if k not in family.unused_keys}  # fmt: skip

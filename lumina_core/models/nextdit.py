@@ -1,11 +1,11 @@
-"""Next-DiT building blocks shared by Lumina-Next and Lumina-Image 2.0.
+"""Next-DiT building blocks shared by Lumina-Next, Lumina-Image 2.0 and Z-Image.
 
-Both families descend from Alpha-VLLM's Next-DiT and keep its block: sandwich RMS norms around attention and
+The families descend from Alpha-VLLM's Next-DiT and keep its block: sandwich RMS norms around attention and
 a SwiGLU feed-forward, each branch input scaled by (1 + s) and its output gated by tanh(g), with s and g from
-an adaLN projection of the conditioning vector. They differ in what the attention sees (Lumina 2: a joint
-caption + image sequence; Lumina-Next: image tokens plus a gated cross-attention to the caption), so each
-family passes its own attention call to `SandwichBlock.run`. Attribute names equal the original checkpoint
-key segments of both families.
+an adaLN projection of the conditioning vector. They differ in what the attention sees (Lumina 2 and Z-Image:
+a joint caption + image sequence; Lumina-Next: image tokens plus a gated cross-attention to the caption), so
+each family passes its own attention call to `SandwichBlock.run`. Attribute names equal the original
+checkpoint key segments of every family.
 
 Every layer comes from an `operations` namespace (default `torch.nn`; see `lumina_core.common.ops`), and every
 forward computes on its input's device; the model casts its input to its `compute_dtype` first.
@@ -21,6 +21,7 @@ from torch import nn
 
 from ..common.embeddings import timestep_embedding
 from ..common.norms import RMSNorm
+from ..common.ops import cast_to
 from ..errors import InvalidInputError
 
 VAE_DOWNSCALE = 8  # both families' autoencoders (FLUX for Lumina 2, SDXL for Lumina-Next) downscale by 8
@@ -46,9 +47,9 @@ class NextDiT(nn.Module):
     """
 
     model_name = ""
+    rope_positions: int | None = None  # positions per image axis of the original RoPE table: the largest size
     # The dtype the forward computes in (its loader sets it; None: the input's dtype); it returns the input's.
     compute_dtype: torch.dtype | None = None
-    rope_positions: int | None = None  # positions per image axis of the original RoPE table: the largest size
 
     def latent_shape(self, batch_size: int, height: int, width: int) -> tuple[int, int, int, int]:
         """Latent shape for an image of height x width pixels; both must be multiples of 16, within the RoPE table."""
@@ -86,9 +87,13 @@ class SandwichBlock(nn.Module):
     """Sandwich-normed attention + FFN; with a conditioning width, scaled by (1 + s) and gated by tanh(g).
 
     Subclasses create `self.attention` and call `run` with a function applying it to the normed tokens.
+    cond_silu: the modulation projection applies SiLU to the conditioning first (`adaLN_modulation.1`), as in
+    both Lumina families; Z-Image projects the timestep embedding as it is (`adaLN_modulation.0`).
     """
 
-    def __init__(self, dim: int, ffn_hidden: int, norm_eps: float, cond_dim: int | None, operations=nn):
+    def __init__(
+        self, dim: int, ffn_hidden: int, norm_eps: float, cond_dim: int | None, operations=nn, cond_silu: bool = True
+    ):
         super().__init__()
         self.feed_forward = FeedForward(dim, ffn_hidden, operations)
         self.attention_norm1 = RMSNorm(dim, norm_eps)
@@ -96,7 +101,8 @@ class SandwichBlock(nn.Module):
         self.ffn_norm1 = RMSNorm(dim, norm_eps)
         self.ffn_norm2 = RMSNorm(dim, norm_eps)
         if cond_dim is not None:
-            self.adaLN_modulation = nn.Sequential(nn.SiLU(), operations.Linear(cond_dim, 4 * dim))
+            projection = operations.Linear(cond_dim, 4 * dim)
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), projection) if cond_silu else nn.Sequential(projection)
 
     def run(
         self, x: torch.Tensor, cond: torch.Tensor | None, attend: Callable[[torch.Tensor], torch.Tensor]
@@ -120,13 +126,14 @@ class SandwichBlock(nn.Module):
 
 
 class TimestepEmbedder(nn.Module):
-    """Sinusoidal features of t (256 wide) through a two-layer SiLU MLP."""
+    """Sinusoidal features of t (256 wide) through a two-layer SiLU MLP, hidden_dim wide inside (default out_dim)."""
 
-    def __init__(self, out_dim: int, frequency_dim: int = 256, operations=nn):
+    def __init__(self, out_dim: int, frequency_dim: int = 256, operations=nn, hidden_dim: int | None = None):
         super().__init__()
         self.frequency_dim = frequency_dim
+        hidden_dim = hidden_dim or out_dim
         self.mlp = nn.Sequential(
-            operations.Linear(frequency_dim, out_dim), nn.SiLU(), operations.Linear(out_dim, out_dim)
+            operations.Linear(frequency_dim, hidden_dim), nn.SiLU(), operations.Linear(hidden_dim, out_dim)
         )
 
     def forward(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -188,3 +195,12 @@ def check_inputs(
             f"batch mismatch: latent {tuple(x.shape)}, time {tuple(t.shape)}, text {tuple(context.shape)}, "
             f"mask {None if context_mask is None else tuple(context_mask.shape)}."
         )
+
+
+def pad_to_multiple(tokens: torch.Tensor, pad_token: torch.Tensor, multiple: int) -> torch.Tensor:
+    """(B, N, D) tokens followed by copies of a learned (1, D) pad token up to a multiple of `multiple` tokens."""
+    extra = -tokens.shape[1] % multiple
+    if not extra:
+        return tokens
+    pad = cast_to(pad_token, like=tokens).expand(tokens.shape[0], extra, -1)  # (1, D) -> (B, extra, D)
+    return torch.cat([tokens, pad], dim=1)

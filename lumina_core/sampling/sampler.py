@@ -235,7 +235,7 @@ MAX_STEPS = 10_000  # far beyond any use; it keeps a mistyped 10**9 from allocat
 
 def check_settings(
     *,
-    steps: int,
+    steps: int | None,
     cfg: float | None,
     batch_size: int = 1,
     solver: str = "euler",
@@ -258,12 +258,13 @@ def check_settings(
     """Raise InvalidInputError for any setting `sample` would refuse, before a model is loaded or run.
 
     The one place the API (`sample` calls it first), the pipeline and CLI, and the ComfyUI nodes check settings:
-    integers must be integers, floats finite and in range, each message naming the rule. cfg, schedule and
+    integers must be integers, floats finite and in range, each message naming the rule. steps, cfg, schedule and
     renorm_cfg None (a family default not filled in yet) and shift None (the schedule's default) are accepted.
     cfg_channels is only checked to be positive here; that it fits the latent needs the model. model_options: the
     model keywords `lumina_core.validation.check_model_options` knows.
     """
-    check_int("steps", steps, 1, MAX_STEPS, "solver steps ending at sigma 0")
+    if steps is not None:
+        check_int("steps", steps, 1, MAX_STEPS, "solver steps ending at sigma 0")
     check_int("batch_size", batch_size, 1, rule="images (videos) per run")
     check_seed(seed)
     for name, size in (("width", width), ("height", height)):

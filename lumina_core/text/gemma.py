@@ -53,7 +53,7 @@ from transformers import Gemma2Config, Gemma2Model, GemmaConfig, GemmaModel, Pre
 from transformers.models.gemma.modeling_gemma import GemmaRotaryEmbedding
 from transformers.models.gemma2.modeling_gemma2 import Gemma2RotaryEmbedding
 
-from ..common.ops import adopt_operations, default_compute_dtype, default_device
+from ..common.ops import adopt_operations
 from ..conditioning import Conditioning
 from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from ..gguf.reader import read_metadata
@@ -61,6 +61,7 @@ from ..gguf.text import config_fields as gguf_config_fields
 from ..gguf.text import sentencepiece_model
 from ..loading.files import Checkpoint, is_gguf, open_checkpoint, preview, read_json
 from ..loading.modules import assign_tensors, build_with_precision
+from .encoder import TextEncoder, check_stored, decoder_dimensions, right_padded, shape_of
 from .prompts import format_negative_prompt, format_prompt, resolve_system_prompt
 from .truncation import warn_cut
 
@@ -81,8 +82,6 @@ _NON_WEIGHT_KEYS = frozenset({SINGLE_FILE_TOKENIZER_KEY, "lm_head.weight"})
 # the id the original code pads with, so token ids match it exactly.
 _PAD_ID = 0
 
-_LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
-
 # Key patterns that tell model families apart, for detection and for saying what a wrong file holds.
 _MARKERS = {
     "decoder": re.compile(r"(^|\.)layers\.0\.self_attn\.q_proj\.weight$"),
@@ -90,6 +89,7 @@ _MARKERS = {
     "pre_feedforward_norm": re.compile(r"(^|\.)layers\.0\.pre_feedforward_layernorm\.weight$"),
     "post_feedforward_norm": re.compile(r"(^|\.)layers\.0\.post_feedforward_layernorm\.weight$"),
     "qk_norm": re.compile(r"(^|\.)layers\.0\.self_attn\.q_norm\.weight$"),
+    "qkv_bias": re.compile(r"(^|\.)layers\.0\.self_attn\.q_proj\.bias$"),
     "t5": re.compile(r"(^|\.)block\.0\.layer\.0\.SelfAttention\.q\.weight$"),
     "clip": re.compile(r"(^|\.)text_model\.encoder\.layers\.0\."),
     "dit": re.compile(r"(^|\.)(cap_embedder|x_embedder|t_embedder)\."),
@@ -137,7 +137,7 @@ GEMMA1 = GemmaVariant(
     rotary_class=GemmaRotaryEmbedding,
     metadata_key=GEMMA_CONFIG_METADATA_KEY,
     required=frozenset({"decoder", "post_attention_norm"}),
-    absent=frozenset({"pre_feedforward_norm", "post_feedforward_norm", "qk_norm"}),
+    absent=frozenset({"pre_feedforward_norm", "post_feedforward_norm", "qk_norm", "qkv_bias"}),
     # config.json of google/gemma-2b and gemma-7b; 7B's head_dim is not hidden / heads (3072 / 16).
     release_attention={2048: {"head_dim": 256}, 3072: {"head_dim": 256}},
     query_scale_key=None,
@@ -169,7 +169,7 @@ GEMMA2 = GemmaVariant(
     rotary_class=Gemma2RotaryEmbedding,
     metadata_key=GEMMA2_CONFIG_METADATA_KEY,
     required=frozenset({"decoder", "post_attention_norm", "pre_feedforward_norm", "post_feedforward_norm"}),
-    absent=frozenset({"qk_norm"}),
+    absent=frozenset({"qk_norm", "qkv_bias"}),
     # config.json of google/gemma-2-2b, -9b and -27b. 2B and 9B use head_dim 256 and scale attention by
     # 1/sqrt(256), but 27B uses head_dim 128 and 1/sqrt(144) (hidden / heads).
     release_attention={
@@ -225,8 +225,12 @@ def describe_keys(keys: Iterable[str]) -> str:
         return variant.description
     found = _markers(keys)
     if "decoder" in found:
-        if "qk_norm" in found:
+        if "qk_norm" in found and "pre_feedforward_norm" in found:
             return "a Gemma-3 text encoder (it has q_norm/k_norm)"
+        if "qk_norm" in found:
+            return "a Qwen3 text encoder (q_norm/k_norm, no Gemma feed-forward norms)"
+        if "qkv_bias" in found:
+            return "a Qwen2 / Qwen2.5 text encoder (q/k/v projections with biases)"
         return "a decoder whose layer norms match neither Gemma (v1) nor Gemma-2 (a damaged or unknown model)"
     described = [_OTHER_FAMILIES[name] for name in sorted(found & _OTHER_FAMILIES.keys())]
     return " and ".join(described) or "no model this loader recognises"
@@ -292,34 +296,19 @@ class _JsonTokenizer:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
 
-class GemmaTextEncoder:
+class GemmaTextEncoder(TextEncoder):
     """Text features for a Lumina model: `hidden_states[-2]` of the prompts, formatted as its original code does.
 
     `family` is the diffusion family the weights serve ("lumina_next" for Gemma, "lumina2" for Gemma-2).
     """
 
     def __init__(self, model: GemmaModel | Gemma2Model, tokenizer: _Tokenizer):
-        self.model = model
-        self.tokenizer = tokenizer
         self.variant = variant_of_config(model.config)
+        super().__init__(model, tokenizer, self.variant.name)
 
     @property
     def family(self) -> str:
         return self.variant.family
-
-    @property
-    def device(self) -> torch.device:
-        """Where encode runs unless told otherwise: where the weights are."""
-        return default_device(self.model)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The compute dtype (the loader's choice; the embedding table is stored in it)."""
-        return default_compute_dtype(self.model)
-
-    def to(self, device: torch.device | str) -> GemmaTextEncoder:
-        self.model.to(device)
-        return self
 
     def format_prompts(
         self, prompts: Sequence[str], system_prompt: str | None = None, negative: bool = False
@@ -359,13 +348,7 @@ class GemmaTextEncoder:
                 warn_cut(self.variant.name, index, len(row), max_length, hint=f" to fit max_length={max_length}")
         rows = [row[:max_length] for row in rows]
         multiple = self.variant.pad_to_multiple_of
-        length = -(-max(len(row) for row in rows) // multiple) * multiple
-        ids = torch.full((len(rows), length), _PAD_ID, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = True
-        return ids, mask
+        return right_padded(rows, _PAD_ID, -(-max(len(row) for row in rows) // multiple) * multiple)
 
     @torch.no_grad()
     def encode(
@@ -454,31 +437,11 @@ def config_from_shapes(
             f"{where}: its config says model_type '{stored['model_type']}' but the tensors are {variant.description} "
             f"(model_type '{variant.model_type}'). The config belongs to another model; remove or fix it."
         )
-    vocab_size, hidden_size = _shape_of(shapes, "embed_tokens.weight", where)
+    hidden_size = shape_of(shapes, "embed_tokens.weight", where, variant.name)[1]
     attention = _attention_fields(variant, hidden_size, stored, where)
-    head_dim = attention["head_dim"]
-    q_rows = _shape_of(shapes, "layers.0.self_attn.q_proj.weight", where)[0]
-    kv_rows = _shape_of(shapes, "layers.0.self_attn.k_proj.weight", where)[0]
-    if q_rows % head_dim or kv_rows % head_dim:
-        raise CheckpointError(
-            f"{where}: q_proj has {q_rows} rows and k_proj {kv_rows}, not multiples of head_dim {head_dim}. "
-            f"Fix head_dim in config.json or in the metadata key '{variant.metadata_key}'."
-        )
-    derived = {
-        "vocab_size": vocab_size,
-        "hidden_size": hidden_size,
-        "intermediate_size": _shape_of(shapes, "layers.0.mlp.gate_proj.weight", where)[0],
-        "num_hidden_layers": 1 + max(int(m.group(1)) for k in shapes if (m := _LAYER_KEY.match(k))),
-        "num_attention_heads": q_rows // head_dim,
-        "num_key_value_heads": kv_rows // head_dim,
-        "head_dim": head_dim,
-    }
-    conflicts = [f"{k}: config {stored[k]}, tensors {v}" for k, v in derived.items() if k in stored and stored[k] != v]
-    if conflicts:
-        raise CheckpointError(
-            f"{where}: its config does not match its tensor shapes ({'; '.join(conflicts)}). "
-            "The config belongs to another model size; remove or fix it."
-        )
+    fix = f" Fix head_dim in config.json or in the metadata key '{variant.metadata_key}'."
+    derived = decoder_dimensions(shapes, attention["head_dim"], where, variant.name, fix)
+    check_stored(derived, stored, where)
     fields = {**variant.constants, **attention, **stored, **derived, "use_cache": False}
     try:
         return variant.config_class.from_dict(fields, attn_implementation=variant.attn_implementation)
@@ -504,12 +467,6 @@ def _attention_fields(variant: GemmaVariant, hidden_size: int, stored: Mapping[s
             f"'{variant.metadata_key}'."
         )
     return dict(variant.release_attention[hidden_size])
-
-
-def _shape_of(shapes: Mapping[str, tuple[int, ...]], key: str, where: str) -> tuple[int, ...]:
-    if key not in shapes:
-        raise CheckpointError(f"{where}: the Gemma tensor '{key}' is missing; the file is incomplete.")
-    return shapes[key]
 
 
 def _detect_or_raise(keys: Iterable[str], where: str) -> GemmaVariant:

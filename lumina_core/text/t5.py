@@ -31,8 +31,8 @@ Sources:
 fp8 weights are a storage format: the Linear weights stay fp8 in memory and each layer casts its own to bf16
 per call, multiplied by its `scale_weight` where ComfyUI's scaled-fp8 files have one (`lumina_core.common.ops`).
 In fp16 the feed-forward output projections `wo` stay float32, as transformers' `from_pretrained` keeps them
-(`_keep_in_fp32_modules`), because T5 v1.1 overflows fp16 there; transformers casts `wo`'s input to its weight's
-dtype, which the feed-forward here does too, except for an fp8 weight (a storage format, not a compute dtype).
+(`_keep_in_fp32_modules`), because T5 v1.1 overflows fp16 there; their input is then cast to float32 as
+transformers does, but never down to a narrower storage dtype (fp8, fp16 computed in float32).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, T5Config, T5EncoderModel, T5TokenizerFast
 from transformers.models.t5.modeling_t5 import T5DenseActDense, T5DenseGatedActDense
 
-from ..common.ops import FP8_DTYPES, adopt_operations, default_compute_dtype, default_device
+from ..common.ops import FP8_DTYPES, adopt_operations
 from ..conditioning import Conditioning
 from ..errors import CheckpointError, InvalidInputError, UnsupportedModelError
 from ..gguf.quantized import QuantizedTensor
@@ -60,6 +60,7 @@ from ..gguf.reader import read_metadata
 from ..gguf.text import sentencepiece_model
 from ..loading.files import Checkpoint, is_gguf, open_checkpoint, preview, read_json
 from ..loading.modules import assign_tensors, build_with_precision
+from .encoder import PromptTokenizer, TextEncoder, check_stored, resolve_tokenizer, right_padded, shape_of
 from .truncation import warn_cut
 
 FAMILY = "ltxv"
@@ -125,7 +126,7 @@ def find_t5_tokenizer(directories: Iterable[str | os.PathLike]) -> str | None:
     return None
 
 
-class T5PromptTokenizer:
+class T5PromptTokenizer(PromptTokenizer):
     """A T5 tokenizer as LTX-Video's pipelines call it: the pieces then `</s>`, `<pad>` to pad.
 
     backend: a transformers tokenizer (T5TokenizerFast) or a `tokenizers.Tokenizer` whose post-processor
@@ -134,21 +135,9 @@ class T5PromptTokenizer:
     """
 
     def __init__(self, backend: PreTrainedTokenizerBase | tokenizers.Tokenizer, source: str):
-        self.source = source
-        if isinstance(backend, tokenizers.Tokenizer):
-            self._encode: Callable[[str], list[int]] = lambda text: backend.encode(text).ids
-            self._decode: Callable[[list[int]], str] = backend.decode
-            vocab, self.vocab_size = backend.get_vocab(with_added_tokens=True), backend.get_vocab_size(True)
-        elif isinstance(backend, PreTrainedTokenizerBase):
-            self._encode = lambda text: backend(text)["input_ids"]
-            self._decode = partial(backend.decode, skip_special_tokens=False)
-            vocab, self.vocab_size = backend.get_vocab(), len(backend)
-        else:
-            raise InvalidInputError(
-                f"{source}: expected a transformers tokenizer or a tokenizers.Tokenizer, got {type(backend).__name__}."
-            )
-        self.pad_id, self.eos_id = vocab.get("<pad>"), vocab.get("</s>")
-        if (self.pad_id, self.eos_id) != (_PAD_ID, _EOS_ID) or self._encode("") != [_EOS_ID]:
+        super().__init__(backend, source)
+        self.pad_id, self.eos_id = self.vocab.get("<pad>"), self.vocab.get("</s>")
+        if (self.pad_id, self.eos_id) != (_PAD_ID, _EOS_ID) or self.encode("") != [_EOS_ID]:
             raise CheckpointError(
                 f"{source} is not a T5 tokenizer: T5's has '<pad>' as id {_PAD_ID} and '</s>' as id {_EOS_ID} (found "
                 f"{self.pad_id} and {self.eos_id}) and ends every text with '</s>'. " + _TOKENIZER_HELP
@@ -178,13 +167,6 @@ class T5PromptTokenizer:
             backend = _load_tokenizer(T5TokenizerFast.from_pretrained, folder, source, local_files_only=True)
         return cls(backend, source)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of one text, `</s>` last."""
-        return self._encode(text)
-
-    def decode(self, ids: list[int]) -> str:
-        return self._decode(ids)
-
 
 def _load_tokenizer(
     factory: Callable[..., PreTrainedTokenizerBase | tokenizers.Tokenizer], location: str, source: str, **kwargs
@@ -201,33 +183,13 @@ def _load_tokenizer(
         raise CheckpointError(f"{source} is not a readable T5 tokenizer ({type(err).__name__}: {err}).{hint}") from None
 
 
-class T5TextEncoder:
+class T5TextEncoder(TextEncoder):
     """Text features for LTX-Video: T5's last hidden state and the padding mask, as a `Conditioning`."""
 
     family = FAMILY
 
     def __init__(self, model: T5EncoderModel, tokenizer: T5PromptTokenizer):
-        if tokenizer.vocab_size > model.config.vocab_size:
-            raise CheckpointError(
-                f"the tokenizer {tokenizer.source} has {tokenizer.vocab_size} tokens but the T5 embedding has "
-                f"{model.config.vocab_size} rows: tokenizer and weights come from different models."
-            )
-        self.model = model
-        self.tokenizer = tokenizer
-
-    @property
-    def device(self) -> torch.device:
-        """Where encode runs unless told otherwise: where the weights are."""
-        return default_device(self.model)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The compute dtype (the loader's choice; the embedding table is stored in it)."""
-        return default_compute_dtype(self.model)
-
-    def to(self, device: torch.device | str) -> T5TextEncoder:
-        self.model.to(device)
-        return self
+        super().__init__(model, tokenizer, "T5")
 
     def tokenize(
         self, prompts: Sequence[str], max_tokens: int = DEFAULT_MAX_TOKENS
@@ -245,13 +207,7 @@ class T5TextEncoder:
                 f"was trained with); got {max_tokens}."
             )
         rows = [self._cut(i, self.tokenizer.encode(text), max_tokens) for i, text in enumerate(prompts)]
-        length = max(MIN_TOKENS, *(len(row) for row in rows))
-        ids = torch.full((len(rows), length), self.tokenizer.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = True
-        return ids, mask
+        return right_padded(rows, self.tokenizer.pad_id, max(MIN_TOKENS, *(len(row) for row in rows)))
 
     def _cut(self, index: int, ids: list[int], max_tokens: int) -> list[int]:
         if len(ids) <= max_tokens:
@@ -355,9 +311,9 @@ def config_from_shapes(
             f"{where}: its config says model_type '{stored['model_type']}' but the tensors are a T5 encoder. The "
             "config belongs to another model; remove or fix it."
         )
-    vocab_size, d_model = _shape_of(shapes, "shared.weight", where)
-    buckets, heads = _shape_of(shapes, _RELATIVE_BIAS.format(0), where)
-    inner = _shape_of(shapes, "encoder.block.0.layer.0.SelfAttention.q.weight", where)[0]
+    vocab_size, d_model = shape_of(shapes, "shared.weight", where, "T5")
+    buckets, heads = shape_of(shapes, _RELATIVE_BIAS.format(0), where, "T5")
+    inner = shape_of(shapes, "encoder.block.0.layer.0.SelfAttention.q.weight", where, "T5")[0]
     if inner % heads:
         raise CheckpointError(
             f"{where}: q has {inner} rows, not a multiple of the {heads} heads of relative_attention_bias."
@@ -368,17 +324,12 @@ def config_from_shapes(
         "vocab_size": vocab_size,
         "d_model": d_model,
         "d_kv": inner // heads,
-        "d_ff": _shape_of(shapes, f"encoder.block.0.layer.1.DenseReluDense.{ffn_in}.weight", where)[0],
+        "d_ff": shape_of(shapes, f"encoder.block.0.layer.1.DenseReluDense.{ffn_in}.weight", where, "T5")[0],
         "num_layers": 1 + max(int(m.group(1)) for k in shapes if (m := _BLOCK_KEY.match(k))),
         "num_heads": heads,
         "relative_attention_num_buckets": buckets,
     }
-    conflicts = [f"{k}: config {stored[k]}, tensors {v}" for k, v in derived.items() if k in stored and stored[k] != v]
-    if conflicts:
-        raise CheckpointError(
-            f"{where}: its config does not match its tensor shapes ({'; '.join(conflicts)}). The config belongs to "
-            "another model size; remove or fix it."
-        )
+    check_stored(derived, stored, where)
     fields = {**T5_V1_1_DEFAULTS, "feed_forward_proj": "gated-gelu" if gated else "relu", **stored, **derived}
     try:
         config = T5Config.from_dict(fields, attn_implementation=ATTN_IMPLEMENTATION)
@@ -390,12 +341,6 @@ def config_from_shapes(
             f"{'wi_0/wi_1 (gated)' if gated else 'wi (not gated)'}. Fix or remove the config."
         )
     return config
-
-
-def _shape_of(shapes: Mapping[str, tuple[int, ...]], key: str, where: str) -> tuple[int, ...]:
-    if key not in shapes:
-        raise CheckpointError(f"{where}: the T5 tensor '{key}' is missing; the file is incomplete.")
-    return shapes[key]
 
 
 @dataclass(frozen=True)
@@ -456,19 +401,8 @@ def _resolve_tokenizer(
     search: list[str],
     path: str,
 ) -> T5PromptTokenizer:
-    if isinstance(tokenizer, T5PromptTokenizer):
-        return tokenizer
-    if isinstance(tokenizer, PreTrainedTokenizerBase | tokenizers.Tokenizer):
-        return T5PromptTokenizer(tokenizer, f"the {type(tokenizer).__name__} passed as tokenizer=")
-    if tokenizer is not None:
-        return T5PromptTokenizer.from_path(tokenizer)
-    found = find_t5_tokenizer(search)
-    if found is None:
-        raise CheckpointError(
-            f"{path}: no T5 tokenizer found; looked for {' or '.join(TOKENIZER_FILES)} in "
-            f"{', '.join(dict.fromkeys(search))}. " + _TOKENIZER_HELP
-        )
-    return T5PromptTokenizer.from_path(found)
+    failure = f"{path}: no T5 tokenizer found; looked for {' or '.join(TOKENIZER_FILES)}"
+    return resolve_tokenizer(tokenizer, T5PromptTokenizer, find_t5_tokenizer, search, failure, _TOKENIZER_HELP)
 
 
 def _build_model(
@@ -528,10 +462,12 @@ def _cast(read: Callable[[], torch.Tensor], dtype: torch.dtype) -> torch.Tensor 
 
 @functools.cache
 def _storage_blind(cls: type[nn.Module]) -> type[nn.Module]:
-    """transformers' T5 feed-forward, except that an fp8 `wo` weight (storage) does not set the dtype of its input.
+    """transformers' T5 feed-forward, with `wo`'s input cast only up to float32, never down to a storage dtype.
 
-    transformers casts the input of `wo` to `wo.weight.dtype` (to keep `wo` in float32 under fp16); with the
-    weight stored in fp8 that would round the activations to fp8, so the input then keeps the compute dtype.
+    transformers casts the input of `wo` to `wo.weight.dtype`, to run `wo` in float32 under fp16 (where it keeps
+    that weight in float32). Here a weight may be stored narrower than the compute dtype (fp8, or fp16 computed
+    in float32) and cast per call by its layer, so the input goes to float32 where `wo` is kept in float32 and
+    otherwise keeps the compute dtype.
     """
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -540,9 +476,8 @@ def _storage_blind(cls: type[nn.Module]) -> type[nn.Module]:
         else:
             hidden = self.act(self.wi(hidden_states))
         hidden = self.dropout(hidden)
-        wo_dtype = getattr(self.wo.weight, "dtype", None)  # a QuantizedLinear has no weight
-        if wo_dtype is not None and wo_dtype.is_floating_point and wo_dtype not in FP8_DTYPES:
-            hidden = hidden.to(wo_dtype)
+        if getattr(self.wo.weight, "dtype", None) == torch.float32:  # a QuantizedLinear has no weight
+            hidden = hidden.float()
         return self.wo(hidden)
 
     return type(cls.__name__, (cls,), {"forward": forward, "__doc__": cls.__doc__})

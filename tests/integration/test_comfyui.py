@@ -35,8 +35,11 @@ COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
 WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
 PACK = "comfyui-lumina"
-OUR_NODES = ("LoadLuminaTransformer", "GGUFLoader", "LoadGemma", "GemmaEncode", "LoadT5", "T5Encode", "FlowSampler",
-             "LoadLuminaVAE", "LuminaVAEDecode", "LTXVideoDecode")  # fmt: skip
+OUR_NODES = (
+    "LuminaLoadTransformer", "LuminaGGUFLoader", "LuminaLoadGemma", "LuminaGemmaEncode", "LuminaLoadT5",
+    "LuminaT5Encode", "LuminaFlowSampler", "LuminaLoadVAE", "LuminaVAEDecode", "LuminaLTXVideoDecode",
+)  # fmt: skip
+SAMPLER = "LuminaFlowSampler"
 # The file names the shipped workflows use, so they run unchanged apart from size and steps.
 TRANSFORMER, TEXT_ENCODER, VAE = "lumina_2_model_bf16.safetensors", "gemma_2_2b_fp16.safetensors", "ae.safetensors"
 GGUF_TRANSFORMER, GGUF_TEXT_ENCODER = "lumina2-Q8_0.gguf", "gemma-2-2b-Q8_0.gguf"
@@ -182,12 +185,12 @@ def small_graph(seed: int = 0, **sampler) -> dict:
     settings = {**SMALL, "batch_size": 1, "seed": seed, "cfg": 4.0, "shift": 6.0, "solver": "euler"}
     settings |= {"schedule": "shifted_linear", "cfg_trunc": 1.0, "cfg_renorm": 1.0, "denoise": 1.0, **sampler}
     return {
-        "1": node("LoadLuminaTransformer", file=TRANSFORMER, weight_dtype="auto", device="auto"),
-        "2": node("LoadGemma", file=TEXT_ENCODER, weight_dtype="auto", device="auto"),
-        "3": node("GemmaEncode", text_encoder=["2", 0], prompt="a red fox in snow", system_prompt="real"),
-        "4": node("GemmaEncode", text_encoder=["2", 0], prompt="", system_prompt="real"),
-        "5": node("FlowSampler", model=["1", 0], positive=["3", 0], negative=["4", 0], **settings),
-        "6": node("LoadLuminaVAE", file=VAE, device="auto"),
+        "1": node("LuminaLoadTransformer", file=TRANSFORMER, weight_dtype="auto"),
+        "2": node("LuminaLoadGemma", file=TEXT_ENCODER, weight_dtype="auto"),
+        "3": node("LuminaGemmaEncode", text_encoder=["2", 0], prompt="a red fox in snow", system_prompt="real"),
+        "4": node("LuminaGemmaEncode", text_encoder=["2", 0], prompt="", system_prompt="real"),
+        "5": node(SAMPLER, model=["1", 0], positive=["3", 0], negative=["4", 0], **settings),
+        "6": node("LuminaLoadVAE", file=VAE),
         "7": node("LuminaVAEDecode", vae=["6", 0], samples=["5", 0]),
         "8": node("SaveImage", images=["7", 0], filename_prefix="lumina_it"),
     }
@@ -198,8 +201,8 @@ def node(class_type: str, **inputs) -> dict:
 
 
 def shrink(graph: dict, seed: int | None = None) -> dict:
-    """Every FlowSampler at 64x48 and 2 steps."""
-    sets = [(node, name, value) for node in rw.nodes_of(graph, "FlowSampler") for name, value in SMALL.items()]
+    """Every sampler at 96x64 and 2 steps (9 frames for video)."""
+    sets = [(node, name, value) for node in rw.nodes_of(graph, SAMPLER) for name, value in SMALL.items()]
     return rw.apply_overrides(graph, seed=seed, sets=sets)
 
 
@@ -229,7 +232,7 @@ def test_object_info_lists_our_nodes(server):
     missing = [node for node in OUR_NODES if node not in info]
     assert not missing, f"not registered: {missing}\n{server.log_tail()}"
     assert {node: info[node]["category"] for node in OUR_NODES} == dict.fromkeys(OUR_NODES, "Lumina")
-    files = info["LoadLuminaTransformer"]["input"]["required"]["file"][0]
+    files = info["LuminaLoadTransformer"]["input"]["required"]["file"][0]
     assert TRANSFORMER in files and VAE_AS_CHECKPOINT in files
 
 
@@ -254,7 +257,7 @@ def test_size_not_multiple_of_16_is_rejected(server):
     assert any("multiple of 16" in error["details"] for error in errors), errors
     lines = rw.rejection_lines(body)
     assert lines[1:] == [
-        "  node 5 (FlowSampler): Custom validation failed for node: width 1000 is not a multiple of 16; try 992."
+        "  node 5 (LuminaFlowSampler): Custom validation failed for node: width 1000 is not a multiple of 16; try 992."
     ]
 
 
@@ -270,7 +273,7 @@ def test_vae_in_transformer_loader_fails_readably(server):
     assert run.status == "error", run.status
     assert run.history["status"]["status_str"] == "error"
     print(f"{run.data['node_type']}: {run.data['exception_type']}: {run.data['exception_message']}")
-    assert (run.data["node_id"], run.data["node_type"]) == ("1", "LoadLuminaTransformer")
+    assert (run.data["node_id"], run.data["node_type"]) == ("1", "LuminaLoadTransformer")
     assert VAE_AS_CHECKPOINT in run.data["exception_message"]
     assert "VAE" in run.data["exception_message"]
 
@@ -287,7 +290,7 @@ def test_interrupt_mid_sampling(server):
     run = run_graph(server, small_graph(seed=2, steps=500, solver="rk4"), on_message=interrupt_on_first_step)
     assert interrupted_at, "no progress message arrived"
     assert run.status == "interrupted", f"{run.status} after {run.seconds:.1f} s"
-    assert run.data["node_type"] == "FlowSampler"
+    assert run.data["node_type"] == SAMPLER
     last_step = max(data["value"] for kind, data in run.messages if kind == "progress")
     print(f"interrupted at step {last_step}/500 after {run.seconds:.1f} s")
     assert last_step < 500
@@ -321,11 +324,11 @@ def test_command_line_exit_codes(server, tmp_path):
 
     code, _, stderr = finished(cli(small_graph(), "--set", "5.width=1000"))
     assert code == rw.EXIT_REJECTED
-    assert "node 5 (FlowSampler): Custom validation failed for node: width 1000 is not a multiple of 16" in stderr
+    assert "node 5 (LuminaFlowSampler): Custom validation failed for node: width 1000 is not a multiple of 16" in stderr
 
     code, _, stderr = finished(cli(small_graph(), "--transformer", VAE_AS_CHECKPOINT))
     assert code == rw.EXIT_FAILED
-    assert "node 1 (LoadLuminaTransformer) failed" in stderr and VAE_AS_CHECKPOINT in stderr
+    assert "node 1 (LuminaLoadTransformer) failed" in stderr and VAE_AS_CHECKPOINT in stderr
 
     code, _, stderr = finished(cli(small_graph(), "--set", "99.steps=3"))
     assert code == rw.EXIT_BAD_INPUT and "no node '99'" in stderr
@@ -338,7 +341,7 @@ def test_command_line_exit_codes(server, tmp_path):
             break
     code, _, stderr = finished(process)
     assert code == rw.EXIT_INTERRUPTED, stderr
-    assert "interrupted at node 5 (FlowSampler)" in stderr
+    assert "interrupted at node 5 (LuminaFlowSampler)" in stderr
 
     code, _, stderr = finished(cli(long_graph, "--seed", "8", timeout=1))
     assert code == rw.EXIT_TIMEOUT, stderr
@@ -368,15 +371,15 @@ def test_text_encoder_of_another_family_fails_naming_both(server):
     run = run_graph(server, rw.apply_overrides(graph, text_encoder=TEXT_ENCODER))
     assert run.status == "error", run.status
     print(f"{run.data['node_type']}: {run.data['exception_message']}")
-    assert run.data["node_type"] == "FlowSampler"
+    assert run.data["node_type"] == SAMPLER
     assert "Lumina-Next" in run.data["exception_message"] and "Lumina-Image 2.0" in run.data["exception_message"]
 
 
 def test_gguf_transformer_and_text_encoder_run(server):
-    """Both GGUFLoader outputs in one graph: the Q8_0 transformer and the llama.cpp-named Gemma-2."""
+    """Both GGUF loader outputs in one graph: the Q8_0 transformer and the llama.cpp-named Gemma-2."""
     graph = small_graph(seed=5)
-    graph["1"] = node("GGUFLoader", file=GGUF_TRANSFORMER, weight_dtype="auto", device="auto")
-    graph["2"] = node("GGUFLoader", file=GGUF_TEXT_ENCODER, weight_dtype="auto", device="auto")
+    graph["1"] = node("LuminaGGUFLoader", file=GGUF_TRANSFORMER, weight_dtype="auto")
+    graph["2"] = node("LuminaGGUFLoader", file=GGUF_TEXT_ENCODER, weight_dtype="auto")
     for encode in ("3", "4"):
         graph[encode]["inputs"]["text_encoder"] = ["2", 1]
     run = run_graph(server, graph)
@@ -385,11 +388,36 @@ def test_gguf_transformer_and_text_encoder_run(server):
 
 
 def test_image_to_video_from_a_core_image_node(server):
-    """FlowSampler's first_frame fed by core EmptyImage, encoded with the LTX-Video VAE of the same file."""
+    """The sampler's first_frame fed by core EmptyImage, encoded with the LTX-Video VAE of the same file."""
     graph = shrink(rw.load_graph(REPO / "workflows" / "api" / "ltxv_t2v.json"))
     graph["9"] = node("EmptyImage", width=120, height=80, batch_size=1, color=0x3366CC)
-    sampler = next(iter(rw.nodes_of(graph, "FlowSampler")))
+    sampler = next(iter(rw.nodes_of(graph, SAMPLER)))
     graph[sampler]["inputs"] |= {"first_frame": ["9", 0], "vae": ["6", 0], "first_frame_strength": 1.0}
     run = run_graph(server, graph)
     files = assert_success(server, run)
     print(f"image-to-video: {run.seconds:.1f} s -> {[f['path'] for f in files]}")
+
+
+def test_free_unloads_our_models(server):
+    """After a run our models stay loaded in ComfyUI's model manager (the next run asks it for nothing new); POST
+    /free with unload_models (the "Unload models" button) releases them, so the run after it loads them again."""
+    ours = {f"Requested to load {name}" for name in ("Lumina2Transformer", "LuminaTextEncoder", "Autoencoder")}
+
+    def requested_during(seed: int) -> set[str]:
+        before = len(server.log.read_text(errors="replace"))
+        graph = rw.apply_overrides(small_graph(seed=seed), prompt=f"a red fox, take {seed}")  # every node runs
+        assert_success(server, run_graph(server, graph))
+        new = server.log.read_text(errors="replace")[before:]
+        return {line for line in ours if line in new}
+
+    requested_during(11)
+    assert requested_during(12) == set()  # still loaded: nothing to load
+    rw.request_json(server.address, "/free", {"unload_models": True})
+    # The one prompt worker handles the flag after the prompt it is running or waking for, so once a model-free
+    # prompt has finished, the unload is done before the next prompt starts.
+    blank = {
+        "1": node("EmptyImage", width=8, height=8, batch_size=1, color=13),
+        "2": node("PreviewImage", images=["1", 0]),
+    }
+    assert run_graph(server, blank).status == "success"
+    assert requested_during(13) == ours

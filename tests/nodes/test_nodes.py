@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-import nodes
 from lumina_core import tiny
-from lumina_core.errors import InvalidInputError, UnsupportedModelError
 from lumina_core.pipeline import ImageRequest, text_to_image
-from nodes import comfy_bridge
+from tests.pack import core, nodes
 
+InvalidInputError, UnsupportedModelError = core.InvalidInputError, core.UnsupportedModelError
+comfy_bridge = nodes.comfy_bridge
 N = nodes.NODE_CLASS_MAPPINGS
 SETTINGS = dict(width=64, height=48, batch_size=1, seed=3, steps=2, cfg=4.0, shift=6.0, solver="euler",
                 schedule="shifted_linear", cfg_trunc=1.0, cfg_renorm=1.0, denoise=1.0)  # fmt: skip
@@ -40,23 +40,43 @@ def model_dirs(tmp_path_factory):
 
 
 def load_all(file_dit="original.safetensors", file_te="comfy.safetensors", file_vae="ae.safetensors"):
-    model = N["LoadLuminaTransformer"]().load(file_dit, weight_dtype="fp32", device="cpu")[0]
-    encoder = N["LoadGemma"]().load(file_te, weight_dtype="fp32", device="cpu")[0]
-    vae = N["LoadLuminaVAE"]().load(file_vae, device="cpu")[0]
+    model = N["LuminaLoadTransformer"]().load(file_dit, weight_dtype="fp32")[0]
+    encoder = N["LuminaLoadGemma"]().load(file_te, weight_dtype="fp32")[0]
+    vae = N["LuminaLoadVAE"]().load(file_vae)[0]
     return model, encoder, vae
 
 
+def encode(encoder, prompt="a red fox in snow"):
+    return N["LuminaGemmaEncode"]().encode(encoder, prompt, "real")[0]
+
+
 def run_graph(model, encoder, vae, **overrides):
-    positive = N["GemmaEncode"]().encode(encoder, "a red fox in snow", "real")[0]
-    negative = N["GemmaEncode"]().encode(encoder, "", "real")[0]
-    latent = N["FlowSampler"]().sample(model, positive, negative, **{**SETTINGS, **overrides})[0]
+    positive, negative = encode(encoder), encode(encoder, "")
+    latent = N["LuminaFlowSampler"]().sample(model, positive, negative, **{**SETTINGS, **overrides})[0]
     return latent, N["LuminaVAEDecode"]().decode(vae, latent)[0]
 
 
+def test_node_ids_follow_one_scheme():
+    """Every node registers as "Lumina" + its class name without "Lumina", and every node class is registered."""
+    assert {key: cls.__name__ for key, cls in N.items()} == {
+        "Lumina" + cls.__name__.replace("Lumina", ""): cls.__name__ for cls in N.values()
+    }
+    assert nodes.NODE_DISPLAY_NAME_MAPPINGS.keys() == N.keys()
+    node_classes = {cls for module in (nodes.loaders, nodes.sampling, nodes.decode) for cls in vars(module).values()
+                    if isinstance(cls, type) and hasattr(cls, "FUNCTION") and hasattr(cls, "DISPLAY_NAME")}  # fmt: skip
+    assert node_classes == set(N.values())
+    assert {"LuminaFlowSampler", "LuminaGGUFLoader", "LuminaLoadTransformer", "LuminaVAEDecode"} <= N.keys()
+
+
+def test_no_device_widget(model_dirs):
+    for cls in N.values():
+        assert "device" not in cls.INPUT_TYPES().get("required", {}), cls.__name__
+
+
 def test_dropdowns_list_model_files_only(model_dirs):
-    files = N["LoadLuminaTransformer"].INPUT_TYPES()["required"]["file"][0]
+    files = N["LuminaLoadTransformer"].INPUT_TYPES()["required"]["file"][0]
     assert files == ["ae.safetensors", "lumina_aio.safetensors", "original.safetensors"]
-    assert "comfy.safetensors" in N["LoadGemma"].INPUT_TYPES()["required"]["file"][0]
+    assert "comfy.safetensors" in N["LuminaLoadGemma"].INPUT_TYPES()["required"]["file"][0]
 
 
 def test_graph_matches_the_plain_python_pipeline(model_dirs):
@@ -78,16 +98,43 @@ def test_all_in_one_file_feeds_every_loader(model_dirs):
     assert torch.equal(from_parts, from_one_file)
 
 
-def test_img2img_from_a_latent(model_dirs):
+def test_img2img_follows_the_latent_contract(model_dirs):
+    """The LATENT between nodes is raw VAE space: the sampler converts it to model space, runs sample(init_latent=...)
+    with the node's denoise, and converts back."""
     model, encoder, vae = load_all()
     latent, _ = run_graph(model, encoder, vae)
-    positive = N["GemmaEncode"]().encode(encoder, "a fox", "real")[0]
-    img2img = N["FlowSampler"]().sample(model, positive, positive, **{**SETTINGS, "denoise": 0.3}, latent=latent)[0]
-    assert img2img["samples"].shape == latent["samples"].shape
+    positive, negative = encode(encoder, "a fox"), encode(encoder, "")
+    settings = {**SETTINGS, "denoise": 0.6, "seed": 5}
+    ours = N["LuminaFlowSampler"]().sample(model, positive, negative, **settings, latent=latent)[0]["samples"]
+    module, form = model.model, model.model.latent_format
+
+    def sampled(init, denoise=0.6):
+        options = dict(width=64, height=48, seed=5, steps=2, cfg=4.0, shift=6.0, solver="euler", renorm_cfg=1.0)
+        return form.to_raw(core.sample(module, positive, negative, init_latent=init, denoise=denoise, **options))
+
+    expected = sampled(form.to_model(latent["samples"]))
+    assert torch.allclose(ours, expected, atol=1e-6)
+    # What the comparison catches: a raw latent handed on as if it were model space, or denoise left at 1.
+    assert (ours - sampled(latent["samples"])).abs().max() > 0.05
+    assert (ours - sampled(form.to_model(latent["samples"]), denoise=1.0)).abs().max() > 0.05
+
+
+def test_auto_settings_are_the_familys_recipe(model_dirs):
+    model, encoder, _ = load_all()
+    positive, negative = encode(encoder), encode(encoder, "")
+    sampler = N["LuminaFlowSampler"]()
+    defaults = {name: spec[1]["default"] for name, spec in sampler.INPUT_TYPES()["required"].items()
+                if name in ("shift", "schedule", "cfg_renorm")}  # fmt: skip
+    assert defaults == {"shift": -1.0, "schedule": "auto", "cfg_renorm": -1.0}
+    auto = sampler.sample(model, positive, negative, **{**SETTINGS, **defaults})[0]["samples"]
+    explicit = sampler.sample(model, positive, negative, **SETTINGS)[0]["samples"]  # 6, shifted_linear, 1
+    assert torch.equal(auto, explicit)
+    other = sampler.sample(model, positive, negative, **{**SETTINGS, "shift": 3.0})[0]["samples"]
+    assert not torch.equal(auto, other)
 
 
 def test_validate_inputs_says_the_rule():
-    validate = N["FlowSampler"].VALIDATE_INPUTS
+    validate = N["LuminaFlowSampler"].VALIDATE_INPUTS
     assert validate(width=64, height=48) is True
     assert validate(width=1000, height=48) == "width 1000 is not a multiple of 16; try 992."
     # ComfyUI skips its own range checks for inputs VALIDATE_INPUTS takes, so ours must catch them
@@ -97,33 +144,33 @@ def test_validate_inputs_says_the_rule():
 
 def test_settings_are_checked_before_sampling(model_dirs):
     model, encoder, _ = load_all()
-    positive = N["GemmaEncode"]().encode(encoder, "a fox", "real")[0]
+    positive = N["LuminaGemmaEncode"]().encode(encoder, "a fox", "real")[0]
     with pytest.raises(InvalidInputError, match="cfg_trunc"):
-        N["FlowSampler"]().sample(model, positive, positive, **{**SETTINGS, "cfg_trunc": -0.5})
+        N["LuminaFlowSampler"]().sample(model, positive, positive, **{**SETTINGS, "cfg_trunc": -0.5})
 
 
 def test_file_not_in_the_dropdown_is_refused(model_dirs):
     with pytest.raises(ValueError, match="not in the diffusion_models folders"):
-        N["LoadLuminaTransformer"]().load("../../etc/passwd", weight_dtype="fp32", device="cpu")
+        N["LuminaLoadTransformer"]().load("../../etc/passwd", weight_dtype="fp32")
     with pytest.raises(ValueError, match="not in the diffusion_models folders"):
-        N["LoadLuminaTransformer"]().load("notes.txt", weight_dtype="fp32", device="cpu")
+        N["LuminaLoadTransformer"]().load("notes.txt", weight_dtype="fp32")
 
 
 def test_file_of_another_kind_is_named(model_dirs):
     with pytest.raises(UnsupportedModelError, match="holds a VAE"):
-        N["LoadLuminaTransformer"]().load("ae.safetensors", weight_dtype="fp32", device="cpu")
+        N["LuminaLoadTransformer"]().load("ae.safetensors", weight_dtype="fp32")
 
 
 def test_conditioning_from_another_encoder_is_named(model_dirs):
     model, encoder, _ = load_all()
-    positive = N["GemmaEncode"]().encode(encoder, "a fox", "real")[0]
+    positive = N["LuminaGemmaEncode"]().encode(encoder, "a fox", "real")[0]
     wrong = type(positive)(torch.zeros(1, 4, 48), torch.ones(1, 4, dtype=torch.bool))
     with pytest.raises(InvalidInputError, match="different widths \\[32, 48\\]"):
-        N["FlowSampler"]().sample(model, positive, wrong, **SETTINGS)
+        N["LuminaFlowSampler"]().sample(model, positive, wrong, **SETTINGS)
 
 
 def test_dropping_a_loader_output_frees_the_model(model_dirs):
-    handle = N["LoadLuminaTransformer"]().load("original.safetensors", weight_dtype="fp32", device="cpu")[0]
+    handle = N["LuminaLoadTransformer"]().load("original.safetensors", weight_dtype="fp32")[0]
     ref = weakref.ref(handle.model)
     del handle
     gc.collect()
@@ -132,7 +179,7 @@ def test_dropping_a_loader_output_frees_the_model(model_dirs):
 
 def test_cancel_stops_sampling_between_transformer_blocks(model_dirs, monkeypatch):
     model, encoder, _ = load_all()
-    positive = N["GemmaEncode"]().encode(encoder, "a fox", "real")[0]
+    positive = N["LuminaGemmaEncode"]().encode(encoder, "a fox", "real")[0]
     calls = []
 
     class Interrupted(Exception):
@@ -147,7 +194,7 @@ def test_cancel_stops_sampling_between_transformer_blocks(model_dirs, monkeypatc
     finished_calls = []
     hook = model.model.final_layer.register_forward_hook(lambda *args: finished_calls.append(1))
     with pytest.raises(Interrupted):
-        N["FlowSampler"]().sample(model, positive, positive, **{**SETTINGS, "steps": 5})
+        N["LuminaFlowSampler"]().sample(model, positive, positive, **{**SETTINGS, "steps": 5})
     hook.remove()
     assert len(calls) == 2 and finished_calls == []  # checked before each of the 4 blocks: it stopped in the first call
 
@@ -155,15 +202,13 @@ def test_cancel_stops_sampling_between_transformer_blocks(model_dirs, monkeypatc
 def test_vae_decode_of_a_nan_vae_fails_naming_the_stage_and_the_file(model_dirs):
     from safetensors.torch import load_file, save_file
 
-    from lumina_core.errors import DecodeError
-
     weights = load_file(model_dirs / "vae" / "ae.safetensors")
     weights["decoder.conv_out.weight"][0] = float("nan")  # the red channel
     save_file(weights, model_dirs / "vae" / "ae_nan.safetensors")
     model, encoder, _ = load_all()
-    vae = N["LoadLuminaVAE"]().load("ae_nan.safetensors", device="cpu")[0]
-    positive = N["GemmaEncode"]().encode(encoder, "a fox", "real")[0]
-    latent = N["FlowSampler"]().sample(model, positive, positive, **SETTINGS)[0]
-    with pytest.raises(DecodeError, match=r"^VAE decode \(.*ae_nan\.safetensors\) made NaN/inf pixels .* "
+    vae = N["LuminaLoadVAE"]().load("ae_nan.safetensors")[0]
+    positive = N["LuminaGemmaEncode"]().encode(encoder, "a fox", "real")[0]
+    latent = N["LuminaFlowSampler"]().sample(model, positive, positive, **SETTINGS)[0]
+    with pytest.raises(core.errors.DecodeError, match=r"^VAE decode \(.*ae_nan\.safetensors\) made NaN/inf pixels .* "
                        r"decoder\.conv_out\.weight holds 288 NaN"):  # fmt: skip
         N["LuminaVAEDecode"]().decode(vae, latent)

@@ -338,7 +338,7 @@ def test_a_config_that_contradicts_the_tensors_is_refused(tiny, tmp_path):
 
 def test_tokenizer_argument_is_for_t5_only(tmp_path):
     path = write_text_encoder(make_gemma(seed=0), train_tokenizer(), "comfy.safetensors", tmp_path)
-    with pytest.raises(InvalidInputError, match="tokenizer= is for T5 encoders"):
+    with pytest.raises(InvalidInputError, match="tokenizer= is for T5 and Qwen3 encoders"):
         load_text_encoder(path, tokenizer=tmp_path)
     assert load_text_encoder(path, tokenizer_dirs=[tmp_path]).family == "lumina2"
 

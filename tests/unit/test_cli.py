@@ -183,6 +183,75 @@ def test_an_image_vae_for_a_video_model_fails_before_anything_runs(ltxv_files, a
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.fixture(scope="module")
+def zimage_files(tmp_path_factory):
+    """A Z-Image file, ComfyUI's single-file Qwen3 (its tokenizer in qwen_tokenizer/ beside it) and the FLUX VAE."""
+    folder = tmp_path_factory.mktemp("zimage")
+    transformer = tiny.write_transformer(tiny.make_transformer(0, tiny.TINY_ZIMAGE), "original.safetensors", folder)
+    qwen3 = tiny.write_qwen3_text_encoder(tiny.make_qwen3(0), tiny.train_qwen_tokenizer(), "comfy.safetensors", folder)
+    return transformer, qwen3, tiny.write_vae(tiny.make_vae(0), "ae.safetensors", folder)
+
+
+def generate_zimage(files, out, *extra):
+    transformer, qwen3, vae = files
+    return main(["generate", "--transformer", str(transformer), "--text-encoder", str(qwen3), "--vae", str(vae),
+                 "--tokenizer", str(qwen3.parent / "qwen_tokenizer"), "--prompt", "a fox", "--width", "64",
+                 "--height", "48", "--out", str(out), *extra])  # fmt: skip
+
+
+def test_generate_with_zimage_runs_the_turbo_recipe(zimage_files, tmp_path, monkeypatch):
+    seen = {}
+    original = __import__("lumina_core.pipeline", fromlist=["sample"]).sample
+
+    def spy(model, positive, negative, **settings):
+        seen.update(settings, negative=negative, family=model.family)
+        return original(model, positive, negative, **settings)
+
+    monkeypatch.setattr("lumina_core.pipeline.sample", spy)
+    assert generate_zimage(zimage_files, tmp_path / "fox.png") == 0
+    assert Image.open(tmp_path / "fox.png").size == (64, 48)
+    assert (seen["family"], seen["steps"], seen["cfg"], seen["shift"], seen["negative"]) == (
+        "zimage",
+        8,
+        1.0,
+        3.0,
+        None,
+    )
+
+
+def test_the_zimage_base_recipe_is_chosen_by_name(zimage_files, tmp_path, capsys):
+    assert generate_zimage(zimage_files, tmp_path / "fox.png", "--recipe", "zimage_base", "--steps", "2") == 0
+    capsys.readouterr()
+    assert generate_zimage(zimage_files, tmp_path / "x.png", "--recipe", "lumina2") == 2
+    assert "recipe 'lumina2' is not one of this zimage model's: zimage, zimage_base" in one_line_error(capsys)
+
+
+def test_a_gemma_text_encoder_for_zimage_names_both_models(zimage_files, all_in_one, tmp_path, capsys):
+    transformer, _, vae = zimage_files
+    args = [
+        "generate",
+        "--transformer",
+        str(transformer),
+        "--text-encoder",
+        str(all_in_one),
+        "--vae",
+        str(vae),
+        "--prompt",
+        "a fox",
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "x.png"),
+    ]
+    assert main(args) == 2
+    err = one_line_error(capsys)
+    assert "Gemma-2-2B" in err and "Lumina-Image 2.0" in err and "Z-Image" in err and "Qwen3-4B" in err
+
+
 def test_inspect_names_lumina_nexts_gemma_file(tmp_path, capsys):
     path = tiny.write_text_encoder(tiny.make_gemma1(0), tiny.train_tokenizer(), "comfy.safetensors", tmp_path)
     assert main(["inspect", str(path)]) == 0

@@ -3,15 +3,16 @@
 import pytest
 import torch
 
-import nodes
 from lumina_core import tiny
-from lumina_core.errors import InvalidInputError, UnsupportedModelError
 from lumina_core.gguf.convert import convert
-from lumina_core.gguf.quantized import QuantizedLinear
-from nodes import comfy_bridge
 from tests.fixtures.gguf_files import Q, write_gemma_gguf, write_gguf
+from tests.fixtures.tiny_qwen3 import write_qwen3_gguf
+from tests.pack import core, nodes
 
-LOADER = nodes.NODE_CLASS_MAPPINGS["GGUFLoader"]
+InvalidInputError, UnsupportedModelError = core.InvalidInputError, core.UnsupportedModelError
+QuantizedLinear = core.gguf.quantized.QuantizedLinear
+comfy_bridge = nodes.comfy_bridge
+LOADER = nodes.NODE_CLASS_MAPPINGS["LuminaGGUFLoader"]
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +24,10 @@ def model_dirs(tmp_path_factory):
     source = tiny.write_transformer(tiny.make_transformer(0), "original.safetensors", root / "diffusion_models")
     convert(source, root / "diffusion_models" / "lumina2-q8_0.gguf", "Q8_0")
     write_gemma_gguf(tiny.make_gemma(0), tiny.train_tokenizer(), root / "text_encoders" / "gemma2-q8_0.gguf", Q.Q8_0)
+    zimage = tiny.write_transformer(tiny.make_transformer(0, tiny.TINY_ZIMAGE), "original.safetensors", root)
+    convert(zimage, root / "diffusion_models" / "zimage-q8_0.gguf", "Q8_0")  # labelled "lumina2", as city96's
+    qwen3 = root / "text_encoders" / "qwen3-q8_0.gguf"
+    write_qwen3_gguf(tiny.make_qwen3(0), tiny.train_qwen_tokenizer(), qwen3, Q.Q8_0)
     llm = {"blk.0.attn_q.weight": (torch.randn(32, 32), Q.Q8_0), "token_embd.weight": (torch.randn(8, 32), Q.F32)}
     write_gguf(root / "diffusion_models" / "qwen.gguf", llm, "qwen2")
     yield root
@@ -31,29 +36,40 @@ def model_dirs(tmp_path_factory):
 
 def test_dropdown_lists_gguf_files_of_both_folders(model_dirs):
     files = LOADER.INPUT_TYPES()["required"]["file"][0]
-    assert files == ["gemma2-q8_0.gguf", "lumina2-q8_0.gguf", "qwen.gguf"]
+    assert files == ["gemma2-q8_0.gguf", "lumina2-q8_0.gguf", "qwen.gguf", "qwen3-q8_0.gguf", "zimage-q8_0.gguf"]
 
 
 def test_a_transformer_file_fills_the_model_output(model_dirs):
-    model, unused = LOADER().load("lumina2-q8_0.gguf", device="cpu", weight_dtype="fp32")
-    assert model.kind == "transformer" and model.family == "lumina2"
+    model, unused = LOADER().load("lumina2-q8_0.gguf", weight_dtype="fp32")
+    assert model.kind == "diffusion" and model.family == "lumina2"
     assert any(isinstance(m, QuantizedLinear) for m in model.model.modules())
-    with pytest.raises(InvalidInputError, match="holds a diffusion transformer: connect GGUFLoader's model output"):
-        unused.placed()
+    with pytest.raises(
+        InvalidInputError, match=r"holds a diffusion transformer: connect the model output of Load GGUF"
+    ):
+        unused.model  # noqa: B018 - any use of the blocked output says which output to connect
 
 
 def test_a_text_encoder_file_fills_the_text_encoder_output(model_dirs):
-    unused, encoder = LOADER().load("gemma2-q8_0.gguf", device="cpu", weight_dtype="fp32")
+    unused, encoder = LOADER().load("gemma2-q8_0.gguf", weight_dtype="fp32")
     assert encoder.kind == "text_encoder" and encoder.family == "lumina2"
     assert encoder.model.encode(["a fox"]).embeds.shape[-1] == 32
     with pytest.raises(InvalidInputError, match="holds a text encoder"):
-        unused.placed()
+        unused.model  # noqa: B018
+
+
+def test_zimage_and_its_qwen3_fill_their_outputs(model_dirs):
+    model, _ = LOADER().load("zimage-q8_0.gguf", weight_dtype="fp32")
+    assert model.kind == "diffusion" and model.family == "zimage"
+    assert any(isinstance(m, QuantizedLinear) for m in model.model.modules())
+    _, encoder = LOADER().load("qwen3-q8_0.gguf", weight_dtype="fp32")
+    assert encoder.kind == "text_encoder" and encoder.family == "zimage"
+    assert encoder.model.encode(["a fox"]).embeds.shape[-1] == tiny.make_qwen3(0).config.hidden_size
 
 
 def test_bad_files(model_dirs):
     with pytest.raises(UnsupportedModelError, match="qwen.gguf holds a GGUF 'qwen2' model"):
-        LOADER().load("qwen.gguf", device="cpu")
+        LOADER().load("qwen.gguf")
     with pytest.raises(ValueError, match="not a .gguf file in the diffusion model or text encoder folders"):
-        LOADER().load("original.safetensors", device="cpu")
+        LOADER().load("original.safetensors")
     with pytest.raises(ValueError, match="not a .gguf file"):
-        LOADER().load("../text_encoders/gemma2-q8_0.gguf", device="cpu")
+        LOADER().load("../text_encoders/gemma2-q8_0.gguf")

@@ -199,6 +199,19 @@ def test_text_encoders_take_their_linear_and_embedding_layers_from_operations(ki
     assert torch.equal(ours.encode(["a red fox"]).embeds, plain.encode(["a red fox"]).embeds)
 
 
+def test_t5_weights_stored_narrower_than_the_compute_dtype(tmp_path):
+    """fp16 T5 weights computed in float32 (ComfyUI's auto choice on a CPU): the same as the weights upcast at load;
+    transformers' feed-forward would round `wo`'s input to its fp16 weight dtype."""
+    model = tiny.make_t5(0).half()
+    path = tiny.write_t5_text_encoder(model, tiny.train_t5_tokenizer(), "comfy.safetensors", tmp_path)
+    options = {"tokenizer_dirs": [tmp_path / "t5_tokenizer"]}
+    kept = load_text_encoder(path, compute_dtype=torch.float32, **options)
+    upcast = load_text_encoder(path, dtype=torch.float32, **options)
+    assert kept.model.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float16
+    prompts = ["a red fox trots through fresh snow", "a lighthouse"]
+    assert torch.equal(kept.encode(prompts).embeds, upcast.encode(prompts).embeds)
+
+
 # weights in another dtype than the input
 
 

@@ -227,7 +227,7 @@ def test_bad_cache_settings_are_refused():
     with pytest.raises(InvalidInputError, match="variant"):
         TeaCache(0.2, "v3").polynomial("lumina2")
     with pytest.raises(InvalidInputError, match="published coefficients"):
-        TeaCache(0.2).polynomial("sdxl")
+        TeaCache(0.2).polynomial("zimage")
 
     class Plain(StagedModel):
         run_blocks = None

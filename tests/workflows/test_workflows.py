@@ -7,11 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-import nodes
-from lumina_core import InvalidInputError
-from lumina_core.vae import first_frame_conditioning
-from nodes import comfy_bridge
-from tests.fixtures.workflow_models import write_workflow_models
+from tests.fixtures.workflow_models import qwen_tokenizer_stand_in, write_workflow_models
+from tests.pack import core, nodes
 from tests.workflows.graph import (
     CORE_NODES,
     WorkflowError,
@@ -26,8 +23,10 @@ ROOT = Path(__file__).resolve().parents[2] / "workflows"
 UI_FILES = sorted(ROOT.glob("*.json"))
 API_FILES = sorted((ROOT / "api").glob("*.json"))
 N = nodes.NODE_CLASS_MAPPINGS
-LOADERS = ("LoadLuminaTransformer", "LoadGemma", "LoadT5", "LoadLuminaVAE")
-ENCODERS = ("GemmaEncode", "T5Encode")
+InvalidInputError, comfy_bridge = core.InvalidInputError, nodes.comfy_bridge
+first_frame_conditioning = core.vae.first_frame_conditioning
+LOADERS = ("LuminaLoadTransformer", "LuminaLoadGemma", "LuminaLoadT5", "LuminaLoadVAE")
+ENCODERS = ("LuminaGemmaEncode", "LuminaT5Encode")
 TINY_SETTINGS = {"width": 96, "height": 64, "steps": 2, "frames": 9}  # sizes valid for every family
 
 
@@ -43,8 +42,10 @@ def model_dirs(tmp_path_factory):
             if source in folders:
                 comfy_bridge.register_folder(key, folders[source])
     write_workflow_models(folders)
+    qwen_tokenizer = qwen_tokenizer_stand_in(root / "qwen25_tokenizer")
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("LUMINA_MODEL_DIRS", raising=False)
+        patch.setattr(comfy_bridge, "bundled_tokenizer_dirs", lambda: [str(qwen_tokenizer)])
         yield root
     comfy_bridge._standalone_folders.clear()
 
@@ -57,7 +58,9 @@ def shrink(api: dict) -> dict:
 
 
 def test_workflows_are_shipped():
-    assert {"lumina2_t2i.json", "lumina_next_t2i.json", "ltxv_t2v.json"} <= {p.name for p in UI_FILES}
+    assert {"lumina2_t2i.json", "lumina_next_t2i.json", "ltxv_t2v.json", "zimage_turbo_t2i.json"} <= {
+        p.name for p in UI_FILES
+    }
 
 
 @pytest.mark.parametrize("path", UI_FILES + API_FILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -97,7 +100,7 @@ def test_api_graph_checks(path, model_dirs):
 def test_headless_overrides_are_plain_values(path):
     """A headless script sets the prompt (through FlowSampler.positive), the seed and the loader files."""
     api = load_api(path)
-    for sampler in (node for node in api.values() if node["class_type"] == "FlowSampler"):
+    for sampler in (node for node in api.values() if node["class_type"] == "LuminaFlowSampler"):
         assert isinstance(sampler["inputs"]["seed"], int)
         positive = api[sampler["inputs"]["positive"][0]]
         assert positive["class_type"] in ENCODERS and isinstance(positive["inputs"]["prompt"], str)
@@ -120,7 +123,7 @@ def test_api_workflow_runs_on_tiny_checkpoints(path, model_dirs, tmp_path):
 
 def test_video_workflow_carries_the_frame_rate_to_the_saved_file(model_dirs, tmp_path):
     api = shrink(load_api(ROOT / "api" / "ltxv_t2v.json"))
-    next(n for n in api.values() if n["class_type"] == "FlowSampler")["inputs"]["frame_rate"] = 10.0
+    next(n for n in api.values() if n["class_type"] == "LuminaFlowSampler")["inputs"]["frame_rate"] = 10.0
     outputs = run_api_workflow(api, N, tmp_path)
     (path,) = [p for ui in outputs.values() for p in ui["images"]]
     with Image.open(path) as video:
@@ -130,10 +133,10 @@ def test_video_workflow_carries_the_frame_rate_to_the_saved_file(model_dirs, tmp
 
 def test_size_off_the_grid_fails_validation(model_dirs, tmp_path):
     api = shrink(load_api(ROOT / "api" / "lumina2_t2i.json"))
-    next(n for n in api.values() if n["class_type"] == "FlowSampler")["inputs"]["width"] = 1000
+    next(n for n in api.values() if n["class_type"] == "LuminaFlowSampler")["inputs"]["width"] = 1000
     with pytest.raises(WorkflowError, match="multiple of 16") as failure:
         run_api_workflow(api, N, tmp_path)
-    assert "\n" not in str(failure.value) and "FlowSampler" in str(failure.value)
+    assert "\n" not in str(failure.value) and "LuminaFlowSampler" in str(failure.value)
     assert not list(tmp_path.iterdir())  # validation runs before any node
 
 
@@ -142,7 +145,7 @@ def test_a_text_encoder_of_the_other_family_names_both(encoder, model_dirs, tmp_
     """Gemma-2 features into Lumina-Next, or Gemma features into Lumina 2: one line naming both models."""
     workflow = "lumina_next_t2i.json" if encoder.startswith("gemma_2_2b") else "lumina2_t2i.json"
     api = shrink(load_api(ROOT / "api" / workflow))
-    next(n for n in api.values() if n["class_type"] == "LoadGemma")["inputs"]["file"] = encoder
+    next(n for n in api.values() if n["class_type"] == "LuminaLoadGemma")["inputs"]["file"] = encoder
     with pytest.raises(InvalidInputError) as failure:
         run_api_workflow(api, N, tmp_path)
     message = str(failure.value)
@@ -158,7 +161,7 @@ def test_save_image_counts_on_from_existing_files(tmp_path):
 
 def _render(workflow: str, sampler_inputs: dict, folder: Path) -> np.ndarray:
     api = shrink(load_api(ROOT / "api" / workflow))
-    next(n for n in api.values() if n["class_type"] == "FlowSampler")["inputs"].update(sampler_inputs)
+    next(n for n in api.values() if n["class_type"] == "LuminaFlowSampler")["inputs"].update(sampler_inputs)
     folder.mkdir()
     outputs = run_api_workflow(api, N, folder)
     with Image.open(next(p for ui in outputs.values() for p in ui["images"])) as image:
@@ -181,51 +184,65 @@ def test_lumina_next_options_reach_lumina_next_and_lumina2_ignores_them(option, 
 
 def test_video_sampler_takes_a_core_empty_ltxv_latent(model_dirs):
     """EmptyLTXVLatentVideo's LATENT (zeros, B x 128 x (length-1)/8+1 x H/32 x W/32) sets the video's size."""
-    model = N["LoadLuminaTransformer"]().load("ltx-video-2b-v0.9.5.safetensors", device="cpu")[0]
-    encoder = N["LoadT5"]().load("t5xxl_fp16.safetensors", device="cpu")[0]
-    positive, negative = (N["T5Encode"]().encode(encoder, text, 128)[0] for text in ("a fox", ""))
+    model = N["LuminaLoadTransformer"]().load("ltx-video-2b-v0.9.5.safetensors")[0]
+    encoder = N["LuminaLoadT5"]().load("t5xxl_fp16.safetensors")[0]
+    positive, negative = (N["LuminaT5Encode"]().encode(encoder, text, 128)[0] for text in ("a fox", ""))
     empty = {"samples": torch.zeros(1, 128, 2, 2, 3)}  # 9 frames of 96 x 64
     settings = {
         **{
             name: spec[1].get("default")
-            for name, spec in N["FlowSampler"].INPUT_TYPES()["required"].items()
+            for name, spec in N["LuminaFlowSampler"].INPUT_TYPES()["required"].items()
             if name not in ("model", "positive", "negative")
         },
         "steps": 2,
         "schedule": "ltx",
         "shift": 0.0,
     }
-    (out,) = N["FlowSampler"]().sample(model, positive, negative, latent=empty, frame_rate=12.0, **settings)
+    (out,) = N["LuminaFlowSampler"]().sample(model, positive, negative, latent=empty, frame_rate=12.0, **settings)
     assert out["samples"].shape == (1, 128, 2, 2, 3) and out["frame_rate"] == 12.0
     assert out["samples"].abs().sum() > 0
 
 
+def test_video_sizes_are_checked_before_any_weight_moves(model_dirs, monkeypatch):
+    model = N["LuminaLoadTransformer"]().load("ltx-video-2b-v0.9.5.safetensors")[0]
+    encoder = N["LuminaLoadT5"]().load("t5xxl_fp16.safetensors")[0]
+    positive = N["LuminaT5Encode"]().encode(encoder, "a fox", 128)[0]
+    loads = []
+    monkeypatch.setattr(type(model), "load", lambda self, memory: loads.append(memory))
+    settings = {name: spec[1].get("default") for name, spec in N["LuminaFlowSampler"].INPUT_TYPES()["required"].items()
+                if name not in ("model", "positive", "negative")}  # fmt: skip
+    with pytest.raises(InvalidInputError, match="width 80 is not allowed: LTX-Video needs sizes that are positive "
+                       "multiples of 32"):  # fmt: skip
+        N["LuminaFlowSampler"]().sample(model, positive, positive, **{**settings, "width": 80, "height": 64})
+    assert loads == []
+
+
 def test_text_encoder_nodes_name_the_right_node_for_the_other_family(model_dirs):
-    with pytest.raises(InvalidInputError, match="load it with Load Gemma Text Encoder"):
-        N["LoadT5"]().load("gemma_2b.safetensors", device="cpu")
+    with pytest.raises(InvalidInputError, match="load it with Load Gemma / Qwen3 Text Encoder"):
+        N["LuminaLoadT5"]().load("gemma_2b.safetensors")
     with pytest.raises(InvalidInputError, match="load it with Load T5 Text Encoder"):
-        N["LoadGemma"]().load("t5xxl_fp16.safetensors", device="cpu")
-    t5 = N["LoadT5"]().load("t5xxl_fp16.safetensors", device="cpu")[0]
+        N["LuminaLoadGemma"]().load("t5xxl_fp16.safetensors")
+    t5 = N["LuminaLoadT5"]().load("t5xxl_fp16.safetensors")[0]
     with pytest.raises(InvalidInputError, match="encode with T5 Encode"):
-        N["GemmaEncode"]().encode(t5, "a fox", "real")
-    gemma = N["LoadGemma"]().load("gemma_2b.safetensors", device="cpu")[0]
-    with pytest.raises(InvalidInputError, match="encode with Gemma Encode"):
-        N["T5Encode"]().encode(gemma, "a fox", 128)
+        N["LuminaGemmaEncode"]().encode(t5, "a fox", "real")
+    gemma = N["LuminaLoadGemma"]().load("gemma_2b.safetensors")[0]
+    with pytest.raises(InvalidInputError, match="encode with Gemma / Qwen3 Encode"):
+        N["LuminaT5Encode"]().encode(gemma, "a fox", 128)
 
 
 def test_each_decoder_refuses_the_other_kind_of_vae(model_dirs):
-    ltx_vae = N["LoadLuminaVAE"]().load("ltx-video-2b-v0.9.5.safetensors", device="cpu")[0]
-    flux_vae = N["LoadLuminaVAE"]().load("ae.safetensors", device="cpu")[0]
+    ltx_vae = N["LuminaLoadVAE"]().load("ltx-video-2b-v0.9.5.safetensors")[0]
+    flux_vae = N["LuminaLoadVAE"]().load("ae.safetensors")[0]
     with pytest.raises(InvalidInputError, match="LTX-Video Decode"):
         N["LuminaVAEDecode"]().decode(ltx_vae, {"samples": torch.zeros(1, 16, 8, 8)})
     with pytest.raises(InvalidInputError, match="not an LTX-Video VAE"):
-        N["LTXVideoDecode"]().decode(flux_vae, {"samples": torch.zeros(1, 128, 2, 2, 2)}, 0.05, 0.025, 0, 0, 57)
+        N["LuminaLTXVideoDecode"]().decode(flux_vae, {"samples": torch.zeros(1, 128, 2, 2, 2)}, 0.05, 0.025, 0, 0, 57)
 
 
 def test_video_decode_tiles_on_request(model_dirs):
-    vae = N["LoadLuminaVAE"]().load("ltx-video-2b-v0.9.5.safetensors", device="cpu")[0]
+    vae = N["LuminaLoadVAE"]().load("ltx-video-2b-v0.9.5.safetensors")[0]
     samples = {"samples": torch.randn(1, 128, 3, 4, 5, generator=torch.Generator().manual_seed(0)), "frame_rate": 8.0}
-    decode = N["LTXVideoDecode"]().decode
+    decode = N["LuminaLTXVideoDecode"]().decode
     whole, frame_rate = decode(vae, samples, 0.05, 0.025, 0, 0, 57)
     assert whole.shape == (17, 128, 160, 3) and frame_rate == 8.0
     tiled = decode(vae, samples, 0.05, 0.025, 0, 64, 17)[0]  # 2 x 2 latent tiles, 2 latent frames
@@ -233,25 +250,70 @@ def test_video_decode_tiles_on_request(model_dirs):
 
 
 def test_first_frame_image_to_video_keeps_the_encoded_image(model_dirs):
-    model = N["LoadLuminaTransformer"]().load("ltx-video-2b-v0.9.5.safetensors", device="cpu")[0]
-    vae = N["LoadLuminaVAE"]().load("ltx-video-2b-v0.9.5.safetensors", device="cpu")[0]
-    encoder = N["LoadT5"]().load("t5xxl_fp16.safetensors", device="cpu")[0]
-    positive, negative = (N["T5Encode"]().encode(encoder, text, 128)[0] for text in ("a fox", ""))
+    model = N["LuminaLoadTransformer"]().load("ltx-video-2b-v0.9.5.safetensors")[0]
+    vae = N["LuminaLoadVAE"]().load("ltx-video-2b-v0.9.5.safetensors")[0]
+    encoder = N["LuminaLoadT5"]().load("t5xxl_fp16.safetensors")[0]
+    positive, negative = (N["LuminaT5Encode"]().encode(encoder, text, 128)[0] for text in ("a fox", ""))
     image = torch.rand(1, 80, 120, 3, generator=torch.Generator().manual_seed(0))  # (B, H, W, C), cropped to 96x64
     settings = {
         **{
             name: spec[1].get("default")
-            for name, spec in N["FlowSampler"].INPUT_TYPES()["required"].items()
+            for name, spec in N["LuminaFlowSampler"].INPUT_TYPES()["required"].items()
             if name not in ("model", "positive", "negative")
         },
         **TINY_SETTINGS,
         "schedule": "ltx",
         "shift": 0.0,
     }
-    sampler = N["FlowSampler"]()
+    sampler = N["LuminaFlowSampler"]()
     (out,) = sampler.sample(model, positive, negative, first_frame=image, vae=vae, **settings)
     expected, _ = first_frame_conditioning(vae.model, image.permute(0, 3, 1, 2), out["samples"].shape)
     assert torch.equal(out["samples"][:, :, :1], expected[:, :, :1])  # strength 1 keeps the first latent frame
     assert not torch.equal(out["samples"][:, :, 1:], expected[:, :, 1:])
     with pytest.raises(InvalidInputError, match="needs the LTX-Video VAE"):
         sampler.sample(model, positive, negative, first_frame=image, **settings)
+
+
+def test_zimage_turbo_workflow_runs_the_turbo_recipe_without_a_negative(model_dirs, tmp_path, monkeypatch):
+    """The shipped Z-Image-Turbo graph: Qwen3 through the Gemma / Qwen3 nodes, 8 euler steps at cfg 1 with no
+    negative connected, shift and renorm on auto (3 and 0, the family's)."""
+    seen = {}
+    real_sample = core.sample
+
+    def spy(model, positive, negative, **settings):
+        seen.update(settings, family=model.family, negative=negative, text=positive.family)
+        return real_sample(model, positive, negative, **settings)
+
+    monkeypatch.setattr(core, "sample", spy)
+    api = load_api(ROOT / "api" / "zimage_turbo_t2i.json")
+    assert "negative" not in api["5"]["inputs"]
+    run_api_workflow(shrink(api), {**N, **CORE_NODES}, tmp_path)
+    assert (seen["family"], seen["text"], seen["negative"]) == ("zimage", "zimage", None)
+    assert (seen["steps"], seen["cfg"], seen["shift"], seen["renorm_cfg"], seen["solver"]) == (
+        2,
+        1.0,
+        3.0,
+        0.0,
+        "euler",
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["zimage_turbo_t2i_00001_.png"]
+
+
+def test_guidance_without_a_negative_is_named(model_dirs):
+    model = N["LuminaLoadTransformer"]().load("z_image_turbo_bf16.safetensors")[0]
+    encoder = N["LuminaLoadGemma"]().load("qwen_3_4b.safetensors")[0]
+    positive = N["LuminaGemmaEncode"]().encode(encoder, "a fox", "real")[0]
+    settings = {name: spec[1].get("default") for name, spec in N["LuminaFlowSampler"].INPUT_TYPES()["required"].items()
+                if name not in ("model", "positive")}  # fmt: skip
+    with pytest.raises(InvalidInputError, match="cfg 4.0 guides away from a negative prompt, but none is connected"):
+        N["LuminaFlowSampler"]().sample(model, positive, **{**settings, "width": 64, "height": 48, "steps": 1})
+
+
+def test_a_gemma_conditioning_for_zimage_names_both_models(model_dirs):
+    model = N["LuminaLoadTransformer"]().load("z_image_turbo_bf16.safetensors")[0]
+    gemma = N["LuminaLoadGemma"]().load("gemma_2_2b_fp16.safetensors")[0]
+    positive = N["LuminaGemmaEncode"]().encode(gemma, "a fox", "real")[0]
+    settings = {name: spec[1].get("default") for name, spec in N["LuminaFlowSampler"].INPUT_TYPES()["required"].items()
+                if name not in ("model", "positive")}  # fmt: skip
+    with pytest.raises(InvalidInputError, match=r"Gemma-2-2B.*Lumina-Image 2\.0.*Z-Image.*Qwen3-4B"):
+        N["LuminaFlowSampler"]().sample(model, positive, **{**settings, "cfg": 1.0, "width": 64, "height": 48})

@@ -9,6 +9,7 @@ three are concatenated along dim 0, in q, k, v order, into the one original tens
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import torch
 
@@ -60,12 +61,8 @@ def _block_table(prefix: str) -> dict[str, str]:
     return UNMODULATED_BLOCK if prefix.startswith("context_refiner.") else MODULATED_BLOCK
 
 
-def _inverse(table: dict[str, str]) -> dict[str, str]:
+def inverse(table: dict[str, str]) -> dict[str, str]:
     return {diffusers: original for original, diffusers in table.items()}
-
-
-_TOP_LEVEL_INVERSE = _inverse(TOP_LEVEL)
-_MODULATED_INVERSE, _UNMODULATED_INVERSE = _inverse(MODULATED_BLOCK), _inverse(UNMODULATED_BLOCK)
 
 
 def map_diffusers_keys(keys: list[str]) -> tuple[dict[str, list[str]], list[str]]:
@@ -74,20 +71,30 @@ def map_diffusers_keys(keys: list[str]) -> tuple[dict[str, list[str]], list[str]
     Returns (plan, unmatched): plan maps each original key to the diffusers keys whose tensors,
     concatenated along dim 0 in the listed order, form it; unmatched lists keys no entry covers.
     """
+    return plan_renames(keys, inverse(TOP_LEVEL), lambda prefix: inverse(_block_table(prefix)), SPLIT_QKV)
+
+
+def plan_renames(
+    keys: list[str],
+    top_level: dict[str, str],
+    block_table: Callable[[str], dict[str, str]],
+    split_qkv: tuple[str, str, str],
+) -> tuple[dict[str, list[str]], list[str]]:
+    """`map_diffusers_keys` for any Next-DiT naming: top_level and block_table(block prefix) map diffusers names
+    to original ones, and the three split_qkv names of a block are concatenated into its fused `attention.qkv`."""
     plan: dict[str, list[str]] = {}
     unmatched = []
+    tables: dict[str, dict[str, str]] = {}
     for key in keys:
         block = _BLOCK_PREFIX.match(key)
-        inverse = {}
-        if block:
-            inverse = _UNMODULATED_INVERSE if block[1].startswith("context_refiner.") else _MODULATED_INVERSE
-        if block and block[2] in SPLIT_QKV:
+        table = tables.setdefault(block[1], block_table(block[1])) if block else {}
+        if block and block[2] in split_qkv:
             sources = plan.setdefault(block[1] + FUSED_QKV, [None, None, None])
-            sources[SPLIT_QKV.index(block[2])] = key
-        elif block and block[2] in inverse:
-            plan[block[1] + inverse[block[2]]] = [key]
-        elif key in _TOP_LEVEL_INVERSE:
-            plan[_TOP_LEVEL_INVERSE[key]] = [key]
+            sources[split_qkv.index(block[2])] = key
+        elif block and block[2] in table:
+            plan[block[1] + table[block[2]]] = [key]
+        elif key in top_level:
+            plan[top_level[key]] = [key]
         else:
             unmatched.append(key)
     incomplete = [k for k, sources in plan.items() if None in sources]
@@ -98,15 +105,26 @@ def map_diffusers_keys(keys: list[str]) -> tuple[dict[str, list[str]], list[str]
 
 def to_diffusers(state_dict: dict[str, torch.Tensor], dim: int) -> dict[str, torch.Tensor]:
     """Rename an original-keyed state dict to diffusers names, splitting each fused qkv (q has dim rows)."""
+    return rename_to_diffusers(state_dict, dim, TOP_LEVEL, _block_table, SPLIT_QKV)
+
+
+def rename_to_diffusers(
+    state_dict: dict[str, torch.Tensor],
+    dim: int,
+    top_level: dict[str, str],
+    block_table: Callable[[str], dict[str, str]],
+    split_qkv: tuple[str, str, str],
+) -> dict[str, torch.Tensor]:
+    """`to_diffusers` for any Next-DiT naming (tables original -> diffusers, as in `plan_renames`)."""
     out = {}
     for key, tensor in state_dict.items():
         block = _BLOCK_PREFIX.match(key)
         if block and block[2] == FUSED_QKV:
             kv_rows = (tensor.shape[0] - dim) // 2
-            for name, part in zip(SPLIT_QKV, tensor.split([dim, kv_rows, kv_rows])):
+            for name, part in zip(split_qkv, tensor.split([dim, kv_rows, kv_rows])):
                 out[block[1] + name] = part.contiguous()
         elif block:
-            out[block[1] + _block_table(block[1])[block[2]]] = tensor
+            out[block[1] + block_table(block[1])[block[2]]] = tensor
         else:
-            out[TOP_LEVEL[key]] = tensor
+            out[top_level[key]] = tensor
     return out
