@@ -13,6 +13,7 @@ plain float32 matmul of the same width measured in this process, a JSON record, 
 compiled to diffusers compiled.
 
     python bench/bench_compile.py [--families lumina2,lumina_next,ltxv] [--sizes bench,narrow] [--iters 3] [--rounds 2]
+                                  [--threads 1 --clock cpu]   # on a machine other work shares
 """
 
 from __future__ import annotations
@@ -68,10 +69,10 @@ def bench(family: str, size_name: str, args) -> dict:
         best = {name: float("inf") for name in VARIANTS}
         for _ in range(args.rounds):
             for name in VARIANTS:
-                best[name] = min(best[name], seconds_per_call(calls[name], args.iters))
+                best[name] = min(best[name], seconds_per_call(calls[name], args.iters, clock=args.clock))
         flops = forward_flops(calls["ours eager"])
     rows = 2 * (pair.tokens + size.caption)
-    matmul = matmul_rate(rows, size.dim, pair.ours.config.ffn_hidden, torch.float32, "cpu", args.iters)
+    matmul = matmul_rate(rows, size.dim, pair.ours.config.ffn_hidden, torch.float32, "cpu", args.iters, args.clock)
     record.update({f"{name} ms": round(best[name] * 1e3, 1) for name in VARIANTS})
     record["gflop"] = round(flops / 1e9, 2)
     record["matmul_gflops"] = round(matmul / 1e9, 1)
@@ -88,13 +89,21 @@ def main() -> None:
     parser.add_argument("--sizes", default="bench,narrow")
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: the CPU time this process got (with --threads 1, for a machine shared with "
+                             "other work)")  # fmt: skip
     args = parser.parse_args()
+    args.clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     records = []
     for size_name in args.sizes.split(","):
         for family in args.families.split(","):
             record = bench(family, size_name, args)
             record.update(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+                          clock="cpu" if args.clock is time.process_time else "wall",
                           torch=torch.__version__)  # fmt: skip
             records.append(record)
             print(json.dumps(record), flush=True)

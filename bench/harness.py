@@ -212,16 +212,19 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def seconds_per_call(fn: Callable[[], Any], iters: int, device: str = "cpu") -> float:
-    """Median seconds of `iters` calls after one warm-up call."""
+def seconds_per_call(
+    fn: Callable[[], Any], iters: int, device: str = "cpu", clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Median seconds of `iters` calls after one warm-up call, by `clock` (wall time; `time.process_time` counts the
+    CPU time this process got, which other processes on a shared machine do not inflate)."""
     fn()
     synchronize(device)
     times = []
     for _ in range(iters):
-        start = time.perf_counter()
+        start = clock()
         fn()
         synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -232,8 +235,11 @@ def forward_flops(fn: Callable[[], Any]) -> int:
     return counter.get_total_flops()
 
 
-def matmul_rate(rows: int, width: int, hidden: int, dtype: torch.dtype, device: str, iters: int) -> float:
+def matmul_rate(
+    rows: int, width: int, hidden: int, dtype: torch.dtype, device: str, iters: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:  # fmt: skip
     """FLOP/s of a plain (rows x width) @ (width x hidden) product: the rate a forward of that width can reach."""
     a = torch.randn(rows, width, dtype=dtype, device=device)
     b = torch.randn(width, hidden, dtype=dtype, device=device)
-    return 2 * rows * width * hidden / seconds_per_call(lambda: a @ b, iters, device)
+    return 2 * rows * width * hidden / seconds_per_call(lambda: a @ b, iters, device, clock)
