@@ -38,6 +38,7 @@ from ..common.norms import RMSNorm
 from ..common.ops import cast_to
 from ..common.rope import apply_rope, rope_cos_sin
 from ..errors import InvalidInputError
+from .stages import StagedForward
 
 FAMILY = "ltxv"
 T5_XXL_WIDTH = 4096
@@ -309,7 +310,7 @@ class CaptionProjection(nn.Module):
         return self.linear_2(F.gelu(self.linear_1(x), approximate="tanh"))
 
 
-class LTXVideoTransformer(nn.Module):
+class LTXVideoTransformer(StagedForward):
     """The LTX-Video transformer.
 
     Call: model(x, sigma, context, context_mask, frame_rate=25.0) -> velocity, with x (B, in_channels, F, H, W)
@@ -373,19 +374,7 @@ class LTXVideoTransformer(nn.Module):
             )
         return (batch_size, self.config.in_channels, (frames - 1) // scale_t + 1, height // scale_h, width // scale_w)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        sigma: torch.Tensor,
-        context: torch.Tensor,
-        context_mask: torch.Tensor | None = None,
-        frame_rate: float = DEFAULT_FRAME_RATE,
-    ) -> torch.Tensor:
-        """velocity = noise - data; see the class docstring. The network's own time is sigma x timestep_scale."""
-        state, tokens = self.embed(x, sigma, context, context_mask, frame_rate)
-        return self.head(state, self.run_blocks(state, tokens))
-
-    # The forward in the stages the step cache works between (sampling/step_cache.py): embed -> run_blocks -> head.
+    # The forward's stages (models/stages.py); the network's own time is sigma x timestep_scale.
 
     def embed(
         self,

@@ -197,13 +197,7 @@ class Lumina2Transformer(NextDiT):
         self.layers = _blocks(cfg, cfg.n_layers, True, operations, self.cond_silu)
         self.final_layer = FinalLayer(cfg.dim, cfg.patch_size**2 * cfg.in_channels, cfg.t_emb_dim, operations)
 
-    def forward(
-        self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        state, joint = self.embed(x, sigma, context, context_mask)
-        return self.head(state, self.run_blocks(state, joint))
-
-    # The forward in the stages the step cache works between (sampling/step_cache.py): embed -> run_blocks -> head.
+    # The forward's stages (models/stages.py).
 
     def embed(
         self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None

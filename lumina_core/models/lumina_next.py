@@ -271,18 +271,6 @@ class LuminaNextTransformer(NextDiT):
         self.layers = nn.ModuleList(TransformerBlock(cfg, operations) for _ in range(cfg.n_layers))
         self.final_layer = FinalLayer(cfg.dim, cfg.patch_size**2 * cfg.out_channels, cfg.t_emb_dim, operations)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        sigma: torch.Tensor,
-        context: torch.Tensor,
-        context_mask: torch.Tensor | None = None,
-        **options,
-    ) -> torch.Tensor:
-        """velocity = noise - data; options as in the module docstring."""
-        state, image = self.embed(x, sigma, context, context_mask, **options)
-        return self.head(state, self.run_blocks(state, image))
-
     def check_run(
         self, latent_shape: tuple[int, ...], *, base_resolution: int | None = None, **options
     ) -> None:  # fmt: skip
@@ -304,7 +292,7 @@ class LuminaNextTransformer(NextDiT):
                 stacklevel=3,
             )
 
-    # The forward in the stages the step cache works between (sampling/step_cache.py): embed -> run_blocks -> head.
+    # The forward's stages (models/stages.py).
 
     def embed(
         self,

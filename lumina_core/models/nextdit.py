@@ -23,6 +23,7 @@ from ..common.embeddings import timestep_embedding
 from ..common.norms import RMSNorm
 from ..common.ops import cast_to
 from ..errors import InvalidInputError
+from .stages import StagedForward
 
 VAE_DOWNSCALE = 8  # both families' autoencoders (FLUX for Lumina 2, SDXL for Lumina-Next) downscale by 8
 
@@ -40,7 +41,7 @@ class NextDiTShape:
         return min(self.dim, 1024)
 
 
-class NextDiT(nn.Module):
+class NextDiT(StagedForward):
     """What both Lumina transformers expose besides their forward: the size rule and the compute dtype.
 
     Subclasses set `model_name`, `latent_format` and `self.config` (with patch_size and in_channels).

@@ -17,11 +17,10 @@ The polynomials are the published ones, from ali-vilab/TeaCache (highest power f
   - LTX-Video: `TeaCache4LTX-Video/teacache_ltx.py` (LTX-Video 0.9.1 on an A800, about 32 s -> 16 s at 0.05).
 Lumina-Image 2.0's v1 numbers are Lumina-Next's.
 
-What the model must offer (the three transformers do): `cache_stages`, the forward split where the cache works:
-`embed(x, sigma, context, context_mask, **options) -> (state, hidden)`, `probe(state, hidden) -> (modulated,
-weights)` (the first block's modulated input (B, N, D) and per-token weights (B, N) or None, 0 for padding tokens
-that must not count), `run_blocks(state, hidden) -> hidden` (the span that is skipped) and `head(state, hidden) ->
-velocity`; the model's forward is exactly head(run_blocks(embed)).
+What the model must offer (the transformers do, `models/stages.py`): its forward in stages, `embed(x, sigma, context,
+context_mask, **options) -> (state, hidden)`, `run_blocks(state, hidden) -> hidden` (the span that is skipped) and
+`head(state, hidden) -> velocity`, plus `probe(state, hidden) -> (modulated, weights)`: the first block's modulated
+input (B, N, D) and per-token weights (B, N) or None, 0 for padding slots that must not count.
 
 One `StepCache` holds the state of one sampling run. The sampler makes a fresh one per run, so nothing leaks from a
 run into the next.
