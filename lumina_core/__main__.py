@@ -37,6 +37,28 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--frames", type=int, default=97, help="video models: frame count, 8k + 1")
     gen.add_argument("--frame-rate", type=float, default=25.0, help="video models: frames per second")
     gen.add_argument("--max-tokens", type=int, default=128, help="T5 prompt length, 128 to 256")
+    gen.add_argument(
+        "--condition",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="PATH [FRAME [STRENGTH]]",
+        help="video: an image or clip whose first frame goes to FRAME (default 0; -1 = the last) at STRENGTH "
+        "(default 1); repeat for several (first and last frame, keyframes)",
+    )
+    gen.add_argument(
+        "--condition-noise", type=float, default=0.15, help="video: re-noising of kept frames each step (0 = off)"
+    )
+    gen.add_argument("--input-video", help="video-to-video: start from this video's first --frames frames")
+    gen.add_argument("--denoise", type=float, default=1.0, help="video-to-video: how much to change (0-1]")
+    gen.add_argument(
+        "--upsampler", help="LTX latent upsampler file: run the multi-scale recipe (small pass, x2, refine)"
+    )
+    gen.add_argument(
+        "--refine-recipe", choices=sorted(RECIPES), help="multi-scale: the second pass's recipe (an LTX-Video one)"
+    )
+    gen.add_argument("--refine-steps", type=int, default=10, help="multi-scale without --refine-recipe: steps")
+    gen.add_argument("--refine-denoise", type=float, default=0.4, help="multi-scale without --refine-recipe: denoise")
     gen.add_argument("--batch-size", type=int, default=1)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--steps", type=int, help="solver steps (default: the recipe's: 30; 8 Z-Image-Turbo)")
@@ -52,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--recipe",
         choices=sorted(RECIPES),
         help="reference settings for steps/cfg/shift/schedule/renorm left unset (default: the model's family; "
-        "zimage_base for Z-Image base, whose files look like Z-Image-Turbo's)",
+        "zimage_base for Z-Image base, whose files look like Z-Image-Turbo's; ltxv-0.9.8-distilled for a distilled "
+        "LTX-Video model: fixed sigmas, no guidance)",
     )
     gen.add_argument("--solver", default="euler", choices=sorted(SOLVERS))
     gen.add_argument(
@@ -118,7 +141,13 @@ def generate(args: argparse.Namespace) -> None:
         **{k: v for k, v in (("width", args.width), ("height", args.height)) if v is not None},
     )  # fmt: skip
     if video:
-        request = VideoRequest(**settings, frames=args.frames, frame_rate=args.frame_rate, max_tokens=args.max_tokens)
+        request = VideoRequest(
+            **settings, frames=args.frames, frame_rate=args.frame_rate, max_tokens=args.max_tokens,
+            conditions=tuple(_guide_file(c) for c in args.condition),
+            condition_noise_scale=args.condition_noise, input_video=args.input_video, denoise=args.denoise,
+            upsampler=args.upsampler, refine_recipe=args.refine_recipe, refine_steps=args.refine_steps,
+            refine_denoise=args.refine_denoise,
+        )  # fmt: skip
     else:
         request = ImageRequest(**settings)
     check_request(request)  # every setting, then the output location, before any model is loaded
@@ -127,7 +156,10 @@ def generate(args: argparse.Namespace) -> None:
 
     def on_step(done: int, total: int) -> None:
         nonlocal bar
-        bar = bar or tqdm(total=total, unit="step", desc="sampling")
+        if done == 1:  # a new pass (the multi-scale recipe runs two)
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=total, unit="step", desc="sampling")
         bar.update(1)
 
     files = (args.transformer, args.text_encoder or args.transformer, args.vae or args.transformer)
@@ -142,6 +174,23 @@ def generate(args: argparse.Namespace) -> None:
             bar.close()
     for path in paths:
         print(path)
+
+
+def _guide_file(values: list[str]):
+    """--condition PATH [FRAME [STRENGTH]] -> GuideFile; InvalidInputError naming the option for bad numbers."""
+    from .errors import InvalidInputError
+    from .pipeline import GuideFile
+
+    if len(values) > 3:
+        raise InvalidInputError(f"--condition takes PATH [FRAME [STRENGTH]]; got {len(values)} values: {values}.")
+    try:
+        frame = int(values[1]) if len(values) > 1 else 0
+        strength = float(values[2]) if len(values) > 2 else 1.0
+    except ValueError:
+        raise InvalidInputError(
+            f"--condition {' '.join(values)}: FRAME must be a whole number and STRENGTH a number in [0, 1]."
+        ) from None
+    return GuideFile(values[0], frame, strength)
 
 
 def inspect(args: argparse.Namespace) -> None:

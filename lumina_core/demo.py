@@ -8,13 +8,15 @@ Lumina-Next (with Gemma and the SDXL VAE) then renders with its reference settin
 sigmoid schedule and context drop; Z-Image (with Qwen3 and the FLUX VAE) with Z-Image-Turbo's recipe from its
 original and ComfyUI bf16 files and a GGUF made by the converter, and with Z-Image base's recipe; and LTX-Video
 (its single file with the VAE inside, and T5) renders a short clip as an animated WEBP and, with PyAV
-installed, an MP4.
+installed, an MP4; then a clip between a first and a last frame, and the distilled multi-scale recipe through a
+tiny latent upsampler.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +24,8 @@ import torch
 
 from . import tiny
 from .errors import InvalidInputError
-from .outputs import save_images, save_videos
-from .pipeline import ImageRequest, VideoRequest, text_to_image, text_to_video
+from .outputs import save_images, save_videos, to_pil
+from .pipeline import GuideFile, ImageRequest, VideoRequest, text_to_image, text_to_video
 
 TRANSFORMER_LAYOUTS = (
     "original.safetensors", "original.pth", "comfy_bf16.safetensors", "diffusers_single.safetensors",
@@ -62,6 +64,9 @@ def build_checkpoints(folder: Path, seed: int = 0) -> dict[str, Path]:
     paths["ltxv/text_encoder"] = tiny.write_t5_text_encoder(
         tiny.make_t5(seed), tiny.train_t5_tokenizer(), "comfy.safetensors", ltxv_folder
     )
+    paths["ltxv/upsampler"] = tiny.write_latent_upsampler(
+        tiny.make_latent_upsampler(seed), ltxv_folder / "ltxv-spatial-upscaler.safetensors"
+    )
     return paths
 
 
@@ -97,6 +102,7 @@ def run_demo(out: Path, steps: int = 4, width: int = 128, height: int = 96) -> l
     written += _run_lumina_next(paths, request, out)
     written += _run_zimage(paths, request, out)
     written += _run_ltxv(paths, steps, out)
+    written += _run_ltxv_conditions(paths, steps, out)
     return written
 
 
@@ -175,6 +181,33 @@ def _run_ltxv(paths: dict[str, Path], steps: int, out: Path) -> list[Path]:
         print(f"  (no .mp4: {err})")
     seconds = time.perf_counter() - start
     print(f"{'t2v_ltxv (17 frames, 12 fps)':40s} {seconds:5.2f} s  -> {', '.join(map(str, written))}")
+    return written
+
+
+def _run_ltxv_conditions(paths: dict[str, Path], steps: int, out: Path) -> list[Path]:
+    """A clip from a first to a last frame (two gradients), and the distilled multi-scale recipe from the first."""
+    checkpoint, text_encoder = paths["ltxv/checkpoint"], paths["ltxv/text_encoder"]
+    ramp = np.linspace(0, 255, 128, dtype=np.float32)[None, :, None] * np.ones((96, 1, 3), np.float32)
+    first, last = out / "first_frame.png", out / "last_frame.png"
+    save_images(to_pil(torch.from_numpy(ramp / 255).permute(2, 0, 1)[None]), first)
+    save_images(to_pil(torch.from_numpy(ramp[:, ::-1] / 255).permute(2, 0, 1)[None]), last)
+    base = dict(prompt="a red fox trots through fresh snow", width=128, height=96, frames=17, frame_rate=12.0,
+                seed=42, tokenizer=str(text_encoder.parent / "t5_tokenizer"))  # fmt: skip
+    runs = {
+        "i2v_first_last_ltxv (17 frames)": ("i2v_first_last_ltxv.webp", VideoRequest(
+            **base, steps=steps, conditions=(GuideFile(str(first), 0), GuideFile(str(last), -1)))),
+        "multiscale_ltxv (128x64 -> 256x128)": ("multiscale_ltxv.webp", VideoRequest(
+            **{**base, "width": 192}, recipe="ltxv-0.9.8-distilled", refine_recipe="ltxv-0.9.8-distilled-refine",
+            upsampler=str(paths["ltxv/upsampler"]), conditions=(GuideFile(str(first), 0),))),
+    }  # fmt: skip
+    written = []
+    for name, (file, request) in runs.items():
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the multi-scale passes resize the first frame, saying so
+            video = text_to_video(checkpoint, text_encoder, checkpoint, request)
+        written += save_videos(video, out / file, request.frame_rate)
+        print(f"{name:40s} {time.perf_counter() - start:5.2f} s  -> {written[-1]}")
     return written
 
 

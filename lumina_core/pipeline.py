@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 from PIL import Image
@@ -16,13 +16,16 @@ from PIL import Image
 from .conditioning import Conditioning
 from .errors import InvalidInputError
 from .loading.transformer import inspect_transformer, load_transformer
+from .loading.upsampler import load_latent_upsampler
+from .media import read_frames
 from .models.ltxv import DEFAULT_FRAME_RATE
+from .multiscale import MultiscaleRecipe, multiscale_sample, tone_map
 from .outputs import to_pil
 from .sampling import check_settings, sample
 from .sampling.memory import check_memory
 from .sampling.recipes import named_recipe
 from .text import load_text_encoder
-from .vae import load_vae
+from .vae import VideoGuide, encode_conditions, encode_video, load_vae
 from .vae.load import is_video_vae
 from .vae.ltx_video import DEFAULT_DECODE_NOISE_SCALE, DEFAULT_DECODE_TIMESTEP
 from .validation import check_float, check_int
@@ -61,8 +64,19 @@ class ImageRequest:
 
     def for_family(self, family: str) -> ImageRequest:
         """A copy with the settings left None filled in from the recipe (by default the family's own)."""
-        recipe = named_recipe(self.recipe, family)
-        return replace(self, **{k: v for k, v in recipe.items() if getattr(self, k) is None})
+        recipe = named_recipe(self.recipe, family)  # also a distilled recipe's sigmas and tone map, read when sampling
+        settings = {f.name for f in fields(self)}
+        return replace(self, **{k: v for k, v in recipe.items() if k in settings and getattr(self, k) is None})
+
+
+@dataclass(frozen=True)
+class GuideFile:
+    """An image or video file to condition a video on (`VideoRequest.conditions`): its first frame goes to pixel
+    frame `frame_index` of the output (negative: from the end), kept at `strength` (1 = exactly)."""
+
+    path: str
+    frame_index: int = 0
+    strength: float = 1.0
 
 
 @dataclass
@@ -71,6 +85,13 @@ class VideoRequest(ImageRequest):
 
     max_tokens: the T5 prompt length (128 as diffusers' pipeline, up to 256). decode_timestep and
     decode_noise_scale: the timestep-conditioned VAE's decode settings (0.9.1 and later), seeded by `seed`.
+    A recipe with fixed sigmas (a distilled model's, e.g. "ltxv-0.9.8-distilled") replaces steps / schedule /
+    shift with them, and its tone map, if any, is applied to the result.
+    conditions: images or clips at frames (keyframes, first and last frame); condition_noise_scale: the original
+    inference's re-noising of kept frames (0.15 there; 0 = off). input_video + denoise: video-to-video from that
+    file's first `frames` frames. upsampler: an LTX latent upsampler file, which turns the run into the multi-scale
+    recipe (`multiscale.py`): the settings above for the small pass, then refine_recipe, or refine_steps at
+    refine_denoise, for the second.
     """
 
     width: int = 768
@@ -80,6 +101,14 @@ class VideoRequest(ImageRequest):
     max_tokens: int = 128
     decode_timestep: float = DEFAULT_DECODE_TIMESTEP
     decode_noise_scale: float = DEFAULT_DECODE_NOISE_SCALE
+    conditions: tuple[GuideFile, ...] = ()
+    condition_noise_scale: float = 0.15
+    input_video: str | None = None
+    denoise: float = 1.0
+    upsampler: str | None = None
+    refine_recipe: str | None = None
+    refine_steps: int = 10
+    refine_denoise: float = 0.4
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -160,6 +189,22 @@ def check_request(request: ImageRequest) -> None:
         check_float("decode_timestep", request.decode_timestep, 0.0, 1.0, rule="the timestep VAEs 0.9.1+ decode at")
         check_float("decode_noise_scale", request.decode_noise_scale, 0.0, 1.0, rule="noise mixed into the latent "
                     "before a 0.9.1+ decode")  # fmt: skip
+        _check_video_settings(request)
+
+
+def _check_video_settings(request: VideoRequest) -> None:
+    """Conditions, video-to-video and multi-scale numbers are in range; the second pass's recipe exists."""
+    if request.refine_recipe is not None:
+        named_recipe(request.refine_recipe, "ltxv")
+    for number, guide in enumerate(request.conditions, start=1):
+        check_int(f"condition {number}'s frame", guide.frame_index, rule="a pixel frame of the video; negative from "
+                  "the end")  # fmt: skip
+        check_float(f"condition {number}'s strength", guide.strength, 0.0, 1.0, rule="1 keeps it exactly")
+    check_float("condition_noise_scale", request.condition_noise_scale, 0.0, rule="re-noising of kept frames; 0 = off")
+    check_float("denoise", request.denoise, 0.0, 1.0, low_open=True, rule="how much of the input video changes")
+    check_int("refine_steps", request.refine_steps, 1, rule="the multi-scale second pass's steps")
+    check_float("refine_denoise", request.refine_denoise, 0.0, 1.0, low_open=True, rule="the multi-scale second "
+                "pass's denoise")  # fmt: skip
 
 
 def _generate(transformer, text_encoder, vae, request, device, dtype, on_step, video: bool) -> torch.Tensor:
@@ -176,14 +221,25 @@ def _generate(transformer, text_encoder, vae, request, device, dtype, on_step, v
                                **video_options)  # fmt: skip
     weights = sum(p.numel() for p in model.parameters()) * torch.empty((), dtype=dtype).element_size()
     check_memory(model, shape, request.cfg != 1.0, dtype, torch.device(device), extra_bytes=weights)
+    if is_video:
+        _check_video_files(request)
     _check_vae(vae, is_video)
     positive, negative = _encode(text_encoder, request, dtype, device)
     _free_memory()
-    latent = _sample(transformer, positive, negative, request, dtype, device, on_step, is_video)
+    if is_video:
+        latent = _sample_video(transformer, vae, positive, negative, request, dtype, device, on_step, model.family)
+    else:
+        latent = _sample(transformer, positive, negative, request, dtype, device, on_step)
     _free_memory()
     decoded = _decode(vae, latent, request, dtype, device, is_video)
     _free_memory()
     return decoded
+
+
+def _check_video_files(request: VideoRequest) -> None:
+    """Before any model loads: the condition and input files read as images or videos."""
+    for path in (*(g.path for g in request.conditions), *([request.input_video] if request.input_video else [])):
+        read_frames(path, max_frames=1)
 
 
 def _frames(request: ImageRequest, is_video: bool) -> dict:
@@ -205,18 +261,84 @@ def _encode(path, request: ImageRequest, dtype, device) -> tuple[Conditioning, C
     return positive, negative
 
 
-def _sample(path, positive, negative, request: ImageRequest, dtype, device, on_step, is_video) -> torch.Tensor:
+def _sample(path, positive, negative, request: ImageRequest, dtype, device, on_step) -> torch.Tensor:
+    """Sample an image."""
     model = load_transformer(path, dtype=dtype, device=device)
     callback = None if on_step is None else (lambda i, total, x, denoised: on_step(i + 1, total))
     options = dict(request.model_options or {})
-    if is_video:
-        options.setdefault("frame_rate", request.frame_rate)
     return sample(
         model, positive, negative, width=request.width, height=request.height, batch_size=request.batch_size,
         seed=request.seed, steps=request.steps, cfg=request.cfg, shift=request.shift, solver=request.solver,
         schedule=request.schedule, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg, callback=callback,
-        model_options=options, compile=request.compile, cache=request.cache, **_frames(request, is_video),
+        model_options=options, compile=request.compile, cache=request.cache,
     )  # fmt: skip
+
+
+def _sample_video(transformer, vae_path, positive, negative, request: VideoRequest, dtype, device, on_step, family):
+    """Sample a video: plain, from conditions and an input video, or as the multi-scale recipe. The VAE is loaded
+    only when the run encodes something, and stays beside the transformer only for the multi-scale recipe (it
+    encodes the conditions again at the larger size)."""
+    if request.upsampler and request.input_video:
+        raise InvalidInputError(
+            "video-to-video (an input video) and the multi-scale recipe (an upsampler) do not combine: run one, "
+            "then the other."
+        )
+    recipe = named_recipe(request.recipe, family)
+    guides = [VideoGuide(_as_media(read_frames(g.path)), g.frame_index, g.strength) for g in request.conditions]
+    needs_vae = guides or request.input_video or request.upsampler
+    vae = load_vae(vae_path, dtype=dtype, device=device) if needs_vae else None
+    first = _pass_schedule(request, recipe, request.cfg)
+    options = _sample_options(request, on_step)
+    with torch.no_grad():
+        if request.input_video:
+            frames = read_frames(request.input_video, max_frames=request.frames).transpose(0, 1)[None]
+            options["init_latent"] = encode_video(vae, frames, request.height, request.width, request.input_video)
+            options["denoise"] = request.denoise
+        if request.upsampler is None and guides:
+            options["conditions"] = encode_conditions(vae, guides, request.height, request.width)
+    if request.upsampler is None:
+        vae = None
+        _free_memory()
+    model = load_transformer(transformer, dtype=dtype, device=device)
+    if request.upsampler is None:
+        latent = sample(model, positive, negative, width=request.width, height=request.height, frames=request.frames,
+                        **first, **options)  # fmt: skip
+        return tone_map(latent, recipe["tone_map"]) if recipe.get("tone_map") else latent
+    if request.refine_recipe:
+        refine = named_recipe(request.refine_recipe, family)
+        second, finish = _pass_schedule(request, refine, refine["cfg"]), refine.get("tone_map", 0.0)
+    else:
+        second = {"steps": request.refine_steps, "denoise": request.refine_denoise, "schedule": request.schedule,
+                  "shift": request.shift, "cfg": request.cfg}  # fmt: skip
+        finish = 0.0
+    plan = MultiscaleRecipe(first_pass=first, second_pass=second, tone_map=finish)
+    upsampler = load_latent_upsampler(request.upsampler, dtype=dtype, device=device)
+    return multiscale_sample(model, upsampler, vae, positive, negative, width=request.width, height=request.height,
+                             frames=request.frames, guides=guides, recipe=plan, **options)  # fmt: skip
+
+
+def _pass_schedule(request: VideoRequest, recipe: dict, cfg: float) -> dict:
+    """`sample` keywords for one pass's schedule and guidance: a recipe's fixed sigmas, else the request's steps,
+    schedule and shift."""
+    if recipe.get("sigmas") is None:
+        return {"steps": request.steps, "schedule": request.schedule, "shift": request.shift, "cfg": cfg}
+    return {"sigmas": recipe["sigmas"], "cfg": cfg}
+
+
+def _sample_options(request: VideoRequest, on_step) -> dict:
+    """`sample` keywords every pass of a video run shares."""
+    return dict(
+        batch_size=request.batch_size, seed=request.seed, solver=request.solver, cfg_trunc=request.cfg_trunc,
+        renorm_cfg=request.renorm_cfg, condition_noise_scale=request.condition_noise_scale,
+        compile=request.compile, cache=request.cache,
+        callback=None if on_step is None else (lambda i, total, x, denoised: on_step(i + 1, total)),
+        model_options={"frame_rate": request.frame_rate, **(request.model_options or {})},
+    )  # fmt: skip
+
+
+def _as_media(frames: torch.Tensor) -> torch.Tensor:
+    """read_frames' (T, 3, H, W) as a guide: an image (1, 3, H, W) for one frame, else a clip (1, 3, T, H, W)."""
+    return frames if len(frames) == 1 else frames.transpose(0, 1)[None]
 
 
 def _check_vae(path, is_video: bool) -> None:

@@ -19,6 +19,7 @@ from torch import nn
 from .loading.keymaps import ldm_vae
 from .loading.keymaps.lumina2 import to_diffusers
 from .models.ltxv import LTXVideoConfig, LTXVideoTransformer
+from .models.ltxv_upsampler import LatentUpsampler, LatentUpsamplerConfig
 from .models.lumina2 import Lumina2Config, Lumina2Transformer
 from .models.lumina_next import LuminaNextConfig, LuminaNextTransformer
 from .models.zimage import ZImageConfig, ZImageTransformer
@@ -505,3 +506,22 @@ def write_qwen3_text_encoder(model, tokenizer, layout: str, folder: Path) -> Pat
     else:
         raise ValueError(f"unknown Qwen3 layout {layout!r}")
     return path
+
+
+# LTX-Video latent upsampler (the released spatial x2 design, 3-D convs) at toy width: one GroupNorm channel per group.
+TINY_UPSAMPLER = LatentUpsamplerConfig(in_channels=TINY_LTXV.in_channels, mid_channels=32, num_blocks_per_stage=1)
+
+
+def make_latent_upsampler(seed: int = 0, config: LatentUpsamplerConfig = TINY_UPSAMPLER) -> LatentUpsampler:
+    return randomise_parameters(LatentUpsampler(config), seed)
+
+
+def write_latent_upsampler(model: LatentUpsampler, path: Path) -> Path:
+    """The original release's layout (`ltxv-spatial-upscaler-0.9.8.safetensors`): the module's own names, its
+    constructor's arguments as the metadata JSON `config`."""
+    cfg = model.config
+    config = {"_class_name": "LatentUpsampler", "in_channels": cfg.in_channels, "mid_channels": cfg.mid_channels,
+              "num_blocks_per_stage": cfg.num_blocks_per_stage, "dims": cfg.dims,
+              "spatial_upsample": cfg.spatial_upsample, "temporal_upsample": cfg.temporal_upsample}  # fmt: skip
+    save_file(_contiguous(model.state_dict()), path, metadata={"config": json.dumps(config)})
+    return Path(path)

@@ -46,6 +46,8 @@ FOLDERS = {
     "lumina_diffusion_models": ("diffusion_models", "unet", "checkpoints"),
     "lumina_text_encoders": ("text_encoders", "clip", "checkpoints"),
     "lumina_vae": ("vae", "checkpoints"),
+    # ComfyUI's folder for latent upscalers since late 2025; older versions have none (models/<name> then).
+    "lumina_latent_upsamplers": ("latent_upscale_models", "upscale_models"),
 }
 EXTENSIONS = {".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt", ".gguf"}
 # What the diffusion models compute in, as ComfyUI's model configs list it for Lumina 2 and LTX-Video: fp16
@@ -65,6 +67,8 @@ def register_folders() -> None:
         for source in sources:
             if source in folder_paths.folder_names_and_paths:
                 directories += folder_paths.folder_names_and_paths[source][0]
+            else:  # a folder this ComfyUI does not know yet
+                directories.append(os.path.join(folder_paths.models_dir, source))
         folder_paths.folder_names_and_paths[key] = (list(dict.fromkeys(directories)), set(EXTENSIONS))
 
 

@@ -80,3 +80,11 @@ def decoding_memory(vae, latent_shape: tuple[int, ...]) -> int:
     batch, _, height, width = latent_shape
     pixels = height * width * vae.downscale_factor**2
     return batch * (pixels * vae.config.widths[0] * 6 * dtype_size + (height * width) ** 2 * 4)
+
+
+def upsampling_memory(upsampler, latent_shape: tuple[int, ...]) -> int:
+    """A latent upsampler call: a few of its widest activations, `mid_channels` wide at the upsampled size."""
+    batch, _, frames, height, width = latent_shape
+    time, rows, columns = upsampler.config.factors
+    cells = batch * (1 + time * (frames - 1)) * height * rows * width * columns
+    return cells * upsampler.config.mid_channels * 6 * element_size(upsampler.compute_dtype)

@@ -1,5 +1,5 @@
-"""Loader nodes: transformer, Gemma / Qwen3 and T5 text encoders, VAE, and the GGUF loader (transformers and text
-encoders).
+"""Loader nodes: transformer, Gemma / Qwen3 and T5 text encoders, VAE, LTX-Video latent upsampler, and the GGUF
+loader (transformers and text encoders).
 
 Each loads its model into ComfyUI's offload device for that kind of model, built with ComfyUI's cast layers,
 and hands it on in a ModelPatcher (see `comfy_bridge`); the nodes that run a model ask ComfyUI to load it.
@@ -11,6 +11,7 @@ from .. import lumina_core
 from ..lumina_core.gguf.reader import read_metadata
 from ..lumina_core.gguf.text import text_architecture
 from ..lumina_core.loading.transformer import inspect_transformer, stored_weights
+from ..lumina_core.loading.upsampler import load_latent_upsampler
 from ..lumina_core.text.load import stored_scaled_fp8
 from . import comfy_bridge as bridge
 from .handles import FP8_WEIGHT_DTYPES, WEIGHT_DTYPES, Handle
@@ -55,6 +56,12 @@ def load_text_encoder(path: str, choice: str) -> Handle:
         path, device=offload, tokenizer_dirs=bridge.bundled_tokenizer_dirs(), **precision.loader_options()
     )
     return Handle(encoder, bridge.patcher(encoder.model, "text_encoder"), "text_encoder", encoder.family, path)
+
+
+def load_as_vae(load, path: str):
+    """`load(path, ...)` on ComfyUI's VAE offload device with a VAE's precision and layers (the VAE, and the latent
+    upsampler that works beside it)."""
+    return load(path, device=bridge.devices("vae")[1], **bridge.vae_precision().loader_options())
 
 
 class _FileLoader:
@@ -143,9 +150,24 @@ class LoadLuminaVAE(_FileLoader):
     DTYPE_INPUT = None  # the VAE keeps its stored precision (fp16 files load as fp32: SDXL's overflows)
 
     def _load(self, path, weight_dtype):
-        offload = bridge.devices("vae")[1]
-        vae = lumina_core.load_vae(path, device=offload, **bridge.vae_precision().loader_options())
+        vae = load_as_vae(lumina_core.load_vae, path)
         return Handle(vae, bridge.patcher(vae, "vae"), "vae", getattr(vae, "family", "kl_vae"), path)
+
+
+class LoadLatentUpsampler(_FileLoader):
+    DISPLAY_NAME = "Load LTX-Video Latent Upsampler"
+    DESCRIPTION = ("Loads Lightricks' LTX-Video latent upsampler (ltxv-spatial-upscaler-0.9.7 / 0.9.8, also the "
+                   "temporal one) in the original or diffusers layout, for LTX-Video Latent Upsample.")  # fmt: skip
+    RETURN_TYPES = ("LUMINA_LATENT_UPSAMPLER",)
+    RETURN_NAMES = ("upsampler",)
+    FOLDER = "lumina_latent_upsamplers"
+    FILE_TOOLTIP = ("From models/latent_upscale_models (ComfyUI's folder for them; created by you on older "
+                    "versions) or models/upscale_models.")  # fmt: skip
+    DTYPE_INPUT = None  # the stored precision, as the VAE it works beside
+
+    def _load(self, path, weight_dtype):
+        upsampler = load_as_vae(load_latent_upsampler, path)
+        return Handle(upsampler, bridge.patcher(upsampler, "vae"), "vae", "ltxv", path)
 
 
 class GGUFLoader:

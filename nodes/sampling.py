@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from .. import lumina_core
 from ..lumina_core.models.ltxv import DEFAULT_FRAME_RATE
 from ..lumina_core.models.lumina_next import ROPE_SCALINGS
+from ..lumina_core.multiscale import tone_map
 from ..lumina_core.sampling import SCHEDULES, SOLVERS, check_settings
-from ..lumina_core.sampling.recipes import family_defaults
+from ..lumina_core.sampling.recipes import RECIPES, family_defaults, named_recipe
 from ..lumina_core.text.prompts import SYSTEM_PROMPTS
-from ..lumina_core.vae import first_frame_conditioning
+from ..lumina_core.vae import encode_conditions, first_frame_conditioning
 from . import comfy_bridge as bridge
 from .handles import Handle, decoding_memory, encoding_memory, sampling_memory
 
@@ -194,6 +197,17 @@ class FlowSampler:
                 "first_frame_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
                                          "1 keeps the first frame as given; lower lets the model repaint it."
                                          + VIDEO_ONLY}),
+                "guides": ("LUMINA_VIDEO_GUIDES", {"tooltip": "Images or clips at chosen frames (first, last, "
+                           "keyframes) from LTX-Video Guide nodes, encoded at this sampler's size." + VIDEO_ONLY}),
+                "condition_noise": ("FLOAT", {"default": 0.15, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
+                                    "With guides: before each step the kept guide frames get this x sigma^2 of "
+                                    "fresh noise (the original pipeline's 0.15; helps motion start from a still); "
+                                    "0 = off." + VIDEO_ONLY}),
+                "recipe": (["none", *RECIPES], {"default": "none", "tooltip": "none: the widgets above. A named "
+                           "recipe of the model's family replaces steps, cfg, shift, schedule and cfg_renorm with "
+                           "its own: zimage_base for Z-Image base; for a distilled LTX-Video model "
+                           "ltxv-0.9.8-distilled (fixed sigmas, no guidance; one pass or the small pass) and the "
+                           "-refine ones on an upsampled latent (denoise 1)."}),
                 **SPEED_OPTIONS,  # last: older saved graphs keep their widget values in order
             },
         }  # fmt: skip
@@ -213,8 +227,12 @@ class FlowSampler:
 
     def sample(self, model: Handle, positive, negative=None, *, width, height, batch_size, seed, steps, cfg, shift,
                solver, schedule, cfg_trunc, cfg_renorm, denoise, latent=None, frames=97, frame_rate=DEFAULT_FRAME_RATE,
-               first_frame=None, vae=None, first_frame_strength=1.0, compile=False, step_cache=0.0,
-               **next_options):  # fmt: skip
+               first_frame=None, vae=None, first_frame_strength=1.0, guides=None, condition_noise=0.15,
+               recipe="none", compile=False, step_cache=0.0, **next_options):  # fmt: skip
+        named = None if recipe == "none" else named_recipe(recipe, model.family)
+        if named is not None:  # the recipe's settings replace the widgets; shift None is the schedule's own rule
+            steps, cfg, schedule, cfg_renorm = named["steps"], named["cfg"], named["schedule"], named["renorm_cfg"]
+            shift = named["shift"] or 0.0
         if negative is None and cfg != 1.0:
             raise lumina_core.InvalidInputError(
                 f"cfg {cfg} guides away from a negative prompt, but none is connected: connect an Encode of an empty "
@@ -238,9 +256,11 @@ class FlowSampler:
             batch_size, height, width, **({"frames": frames, "frame_rate": frame_rate} if video else {})))  # fmt: skip
         if first_frame is not None:
             init, noise_mask = _first_frame(model, vae, first_frame, first_frame_strength, (batch_size, *shape[1:]))
+        conditions = None if guides is None else _guide_conditions(model, guides, (batch_size, *shape[1:]))
         progress = bridge.Progress(steps)
         guided = cfg != 1.0
-        device = model.load(sampling_memory(module, (batch_size, *shape[1:]), guided))
+        run_shape = _with_guide_frames((batch_size, *shape[1:]), guides)
+        device = model.load(sampling_memory(module, run_shape, guided))
         previewer = bridge.latent_previewer(model.family, device)
 
         def on_step(i, total, x, denoised):
@@ -252,11 +272,14 @@ class FlowSampler:
                 steps=steps, cfg=cfg, shift=shift, solver=solver, schedule=schedule, cfg_trunc=cfg_trunc,
                 renorm_cfg=cfg_renorm, denoise=denoise, init_latent=init, noise_mask=noise_mask, callback=on_step,
                 interrupt=bridge.check_interrupted,  # Cancel between blocks; model.load made room already
-                device=device, compile=compile, cache=cache, **_family_options(model.family, next_options),
-                **_video_options(module, frames, frame_rate),
+                device=device, sigmas=named.get("sigmas") if named else None, conditions=conditions,
+                condition_noise_scale=condition_noise if conditions else 0.0, compile=compile, cache=cache,
+                **_family_options(model.family, next_options), **_video_options(module, frames, frame_rate),
             )  # fmt: skip
         finally:
             progress.close()
+        if named and named.get("tone_map"):
+            samples = tone_map(samples, named["tone_map"])
         out = {"samples": module.latent_format.to_raw(samples).to(bridge.intermediate_device())}
         if video:
             out["frame_rate"] = frame_rate  # read by LTX-Video Decode, which hands it to the save node
@@ -299,6 +322,26 @@ def _first_frame(model: Handle, vae: Handle | None, image: torch.Tensor, strengt
     device = vae.load(decoding_memory(vae.model, (shape[0], shape[1], 1, *shape[3:])))
     latent, mask = first_frame_conditioning(vae.model, image.permute(0, 3, 1, 2), shape, strength, device=device)
     return latent.cpu(), mask.cpu()
+
+
+def _guide_conditions(model: Handle, guides, shape: tuple) -> list:
+    """The guides encoded by their VAE at the video's size (shape: the latent's), for `sample(conditions=...)`."""
+    if not getattr(model.model, "takes_keyframes", False):
+        raise lumina_core.InvalidInputError("guides are for LTX-Video models; this model makes images.")
+    vae = guides.vae
+    batch, channels, _, height, width = shape
+    longest = max(item.media.shape[2] if item.media.ndim == 5 else 1 for item in guides.items)
+    device = vae.load(decoding_memory(vae.model, (batch, channels, (longest - 1) // 8 + 1, height, width)))
+    ratio = vae.model.spatial_ratio
+    conditions = encode_conditions(vae.model, guides.items, height * ratio, width * ratio, device=device)
+    return [replace(condition, latent=condition.latent.cpu()) for condition in conditions]
+
+
+def _with_guide_frames(shape: tuple, guides) -> tuple:
+    """The latent shape with room for the guides' appended frames (at most 2 latent frames each), for memory."""
+    if guides is None:
+        return shape
+    return (*shape[:2], shape[2] + 2 * len(guides.items), *shape[3:])
 
 
 def _video_options(model, frames: int, frame_rate: float) -> dict:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..errors import CheckpointError
 from .files import Checkpoint, preview
+from .keymaps import ltxv_upsampler
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,8 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature(
         "vae", "diffusers", "an LTX-Video VAE (diffusers layout)", ("decoder.mid_block.resnets.0.conv1.conv.weight",)
     ),
+    # The same names in the original and diffusers layouts (loading/keymaps/ltxv_upsampler.py).
+    Signature("ltxv_upsampler", "original", "an LTX-Video latent upsampler", ltxv_upsampler.MARKERS),
     Signature("gemma2", "original", "a Gemma-2 text encoder", ("model.layers.0.post_feedforward_layernorm.weight",)),
     Signature(
         "qwen3",

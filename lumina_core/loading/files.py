@@ -21,7 +21,7 @@ import pickle
 import pickletools
 import re
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -349,6 +349,21 @@ def read_json(path: str, what: str) -> dict:
     if not isinstance(value, dict):
         raise CheckpointError(f"{path} holds a JSON {type(value).__name__}; expected {what} (a JSON object).")
     return value
+
+
+def metadata_json(metadata: Mapping[str, object], source: str, what: str, key: str = "config") -> object | None:
+    """The JSON value stored as safetensors metadata entry `key`; None when there is none (or a GGUF value of that
+    name, which is not a string). Unreadable JSON raises CheckpointError naming `source` and `what` it should hold."""
+    text = metadata.get(key)
+    if not isinstance(text, str):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise CheckpointError(
+            f"{source}: the '{key}' entry of its safetensors metadata is not readable JSON ({err}); expected {what}. "
+            "Re-download the file, or remove the entry."
+        ) from None
 
 
 def _open_folder(path: str) -> Checkpoint:

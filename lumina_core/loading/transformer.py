@@ -94,6 +94,7 @@ NEXT_STEP = {
     "gemma": " Load it with load_text_encoder (the Load Gemma Text Encoder node).",
     "t5": " Load it with load_text_encoder (the Load T5 Text Encoder node).",
     "qwen3": " Load it with load_text_encoder (the text-encoder loader node).",
+    "ltxv_upsampler": " Load it with load_latent_upsampler (the Load LTX-Video Latent Upsampler node).",
 }
 
 

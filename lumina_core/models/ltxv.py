@@ -137,6 +137,14 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], **stored) -> LTXVideo
     )
 
 
+def frame_positions(frames: int, causal: bool, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(frames,) float32 pixel-frame coordinate of each latent frame: 8f, or with the causal fix max(0, 8f - 7), where
+    latent frame 0 holds pixel frame 0 alone and frame k >= 1 starts at pixel frame 8k - 7."""
+    scale_t = VAE_SCALE_FACTORS[0]
+    positions = torch.arange(frames, dtype=torch.float32, device=device) * scale_t
+    return (positions + 1 - scale_t).clamp(min=0) if causal else positions
+
+
 def _check_reach(max_positions: tuple[float, float, float], height: int, width: int, frames: int, rate: float) -> None:
     """Refuse a size beyond what the fractional RoPE positions cover (seconds, pixels, pixels)."""
     seconds, max_height, max_width = max_positions
@@ -153,25 +161,31 @@ def _check_reach(max_positions: tuple[float, float, float], height: int, width: 
 
 
 def rope_angles(
-    frames: int, height: int, width: int, frame_rate: float, cfg: LTXVideoConfig, device: torch.device | str = "cpu"
+    frames: int,
+    height: int,
+    width: int,
+    frame_rate: float,
+    cfg: LTXVideoConfig,
+    device: torch.device | str = "cpu",
+    frame_px: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(frames*height*width, dim/2) float32 RoPE angles, one per channel pair, for a latent grid.
 
     See docs/models.md, 'LTX-Video RoPE'.
 
     Token (f, h, w) sits at pixel coordinates (8f, 32h, 32w), the frame one causal-fixed to max(0, 8f - 7) when the
-    config says so and divided by the frame rate (seconds); each coordinate divided by its maximum gives a fraction
-    p in [0, 1] that is rotated to [-1, 1]. Frequency j of n = dim // 6 is (pi/2) * theta ** (j / (n - 1)), and its
-    pairs hold (frame, row, column) in that order; the first (dim mod 6) / 2 pairs are padding with angle 0.
+    config says so (`frame_positions`), or frame_px[f] when given (keyframe tokens placed at their own frames), and
+    divided by the frame rate (seconds); each coordinate divided by its maximum gives a fraction p in [0, 1] that
+    is rotated to [-1, 1]. Frequency j of n = dim // 6 is (pi/2) * theta ** (j / (n - 1)), and its pairs hold
+    (frame, row, column) in that order; the first (dim mod 6) / 2 pairs are padding with angle 0.
 
     Float32 throughout, as every reference computes it (the model was trained with these exact frequencies).
     """
-    scale_t, scale_h, scale_w = VAE_SCALE_FACTORS
-    frame_px = torch.arange(frames, dtype=torch.float32, device=device) * scale_t
-    if cfg.causal_temporal_positioning:
-        frame_px = (frame_px + 1 - scale_t).clamp(min=0)
+    _, scale_h, scale_w = VAE_SCALE_FACTORS
+    if frame_px is None:
+        frame_px = frame_positions(frames, cfg.causal_temporal_positioning, device)
     coords = torch.meshgrid(
-        frame_px * (1.0 / frame_rate),
+        frame_px.to(device=device, dtype=torch.float32) * (1.0 / frame_rate),
         torch.arange(height, dtype=torch.float32, device=device) * scale_h,
         torch.arange(width, dtype=torch.float32, device=device) * scale_w,
         indexing="ij",
@@ -332,6 +346,7 @@ class LTXVideoTransformer(StagedForward):
     family = FAMILY
     is_video = True  # the sampler asks for `frames` and hands latent_shape a frame count
     per_token_sigma = True  # sigma may be (B, 1, F, H, W): the sampler's noise_mask needs it
+    takes_keyframes = True  # forward takes frame_positions: the sampler may append condition frames (ltxv_keyframes)
     # The VAE normalises its latent itself (per-channel statistics), so the raw latent ComfyUI passes between
     # nodes is already the model's: the identity, as ComfyUI's LTXV latent format.
     latent_format = latents.IDENTITY
@@ -383,16 +398,21 @@ class LTXVideoTransformer(StagedForward):
         context: torch.Tensor,
         context_mask: torch.Tensor | None = None,
         frame_rate: float = DEFAULT_FRAME_RATE,
+        frame_positions: torch.Tensor | None = None,
     ) -> tuple[dict, torch.Tensor]:
-        """Everything before the blocks: (state, video tokens (B, F*H*W, D)); state holds what blocks and head read."""
-        self._check_inputs(x, sigma, context, context_mask, frame_rate)
+        """Everything before the blocks: (state, video tokens (B, F*H*W, D)); state holds what blocks and head read.
+
+        frame_positions: (F,) pixel-frame coordinate of each latent frame of x, for the RoPE; None takes the
+        video's own grid (`frame_positions(F, causal_temporal_positioning)`). Keyframe conditioning appends
+        latent frames that sit elsewhere in the video (`ltxv_keyframes`)."""
+        self._check_inputs(x, sigma, context, context_mask, frame_rate, frame_positions)
         dtype, device = self.compute_dtype or x.dtype, x.device
         frames, height, width = x.shape[2:]
         tokens = self.patchify_proj(x.to(dtype).flatten(2).transpose(1, 2))  # (B, C, F, H, W) -> (B, F*H*W, D)
         # (B,) -> (B, 1): one timestep for all tokens; (B, 1, F, H, W) -> (B, F*H*W), in the tokens' order
         timesteps = sigma.to(device).float().flatten(1) if sigma.ndim > 1 else sigma.to(device).float()[:, None]
         modulation, embedded = self.adaln_single(timesteps * self.config.timestep_scale, dtype)  # (B,T,6,D), (B,T,D)
-        angles = rope_angles(frames, height, width, frame_rate, self.config, device)
+        angles = rope_angles(frames, height, width, frame_rate, self.config, device, frame_positions)
         state = {
             "x": x,
             "caption": self.caption_projection(context.to(device=device, dtype=dtype)),  # (B, L, D)
@@ -422,7 +442,7 @@ class LTXVideoTransformer(StagedForward):
         out = self.proj_out(tokens)  # (B, F*H*W, C)
         return out.transpose(1, 2).unflatten(2, x.shape[2:]).to(x.dtype)
 
-    def _check_inputs(self, x, sigma, context, context_mask, frame_rate) -> None:
+    def _check_inputs(self, x, sigma, context, context_mask, frame_rate, frame_positions) -> None:
         cfg = self.config
         if x.ndim != 5 or x.shape[1] != cfg.in_channels:
             raise InvalidInputError(
@@ -446,6 +466,11 @@ class LTXVideoTransformer(StagedForward):
             )
         if not frame_rate > 0:
             raise InvalidInputError(f"frame_rate must be a positive number of frames per second; got {frame_rate!r}.")
+        if frame_positions is not None and tuple(frame_positions.shape) != (x.shape[2],):
+            raise InvalidInputError(
+                f"frame_positions has shape {tuple(frame_positions.shape)}; the latent has {x.shape[2]} frames, one "
+                "position each."
+            )
 
 
 def _nearest_multiple(size: int, multiple: int) -> int:

@@ -38,19 +38,20 @@ shift=None (the shift follows the latent's token count) and plain guidance: reno
 one call as for images; diffusers orders its batch [uncond, cond], which changes nothing because every sample is
 computed on its own.
 
-Noise masks (image-to-video; docs/sampling.md, 'Noise masks'): `sample(init_latent=..., noise_mask=...)` generates where
-the mask is 1 and keeps init_latent where it is 0, for models that take one sigma per latent token
-(`per_token_sigma = True`: LTX-Video). Each token runs on its own clock, sigma_token = mask·sigma, which is the
-timestep ComfyUI gives its LTX model (denoise_mask·sigma):
-  - the start is x = (1 - s0)·init + s0·noise with s0 = mask·sigma0, token by token;
-  - the model sees every token's own sigma, so kept tokens are clean and told so (sigma 0);
-  - the ODE is dx/dsigma = mask·v(x, mask·sigma), the chain rule for that clock: kept tokens have zero velocity
-    and every solver leaves them bit for bit at init_latent, with no separate restoring step.
-For a 0/1 mask this is diffusers' LTXImageToVideoPipeline: its start mixes the conditioning latent in where the
-mask keeps it, its timestep is t·(1 - conditioning mask), and the scheduler step skips the conditioning frame.
-A value m in between is a partial strength 1 - m: that token is re-noised to m·sigma0 and denoised from there,
-like img2img. ComfyUI treats such values differently (it feeds the model m·x + (1 - m)·init and blends its
-clean-latent estimate with init by m); the two agree for masks of 0 and 1.
+Noise masks and conditions (image-to-video, keyframes; docs/sampling.md, 'Noise masks' and 'Keyframes'): for
+models that take one sigma per latent token (`per_token_sigma = True`: LTX-Video), `sample(init_latent=...,
+noise_mask=...)` generates where the mask is 1 and keeps init_latent where it is 0, and
+`conditions=[VideoCondition(...)]` places encoded images and clips at any frame (`models/ltxv_keyframes.py`: in
+place at frame 0, appended tokens with their own RoPE positions elsewhere, cut off the result). Either way each
+token has a noise level and runs on its own clock min(sigma, level) (`token_levels.py`): kept tokens come back bit
+for bit, partial strengths wait until the schedule reaches their level. `condition_noise_scale` re-noises the kept
+tokens before every step with scale·sigma²·fresh noise, as the original pipeline's image_cond_noise_scale (0.15
+there; 0, off, here).
+
+Random numbers: one CPU generator seeded with `seed` draws, in this order, the latent noise (unless `noise` is
+given), the start noise of each appended condition block, and each step's condition noise (as (B, tokens, C),
+tokens in sequence order, appended blocks first). That is the order and layout of diffusers' LTXConditionPipeline,
+so the same seed gives its noise.
 
 Precision: x stays float32 between steps; the model sees x and the context in its own dtype (bf16 is fine) and
 its velocity is cast back to float32. Sigma is passed as float32 and the model casts it where it needs to.
@@ -63,7 +64,7 @@ stay interruptible: `interrupt` runs before every transformer block (`checks_bet
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -75,13 +76,15 @@ from ..common.ops import placement
 from ..compile import CompiledModel, compiled
 from ..conditioning import Conditioning, check_family, concat_conditionings
 from ..errors import InvalidInputError, SamplingError
+from ..models.ltxv_keyframes import KeyframePlan, VideoCondition, plan_keyframes
 from ..nonfinite import check_conditioning, count_nonfinite, dtype_name, is_finite, model_name, model_output_error
 from ..validation import check_float, check_int, check_model_options, check_seed
 from .cfg import CFG_MODES, Guidance, make_guidance
 from .memory import check_memory
-from .schedules import build_sigmas
+from .schedules import build_sigmas, explicit_sigmas
 from .solvers import SOLVERS, Dopri5, StepFn
 from .step_cache import COND, COND_UNCOND, StepCache, TeaCache, make_step_cache
+from .token_levels import check_noise_mask, kept, moving, start_latent, token_sigmas
 
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
@@ -114,9 +117,9 @@ class GuidedVelocity:
     With guidance, cond and uncond run as one model call on a doubled batch [x, x] with the prompts padded to a
     common length; once the guidance says the uncond pass is not needed, only the cond half runs. With
     `cfg_channels` = k, only channels [0, k) are guided and the others take the conditional prediction.
-    `model_options` are passed as keywords to every model call; `stats` counts the calls. With a `noise_mask`
-    (B, 1, *latent dims), the model gets one sigma per token, sigma·noise_mask, instead of one per sample; the
-    prediction is returned as the model made it (the sampler scales it by the mask for the ODE).
+    `model_options` are passed as keywords to every model call; `stats` counts the calls. With token `levels`
+    (B, 1, *latent dims), the model gets one sigma per token, min(sigma, level), instead of one per sample; the
+    prediction is returned as the model made it (the sampler stops the tokens waiting above their level).
 
     The prompts are trimmed to their longest real token once, here, and a mask without padding is passed as None,
     so the model's forward needs no host sync to find either (`model_text_inputs`). `runner` replaces the model's
@@ -135,7 +138,7 @@ class GuidedVelocity:
         cfg_channels: int | None = None,
         model_options: dict[str, Any] | None = None,
         stats: SamplingStats | None = None,
-        noise_mask: torch.Tensor | None = None,
+        levels: torch.Tensor | None = None,
         runner: Callable[..., torch.Tensor] | None = None,
         cache: StepCache | None = None,
         interrupt: Callable[[], None] | None = None,
@@ -152,7 +155,7 @@ class GuidedVelocity:
         self.cfg_channels = cfg_channels
         self.model_options = model_options or {}
         self.stats = stats if stats is not None else SamplingStats()
-        self.noise_mask = noise_mask
+        self.levels = levels
         self.interrupt = interrupt
 
     def __call__(self, x: torch.Tensor, sigma: float, *, step: int, total: int) -> torch.Tensor:
@@ -183,10 +186,10 @@ class GuidedVelocity:
         if self.interrupt is not None:
             self.interrupt()
         self.stats.model_calls += 1
-        if self.noise_mask is None:
+        if self.levels is None:
             sigmas = torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)
         else:  # (B, 1, ...) per token; the cond and uncond halves of a guided batch share it
-            sigmas = (sigma * self.noise_mask).repeat(x.shape[0] // self.noise_mask.shape[0], *[1] * (x.ndim - 1))
+            sigmas = token_sigmas(self.levels, sigma).repeat(x.shape[0] // self.levels.shape[0], *[1] * (x.ndim - 1))
         embeds, mask = text
         if self.cache is None:
             return self.runner(x.to(self.dtype), sigmas, embeds, mask, **self.model_options).float()
@@ -215,11 +218,11 @@ def model_text_inputs(conditioning: Conditioning) -> tuple[torch.Tensor, torch.T
     return embeds, None if bool(mask.all()) else mask
 
 
-def _masked_velocity(
-    velocity: Callable[[torch.Tensor, float], torch.Tensor], mask: torch.Tensor, x: torch.Tensor, sigma: float
+def _level_velocity(
+    velocity: Callable[[torch.Tensor, float], torch.Tensor], levels: torch.Tensor, x: torch.Tensor, sigma: float
 ) -> torch.Tensor:
-    """mask·v(x, sigma): the velocity of a token whose own sigma is mask·sigma, per unit of the shared sigma."""
-    return mask * velocity(x, sigma)
+    """dx/dsigma on each token's clock min(sigma, level): the velocity where the token moves, 0 where it waits."""
+    return moving(levels, sigma) * velocity(x, sigma)
 
 
 def _solver_step(solver: str, atol: float, rtol: float) -> StepFn:
@@ -356,48 +359,6 @@ def _guided_channels(model: torch.nn.Module, cfg_channels: int | None, channels:
     return None if k == channels else k
 
 
-def _expand_noise_mask(
-    model: torch.nn.Module,
-    noise_mask: torch.Tensor,
-    init: torch.Tensor | None,
-    shape: tuple[int, ...],
-    device: torch.device,
-) -> torch.Tensor:
-    """Check a noise_mask against the model and the latent; returns it float32 on device, shaped (B, 1, *dims)."""
-    if not getattr(model, "per_token_sigma", False):
-        raise InvalidInputError(
-            f"a noise_mask was given, but this {_name(model)} model takes one sigma per sample, not one per latent "
-            "token, so it cannot keep part of the latent while generating the rest. Use a model that supports it "
-            "(LTX-Video), or sample without noise_mask."
-        )
-    if init is None:
-        raise InvalidInputError(
-            "a noise_mask keeps init_latent where it is below 1, but no init_latent was given: pass the latent to "
-            "keep (e.g. from first_frame_conditioning) as init_latent."
-        )
-    batch, _, *dims = shape
-    full = (batch, 1, *dims)
-    fits = (
-        noise_mask.ndim == len(shape)
-        and noise_mask.shape[0] in (1, batch)
-        and noise_mask.shape[1] == 1
-        and all(m in (1, d) for m, d in zip(noise_mask.shape[2:], dims, strict=True))
-    )
-    if not fits:
-        raise InvalidInputError(
-            f"noise_mask has shape {tuple(noise_mask.shape)}; for the latent {shape} it must be {full} or broadcast "
-            f"to it: batch 1 or {batch}, one channel, and each of the last {len(dims)} dims 1 or the latent's "
-            f"(e.g. {(batch, 1, dims[0], *[1] * (len(dims) - 1))} for one value per frame)."
-        )
-    mask = noise_mask.to(device=device, dtype=torch.float32)
-    if not bool(((mask >= 0) & (mask <= 1)).all()):  # NaN fails both comparisons
-        raise InvalidInputError(
-            f"noise_mask values must lie in [0, 1] (1 = generate, 0 = keep init_latent, between = partial "
-            f"strength); got values from {mask.min().item()} to {mask.max().item()}."
-        )
-    return mask.expand(full).contiguous()
-
-
 def _compiled(model: torch.nn.Module, backend: bool | str) -> CompiledModel | None:
     if not backend:
         return None
@@ -436,6 +397,7 @@ def sample(
     shift: float | None = None,
     solver: str = "euler",
     schedule: str = "shifted_linear",
+    sigmas: Sequence[float] | torch.Tensor | None = None,
     cfg_trunc: float = 1.0,
     renorm_cfg: float = 1.0,
     cfg_mode: str = "original",
@@ -443,6 +405,8 @@ def sample(
     frames: int | None = None,
     init_latent: torch.Tensor | None = None,
     noise_mask: torch.Tensor | None = None,
+    conditions: Sequence[VideoCondition] | None = None,
+    condition_noise_scale: float = 0.0,
     noise: torch.Tensor | None = None,
     callback: StepCallback | None = None,
     cfg_channels: int | None = None,
@@ -470,25 +434,34 @@ def sample(
         (frames x rows x columns of the latent). For "dopri5" the sigmas are only where each adaptive run ends
         and the callback fires (the result hardly depends on them); its accuracy is set by atol / rtol (ignored
         by the other solvers), and `stats` reports what it cost.
+    sigmas: an explicit falling schedule instead (e.g. a distilled model's fixed list, `recipes.py`): values in
+        (0, 1], a final 0 appended when missing; steps, schedule and shift are then not used, and denoise must be 1
+        (start lower by starting the list lower).
     frames: the frame count of a video model (8k + 1 for LTX-Video); must be None for image models.
     init_latent: (1 or B, C, H, W), or (1 or B, C, F, H, W) for video models, in model space. The start is
         x = (1 - sigma0)·init + sigma0·noise, like ComfyUI's KSampler; with denoise 1 (sigma0 = 1) that is pure
-        noise and init_latent only sets the shape. It replaces width, height and frames, which are then neither
-        used nor checked. Without it, init is zero (ComfyUI's empty latent).
-    noise_mask: where to generate (1) and where to keep init_latent (0), values between giving a partial strength;
-        float, shaped like the latent with one channel, (1 or B, 1, F, H, W), or with 1 in any of the last dims
-        to broadcast, e.g. (B, 1, F, 1, 1) for one value per frame. Each token runs at sigma·mask (see
-        the module docstring); kept tokens come back exactly as in init_latent. It needs init_latent and a model
-        with `per_token_sigma` (LTX-Video), else InvalidInputError; it works with every solver, guidance and
-        denoise. Image-to-video (ComfyUI's LTXVImgToVideo) is:
+        noise and init_latent only sets the shape (video-to-video: the encoded video with denoise < 1). It replaces
+        width, height and frames, which are then neither used nor checked. Without it, init is zero (ComfyUI's
+        empty latent).
+    noise_mask: each token's noise level: 1 generates, 0 keeps init_latent, values between give a partial
+        strength (`token_levels.py`); float, shaped like the latent with one channel, (1 or B, 1, F, H, W), or
+        with 1 in any of the last dims to broadcast, e.g. (B, 1, F, 1, 1) for one value per frame. Kept tokens
+        come back exactly as in init_latent. It needs init_latent and a model with `per_token_sigma`
+        (LTX-Video), else InvalidInputError; it works with every solver, guidance and denoise. Image-to-video
+        (ComfyUI's LTXVImgToVideo) is:
             latent, mask = first_frame_conditioning(vae, image, model.latent_shape(B, height, width, frames))
             video = sample(model, positive, negative, init_latent=latent, noise_mask=mask, schedule="ltx",
                            renorm_cfg=0, model_options={"frame_rate": 25.0}, ...)
-    seed / noise: the noise is drawn on the CPU from `seed` (see `initial_noise`) unless given, with the latent
-        shape.
+    conditions: LTX-Video `VideoCondition`s (encoded images or clips, a frame index, a strength; several at once),
+        placed as `models/ltxv_keyframes.py` describes, on top of init_latent and noise_mask when given. The result
+        is the video latent alone (appended condition frames removed).
+    condition_noise_scale: before each step, kept tokens (level 0) become init + scale·sigma²·noise, the original
+        pipeline's image_cond_noise_scale (0.15 in its inference.py and diffusers; 0 = off).
+    seed / noise: random numbers come from a CPU generator seeded with `seed` (see the module docstring); `noise`
+        replaces the latent noise, shaped like the latent.
     callback(step, total, x, denoised): after each step; step is the 0-based index of the step just taken, x the
-        new latent, denoised = x_step - sigma_step·v the clean-image estimate at that step's start (for previews).
-        Exceptions it raises (e.g. to cancel) propagate unchanged.
+        new latent, denoised = x_step - sigma_step·v the clean-image estimate at that step's start (for previews;
+        both without appended condition frames). Exceptions it raises (e.g. to cancel) propagate unchanged.
     model_options: keywords passed to every model call (e.g. Lumina-Next's RoPE scaling and proportional
         attention, LTX-Video's frame_rate); none at all when empty, as Lumina 2 takes none.
     stats: a `SamplingStats` to fill in with the run's model calls and solver steps.
@@ -522,10 +495,12 @@ def sample(
     guidance = make_guidance(cfg_mode, cfg, cfg_trunc, renorm_cfg)
     step_cache = make_step_cache(cache, model)
     shape = _latent_shape(model, batch_size, height, width, frames, init_latent, model_options)
-    sigmas = build_sigmas(schedule, steps, shift, denoise, tokens=math.prod(shape[2:])).tolist()
+    sigmas = _schedule(sigmas, schedule, steps, shift, denoise, tokens=math.prod(shape[2:]))
+    steps = len(sigmas) - 1
     guided_channels = _guided_channels(model, cfg_channels, shape[1])
     if callable(getattr(model, "check_run", None)):  # the model's own checks of a run, once, not in every forward
         model.check_run(shape, **(model_options or {}))
+    check_float("condition_noise_scale", condition_noise_scale, 0.0, rule="the re-noising of kept tokens; 0 = off")
     if noise is not None and tuple(noise.shape) != shape:
         raise InvalidInputError(f"noise has shape {tuple(noise.shape)}, the latent is {shape}.")
     family = getattr(model, "family", None)
@@ -540,18 +515,17 @@ def sample(
 
     device, dtype = placement(model, device)
     guided = negative is not None and cfg != 1.0
-    check_memory(model, shape, guided, dtype, device, make_room)
+    kept_part = _kept_part(model, shape, init_latent, noise_mask, conditions, device)
+    run_shape = shape if kept_part.plan is None else tuple(kept_part.plan.init.shape)
+    check_memory(model, run_shape, guided, dtype, device, make_room)
+    generator = torch.Generator().manual_seed(seed)
     if noise is None:
-        noise = initial_noise(shape, seed)
-    mask = None if noise_mask is None else _expand_noise_mask(model, noise_mask, init_latent, shape, device)
-    x = noise.to(device=device, dtype=torch.float32)
-    if mask is not None:
-        start = sigmas[0] * mask  # each token's own sigma0: 0 where init_latent is kept
-        x = (1 - start) * init_latent.to(device=device, dtype=torch.float32) + start * x
-    elif init_latent is not None:
-        x = (1 - sigmas[0]) * init_latent.to(device=device, dtype=torch.float32) + sigmas[0] * x
-    else:
-        x = sigmas[0] * x
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32)  # = initial_noise(shape, seed)
+    start = kept_part.start(noise.to(device=device, dtype=torch.float32), sigmas[0], generator)
+    x, init, levels = start.x, start.init, start.levels
+    options = dict(model_options or {})
+    if start.frame_positions is not None:
+        options["frame_positions"] = start.frame_positions
     positive = positive.repeat_to(batch_size).to(device, dtype)
     negative = negative.repeat_to(batch_size).to(device, dtype) if guided else None
     if stats is None:
@@ -563,16 +537,20 @@ def sample(
     runner = _compiled(model, compile)
     velocity = GuidedVelocity(
         model, positive, negative, guidance, dtype,
-        cfg_channels=guided_channels, model_options=model_options, stats=stats, noise_mask=mask,
+        cfg_channels=guided_channels, model_options=options, stats=stats, levels=levels,
         runner=runner, cache=step_cache, interrupt=interrupt if runner is not None else None,
     )  # fmt: skip
+    renoise = levels is not None and condition_noise_scale > 0
+    video = slice(start.guide_frames, None)  # the frames after the appended condition frames
 
     # Hooks between blocks would be traced into a compiled graph (and break it); a compiled run checks per call.
     with checks_between_blocks(model, interrupt if runner is None else None):
         for i in range(steps):
+            if renoise:
+                x = _renoise_kept(x, init, levels, condition_noise_scale * sigmas[i] ** 2, generator)
             step_velocity = partial(velocity, step=i, total=steps)
-            if mask is not None:  # dx/dsigma on each token's clock sigma·mask: kept tokens stand still
-                step_velocity = partial(_masked_velocity, step_velocity, mask)
+            if levels is not None:  # dx/dsigma on each token's clock: tokens above their level wait
+                step_velocity = partial(_level_velocity, step_velocity, levels)
             x_next, v = solver_step(step_velocity, x, sigmas[i], sigmas[i + 1])
             if isinstance(solver_step, Dopri5):
                 stats.solver_steps, stats.rejected_steps = solver_step.accepted, solver_step.rejected
@@ -582,9 +560,9 @@ def sample(
             if interrupt is not None:
                 interrupt()
             if callback is not None:
-                callback(i, steps, x_next, x - sigmas[i] * v)
+                callback(i, steps, x_next[:, :, video], (x - sigmas[i] * v)[:, :, video])
             x = x_next
-    return x
+    return x[:, :, video]
 
 
 @contextmanager
@@ -609,3 +587,98 @@ def checks_between_blocks(model: torch.nn.Module, interrupt: Callable[[], None] 
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def _schedule(
+    sigmas: Sequence[float] | torch.Tensor | None, schedule: str, steps: int, shift: float | None, denoise: float,
+    tokens: int,
+) -> list[float]:  # fmt: skip
+    """The run's falling sigmas: explicit ones (denoise must then be 1), else the named schedule's."""
+    if sigmas is None:
+        return build_sigmas(schedule, steps, shift, denoise, tokens=tokens).tolist()
+    if denoise != 1.0:
+        raise InvalidInputError(
+            f"denoise={denoise} and explicit sigmas were both given: the sigmas' first value is where sampling "
+            "starts; start the list lower instead."
+        )
+    return explicit_sigmas(sigmas).tolist()
+
+
+@dataclass
+class _Start:
+    """What the loop integrates: the start latent x; the latent to keep (init) and each token's noise level, when
+    part of it is kept; how many appended condition frames lead the latent, and every frame's RoPE position then."""
+
+    x: torch.Tensor
+    init: torch.Tensor | None = None
+    levels: torch.Tensor | None = None
+    guide_frames: int = 0
+    frame_positions: torch.Tensor | None = None
+
+
+@dataclass
+class _KeptPart:
+    """The part of the latent a run keeps, checked before anything is drawn: init_latent, each token's noise level,
+    and the placed conditions (`plan`, whose latent and levels then include init_latent's and the mask's)."""
+
+    init: torch.Tensor | None
+    levels: torch.Tensor | None
+    plan: KeyframePlan | None
+
+    def start(self, noise: torch.Tensor, sigma0: float, generator: torch.Generator) -> _Start:
+        """The start latent: noise, init noised to sigma0, or token by token to each token's level. Appended
+        condition frames draw their start noise from `generator`, block after block."""
+        plan = self.plan
+        if plan is not None:
+            batch, channels, _, *dims = noise.shape
+            guide_noise = [torch.randn((batch, channels, f, *dims), generator=generator).to(noise.device)
+                           for f in plan.guide_noise_frames]  # fmt: skip
+            x = start_latent(plan.init, torch.cat([*guide_noise, noise], dim=2), plan.levels, sigma0)
+            return _Start(x, plan.init, plan.levels, plan.guide_frames, plan.frame_positions)
+        if self.levels is not None:
+            return _Start(start_latent(self.init, noise, self.levels, sigma0), self.init, self.levels)
+        if self.init is not None:
+            return _Start((1 - sigma0) * self.init + sigma0 * noise)
+        return _Start(sigma0 * noise)
+
+
+def _kept_part(
+    model: torch.nn.Module,
+    shape: tuple[int, ...],
+    init_latent: torch.Tensor | None,
+    noise_mask: torch.Tensor | None,
+    conditions: Sequence[VideoCondition] | None,
+    device: torch.device,
+) -> _KeptPart:
+    """Check the noise mask and place the conditions (their errors come before any memory check or noise)."""
+    init = None if init_latent is None else init_latent.to(device=device, dtype=torch.float32)
+    levels = None if noise_mask is None else check_noise_mask(model, noise_mask, init_latent, shape, device)
+    plan = _plan_conditions(model, conditions, shape, init, levels, device) if conditions else None
+    return _KeptPart(init, levels, plan)
+
+
+def _plan_conditions(
+    model: torch.nn.Module,
+    conditions: Sequence[VideoCondition],
+    shape: tuple[int, ...],
+    init: torch.Tensor | None,
+    levels: torch.Tensor | None,
+    device: torch.device,
+) -> KeyframePlan:
+    """Place the conditions, for a model that takes per-token sigmas and explicit frame positions (LTX-Video)."""
+    if not (getattr(model, "per_token_sigma", False) and getattr(model, "takes_keyframes", False)):
+        raise InvalidInputError(
+            f"conditions were given, but this {_name(model)} model cannot take images or clips at chosen frames: "
+            "they need LTX-Video (0.9.5 or later), which takes one sigma per token and keyframe positions."
+        )
+    return plan_keyframes(conditions, shape, model.config.causal_temporal_positioning, init, levels, device)
+
+
+def _renoise_kept(
+    x: torch.Tensor, init: torch.Tensor, levels: torch.Tensor, amplitude: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Kept tokens become init + amplitude·noise (fresh each step); the noise is drawn as (B, tokens, C)."""
+    batch, channels, *dims = x.shape
+    noise = torch.randn((batch, math.prod(dims), channels), generator=generator).to(x.device)
+    noise = noise.transpose(1, 2).unflatten(2, dims)  # (B, N, C) -> (B, C, *dims)
+    return torch.where(kept(levels), init + amplitude * noise, x)

@@ -16,7 +16,7 @@ derives it from the latent when given shift=None.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -129,6 +129,24 @@ def ltx(steps: int, shift: float) -> torch.Tensor:
     diffusers' LTXPipeline with the released scheduler config and of ComfyUI's LTXVScheduler (stretch on).
     """
     return stretch_to_terminal(shifted_linear(steps, shift), LTX_TERMINAL)
+
+
+def explicit_sigmas(values: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """A caller's own schedule as a float64 CPU tensor ending at 0: values falling strictly, within (0, 1], a final 0
+    appended when missing (the fixed timestep lists of distilled models end above 0, and their last step goes to 0,
+    as in the original rf.py). The values are rounded to float32 first, as the original pipeline and diffusers hold
+    such a list, so the model sees the same timesteps (sigma x 1000 in float32) as there: a list like 0.9937 ...
+    otherwise lands on the neighbouring float32 timestep, which moves a distilled run by about 1e-5."""
+    sigmas = torch.as_tensor(values, dtype=torch.float32).flatten().cpu().double()
+    if len(sigmas) and sigmas[-1] != 0:
+        sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
+    falling = bool((sigmas[1:] < sigmas[:-1]).all())
+    if len(sigmas) < 2 or not falling or not 0 < sigmas[0] <= 1 or bool(sigmas.isnan().any()):
+        raise InvalidInputError(
+            f"sigmas must fall strictly from at most 1 to 0 (a final 0 is added when missing); got "
+            f"{[round(v, 4) for v in torch.as_tensor(values, dtype=torch.float64).flatten().tolist()]}."
+        )
+    return sigmas
 
 
 # name -> (steps, shift) -> sigmas. Every schedule must use `shift` (an unshifted linear schedule is

@@ -424,7 +424,7 @@ def first_frame_conditioning(
                                 f"{tuple(image.shape)}.")  # fmt: skip
     if channels != vae.latent_channels:
         raise InvalidInputError(f"latent_shape has {channels} channels; this VAE's latents have {vae.latent_channels}.")
-    fitted = _fit_image(image.float(), height * vae.spatial_ratio, width * vae.spatial_ratio)
+    fitted = fit_image(image.float(), height * vae.spatial_ratio, width * vae.spatial_ratio)
     encoded = vae.encode(fitted, device, dtype)
     latent = torch.zeros(batch, channels, frames, height, width, device=encoded.device)
     latent[:, :, :1] = encoded.expand(batch, -1, -1, -1, -1)
@@ -433,7 +433,7 @@ def first_frame_conditioning(
     return latent, mask
 
 
-def _fit_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def fit_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Centre-crop (B, 3, H, W) to height:width, then resize bilinearly to (height, width)."""
     h, w = image.shape[-2:]
     if h * width > w * height:  # too tall: crop rows

@@ -10,174 +10,44 @@ locations are all temporary.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from lumina_core import tiny
-from lumina_core.gguf.convert import convert
 from scripts import run_workflow as rw
-from tests.fixtures.gguf_files import Q, write_gemma_gguf
-from tests.fixtures.workflow_models import WORKFLOW_FILES, write_workflow_models
+from tests.integration.server import (
+    COMFYUI_DIR,
+    GGUF_TEXT_ENCODER,
+    GGUF_TRANSFORMER,
+    REPO,
+    RUN_TIMEOUT,
+    SKIP_REASON,
+    SMALL,
+    TEXT_ENCODER,
+    TRANSFORMER,
+    UPSAMPLER,
+    UPSAMPLER_AS_CHECKPOINT,
+    VAE,
+    VAE_AS_CHECKPOINT,
+    Server,
+    assert_success,
+    run_graph,
+    shrink,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
 WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
-PACK = "comfyui-lumina"
 OUR_NODES = (
     "LuminaLoadTransformer", "LuminaGGUFLoader", "LuminaLoadGemma", "LuminaGemmaEncode", "LuminaLoadT5",
     "LuminaT5Encode", "LuminaFlowSampler", "LuminaLoadVAE", "LuminaVAEDecode", "LuminaLTXVideoDecode",
+    "LuminaLTXVideoGuide", "LuminaLTXVideoEncode", "LuminaLoadLatentUpsampler", "LuminaLTXVideoLatentUpsample",
 )  # fmt: skip
 SAMPLER = "LuminaFlowSampler"
-# The file names the shipped workflows use, so they run unchanged apart from size and steps.
-TRANSFORMER, TEXT_ENCODER, VAE = "lumina_2_model_bf16.safetensors", "gemma_2_2b_fp16.safetensors", "ae.safetensors"
-GGUF_TRANSFORMER, GGUF_TEXT_ENCODER = "lumina2-Q8_0.gguf", "gemma-2-2b-Q8_0.gguf"
-VAE_AS_CHECKPOINT = "flux_vae_copy.safetensors"  # a VAE where the transformer loader will list it
-SMALL = {"width": 96, "height": 64, "steps": 2, "frames": 9}  # valid for every family; 9 frames for video
-STARTUP_TIMEOUT, RUN_TIMEOUT = 120, 300
 
-pytestmark = [
-    pytest.mark.comfyui,
-    pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout (and COMFYUI_PYTHON)"),
-]
-
-
-@dataclass
-class Server:
-    address: str  # host:port
-    output_dir: Path
-    log: Path
-    process: subprocess.Popen
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-@dataclass
-class Run:
-    status: str  # "success", "error" or "interrupted"
-    data: dict  # the execution_error / execution_interrupted message
-    history: dict  # the prompt's /history entry
-    messages: list = field(default_factory=list)  # every (type, data) WebSocket message of the prompt
-    seconds: float = 0.0
-
-
-def write_models(root: Path) -> Path:
-    """Tiny checkpoints under the names the workflows use; returns the extra_model_paths YAML."""
-    models = root / "models"
-    for sub in ("diffusion_models", "text_encoders", "vae", "checkpoints"):
-        (models / sub).mkdir(parents=True)
-    write_workflow_models({sub: models / sub for sub in WORKFLOW_FILES})
-    convert(models / "diffusion_models" / TRANSFORMER, models / "diffusion_models" / GGUF_TRANSFORMER, "Q8_0")
-    write_gemma_gguf(tiny.make_gemma(0), tiny.train_tokenizer(), models / "text_encoders" / GGUF_TEXT_ENCODER, Q.Q8_0)
-    shutil.copy(models / "vae" / VAE, models / "checkpoints" / VAE_AS_CHECKPOINT)
-    config = root / "extra_model_paths.yaml"
-    folders = "".join(f"    {sub}: {sub}\n" for sub in ("diffusion_models", "text_encoders", "vae", "checkpoints"))
-    config.write_text(f"lumina_integration_test:\n    base_path: {models}\n{folders}")
-    return config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_command(comfyui: Path, base: Path, port: int, models_config: Path) -> list[str]:
-    """main.py's command line, using only the flags this ComfyUI version has."""
-    help_text = subprocess.run([COMFYUI_PYTHON, "main.py", "--help"], cwd=comfyui, capture_output=True,
-                               text=True, timeout=120).stdout  # fmt: skip
-    if "--extra-model-paths-config" not in help_text:
-        raise RuntimeError(f"{comfyui}/main.py --help failed or is too old:\n{help_text[-2000:]}")
-    command = [COMFYUI_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port)]
-    command += ["--extra-model-paths-config", str(models_config), "--output-directory", str(base / "output")]
-    optional = {
-        "--disable-auto-launch": [],
-        "--base-directory": [str(base)],
-        "--database-url": ["sqlite:///:memory:"],  # the default database lives inside the checkout
-        "--disable-all-custom-nodes": [],
-        "--whitelist-custom-nodes": [PACK],
-        "--preview-method": ["latent2rgb"],  # exercises the sampler's previews and the client's binary frames
-    }
-    for flag, values in optional.items():
-        if flag in help_text:
-            command += [flag, *values]
-    if "--base-directory" not in help_text:  # older versions: temp paths one by one, the pack through the YAML
-        for name in ("input", "temp", "user"):
-            if f"--{name}-directory" in help_text:
-                (base / name).mkdir(exist_ok=True)
-                command += [f"--{name}-directory", str(base / name)]
-        with models_config.open("a") as f:
-            f.write(f"    custom_nodes: {base / 'custom_nodes'}\n")
-    return command
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfyui_base")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
-    started = time.monotonic()
-    models_config = write_models(base)
-    port = free_port()
-    command = server_command(Path(COMFYUI_DIR), base, port, models_config)
-    log = base / "comfyui.log"
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(command, cwd=COMFYUI_DIR, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    server = Server(f"127.0.0.1:{port}", base / "output", log, process)
-    try:
-        wait_until_up(server)
-        print(f"\nComfyUI up on {server.address} in {time.monotonic() - started:.1f} s (models included)")
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_until_up(server: Server) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"ComfyUI exited with code {server.process.returncode}:\n{server.log_tail()}")
-        try:
-            rw.request_json(server.address, "/system_stats", timeout=2)
-            return
-        except (OSError, ValueError):
-            time.sleep(0.5)
-    pytest.fail(f"ComfyUI did not answer /system_stats within {STARTUP_TIMEOUT} s:\n{server.log_tail()}")
-
-
-def run_graph(server: Server, graph: dict, on_message=None, timeout: float = RUN_TIMEOUT) -> Run:
-    """Queue `graph` through the script's functions and follow it to the end."""
-    client_id, messages = uuid.uuid4().hex, []
-
-    def record(kind, data):
-        messages.append((kind, data))
-        if on_message:
-            on_message(kind, data)
-
-    started = time.monotonic()
-    with rw.connect(server.address, client_id) as ws:
-        prompt_id = rw.queue_prompt(server.address, graph, client_id)
-        status, data = rw.wait_for_completion(ws, prompt_id, timeout, record)
-    history = rw.get_history(server.address, prompt_id)
-    return Run(status, data, history, messages, time.monotonic() - started)
+pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(not COMFYUI_DIR, reason=SKIP_REASON)]
 
 
 def small_graph(seed: int = 0, **sampler) -> dict:
@@ -198,26 +68,6 @@ def small_graph(seed: int = 0, **sampler) -> dict:
 
 def node(class_type: str, **inputs) -> dict:
     return {"class_type": class_type, "inputs": inputs}
-
-
-def shrink(graph: dict, seed: int | None = None) -> dict:
-    """Every sampler at 96x64 and 2 steps (9 frames for video)."""
-    sets = [(node, name, value) for node in rw.nodes_of(graph, SAMPLER) for name, value in SMALL.items()]
-    return rw.apply_overrides(graph, seed=seed, sets=sets)
-
-
-def assert_success(server: Server, run: Run, size: tuple[int, int] = (96, 64)) -> list[dict]:
-    assert run.status == "success", f"{run.status}: {run.data}\n{server.log_tail()}"
-    assert run.history["status"]["status_str"] == "success"
-    files = [f for f in rw.output_files(run.history) if f["type"] == "output"]
-    assert files, f"no output files in {run.history['outputs']}"
-    for file in files:
-        path = server.output_dir / file["path"]
-        assert path.is_file(), path
-        with Image.open(path) as image:
-            frames = getattr(image, "n_frames", 1)
-            assert (image.format, image.size, frames) in {("PNG", size, 1), ("WEBP", size, SMALL["frames"])}
-    return files
 
 
 def rejection(server: Server, graph: dict) -> dict:
@@ -396,6 +246,59 @@ def test_image_to_video_from_a_core_image_node(server):
     run = run_graph(server, graph)
     files = assert_success(server, run)
     print(f"image-to-video: {run.seconds:.1f} s -> {[f['path'] for f in files]}")
+
+
+FIRST_LAST = REPO / "workflows" / "api" / "ltxv_i2v_first_last.json"
+
+
+def test_multiscale_recipe_with_first_and_last_frame_guides(server):
+    """The shipped first/last-frame workflow turned into the distilled multi-scale recipe: the small pass, the x2
+    latent upsampler, the refining pass (its guides encoded again at the larger size), decoded at twice the size."""
+    graph = shrink(rw.load_graph(FIRST_LAST))
+    sampler = next(iter(rw.nodes_of(graph, SAMPLER)))
+    graph[sampler]["inputs"]["recipe"] = "ltxv-0.9.8-distilled"
+    graph["20"] = node("LuminaLoadLatentUpsampler", file=UPSAMPLER)
+    graph["21"] = node("LuminaLTXVideoLatentUpsample", upsampler=["20", 0], vae=["5", 0], samples=[sampler, 0],
+                       adain_factor=1.0)  # fmt: skip
+    refine = {**graph[sampler], "inputs": {**graph[sampler]["inputs"], "latent": ["21", 0],
+                                           "recipe": "ltxv-0.9.8-distilled-refine"}}  # fmt: skip
+    graph["22"] = refine
+    decode = next(nid for nid, n in graph.items() if n["class_type"] == "LuminaLTXVideoDecode")
+    graph[decode]["inputs"]["samples"] = ["22", 0]
+    run = run_graph(server, graph)
+    files = assert_success(server, run, size=(192, 128))
+    print(f"multi-scale: {run.seconds:.1f} s -> {[f['path'] for f in files]}")
+
+
+def test_video_to_video_from_core_frames(server):
+    """Nine frames from core EmptyImage, LTX-Video Encode'd, sampled on at denoise 0.5."""
+    graph = shrink(rw.load_graph(REPO / "workflows" / "api" / "ltxv_t2v.json"))
+    graph["9"] = node("EmptyImage", width=120, height=80, batch_size=9, color=0x3366CC)
+    graph["10"] = node("LuminaLTXVideoEncode", vae=["6", 0], frames=["9", 0], width=96, height=64)
+    sampler = next(iter(rw.nodes_of(graph, SAMPLER)))
+    graph[sampler]["inputs"] |= {"latent": ["10", 0], "denoise": 0.5}
+    run = run_graph(server, graph)
+    files = assert_success(server, run)
+    print(f"video-to-video: {run.seconds:.1f} s -> {[f['path'] for f in files]}")
+
+
+def test_a_guide_outside_the_video_fails_in_one_line(server):
+    graph = shrink(rw.load_graph(FIRST_LAST))
+    guide = next(nid for nid, n in graph.items() if n["inputs"].get("frame_index") == -1)
+    graph[guide]["inputs"]["frame_index"] = 9  # the video has 9 frames, 0 to 8
+    run = run_graph(server, graph)
+    assert run.status == "error", run.status
+    message = run.data["exception_message"].strip()
+    print(f"{run.data['node_type']}: {message}")
+    assert run.data["node_type"] == "LuminaFlowSampler" and "\n" not in message
+    assert "condition 2 (image) is at frame 9, outside the 9-frame video: use 0 to 8" in message
+
+
+def test_upsampler_in_the_transformer_loader_names_the_upsampler_loader(server):
+    run = run_graph(server, rw.apply_overrides(small_graph(), transformer=UPSAMPLER_AS_CHECKPOINT))
+    assert run.status == "error" and run.data["node_type"] == "LuminaLoadTransformer", run.status
+    message = run.data["exception_message"]
+    assert "holds an LTX-Video latent upsampler" in message and "Load LTX-Video Latent Upsampler" in message
 
 
 def test_free_unloads_our_models(server):

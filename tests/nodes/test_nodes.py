@@ -62,7 +62,8 @@ def test_node_ids_follow_one_scheme():
         "Lumina" + cls.__name__.replace("Lumina", ""): cls.__name__ for cls in N.values()
     }
     assert nodes.NODE_DISPLAY_NAME_MAPPINGS.keys() == N.keys()
-    node_classes = {cls for module in (nodes.loaders, nodes.sampling, nodes.decode) for cls in vars(module).values()
+    node_classes = {cls for module in (nodes.loaders, nodes.sampling, nodes.decode, nodes.video)
+                    for cls in vars(module).values()
                     if isinstance(cls, type) and hasattr(cls, "FUNCTION") and hasattr(cls, "DISPLAY_NAME")}  # fmt: skip
     assert node_classes == set(N.values())
     assert {"LuminaFlowSampler", "LuminaGGUFLoader", "LuminaLoadTransformer", "LuminaVAEDecode"} <= N.keys()

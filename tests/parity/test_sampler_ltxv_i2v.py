@@ -118,7 +118,7 @@ def run_variant(
         sigmas = build_sigmas("ltx", STEPS, None, tokens=18).tolist()
     velocity = GuidedVelocity(
         model, inputs["positive"], inputs["negative"], make_guidance("original", CFG, 1.0, 0.0), torch.float32,
-        model_options={"frame_rate": FRAME_RATE}, noise_mask=mask if per_token_sigma else None,
+        model_options={"frame_rate": FRAME_RATE}, levels=mask if per_token_sigma else None,
     )  # fmt: skip
     x = (1 - mask) * inputs["latent"] + mask * inputs["noise"]
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):

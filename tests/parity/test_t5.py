@@ -353,6 +353,7 @@ def test_dtype_and_device_arguments(tiny):
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 
 
+@pytest.mark.comfyui
 @pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout")
 def test_comfyui_bundled_tokenizer():
     """The T5 tokenizer ComfyUI ships, found by find_t5_tokenizer, tokenizes as T5TokenizerFast and tokenizers do."""

@@ -1,9 +1,11 @@
 """The command line and the end-to-end pipeline on tiny checkpoints, including its failure messages."""
 
+import re
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -183,6 +185,75 @@ def test_an_image_vae_for_a_video_model_fails_before_anything_runs(ltxv_files, a
     assert list(tmp_path.iterdir()) == []
 
 
+# ---- LTX-Video: conditions, video-to-video, recipes, multi-scale ----
+
+
+@pytest.fixture(scope="module")
+def media_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("media")
+    frames = [Image.new("RGB", (96, 64), (40 * i, 255 - 20 * i, 90)) for i in range(10)]
+    frames[0].save(folder / "first.png")
+    Image.new("RGB", (160, 90), (200, 30, 30)).save(folder / "last_wide.jpg")  # another size and aspect ratio
+    frames[0].save(folder / "clip.webp", save_all=True, append_images=frames[1:], duration=40)  # 10 frames
+    (folder / "notes.txt").write_text("not an image")
+    upsampler = tiny.write_latent_upsampler(tiny.make_latent_upsampler(0), folder / "up.safetensors")
+    return {name: folder / name for name in ("first.png", "last_wide.jpg", "clip.webp", "notes.txt")} | {
+        "upsampler": upsampler
+    }
+
+
+def video_size(path) -> tuple[tuple[int, int], int]:
+    with Image.open(path) as video:
+        return video.size, video.n_frames
+
+
+def test_first_and_last_frame_conditions(ltxv_files, media_files, tmp_path):
+    with pytest.warns(UserWarning, match=r"condition 2 is 160x90; it was centre-cropped .* resized to 96x64"):
+        code = generate_video(ltxv_files, tmp_path / "fl.webp", "--condition", str(media_files["first.png"]),
+                              "--condition", str(media_files["last_wide.jpg"]), "-1", "0.9")  # fmt: skip
+    assert code == 0 and video_size(tmp_path / "fl.webp") == ((96, 64), 9)
+
+
+def test_video_to_video_and_a_recipe(ltxv_files, media_files, tmp_path):
+    with pytest.warns(UserWarning, match="has 10 frames; LTX-Video encodes 8k \\+ 1, so its first 9 are used"):
+        code = generate_video(ltxv_files, tmp_path / "v2v.webp", "--input-video", str(media_files["clip.webp"]),
+                              "--denoise", "0.5", "--frames", "17")  # fmt: skip
+    assert code == 0 and video_size(tmp_path / "v2v.webp") == ((96, 64), 9)  # the input's length
+    assert generate_video(ltxv_files, tmp_path / "d.webp", "--recipe", "ltxv-0.9.8-distilled") == 0
+
+
+def test_the_multiscale_recipe_renders_at_twice_the_small_size(ltxv_files, media_files, tmp_path):
+    out = tmp_path / "ms.webp"
+    with pytest.warns(UserWarning, match="condition 1 is 96x64; .* resized to 128x64"):  # then to 256x128
+        code = generate_video(
+            ltxv_files, out, "--width", "192", "--height", "96", "--upsampler", str(media_files["upsampler"]),
+            "--recipe", "ltxv-0.9.8-distilled", "--refine-recipe", "ltxv-13b-0.9.8-distilled-refine",
+            "--condition", str(media_files["first.png"]),
+        )  # fmt: skip
+    assert code == 0 and video_size(out) == ((256, 128), 9)  # 192x96 x 2/3 = 128x64, refined at x2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--condition", "@first.png", "9"], r"condition 1 \(image\) is at frame 9, outside the 9-frame video"),
+        (["--condition", "@notes.txt"], r"notes.txt is neither an image nor a video"),
+        (["--condition", "@first.png", "middle"], "--condition .* FRAME must be a whole number"),
+        (["--upsampler", "@checkpoint"], r"holds an LTX-Video transformer .*; load_latent_upsampler loads"),
+        (["--recipe", "ltxv-0.9.8-distilled", "--input-video", "@clip.webp", "--denoise", "0.5"],
+         "denoise=0.5 and explicit sigmas were both given"),
+    ],
+)  # fmt: skip
+def test_bad_video_inputs_fail_with_one_line(ltxv_files, media_files, tmp_path, capsys, extra, message):
+    files = {**media_files, "checkpoint": ltxv_files[0]}
+    extra = [str(files[arg[1:]]) if arg.startswith("@") else arg for arg in extra]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the input video's frame count
+        assert generate_video(ltxv_files, tmp_path / "x.webp", *extra) == 2
+    assert re.search(message, one_line_error(capsys))
+    assert not (tmp_path / "x.webp").exists()
+
+
 @pytest.fixture(scope="module")
 def zimage_files(tmp_path_factory):
     """A Z-Image file, ComfyUI's single-file Qwen3 (its tokenizer in qwen_tokenizer/ beside it) and the FLUX VAE."""
@@ -264,7 +335,10 @@ def run_until_interrupted(code: str, ready: str) -> tuple[int, str, float]:
     Returns the exit code, the stderr (the text read up to `ready`, then the rest, as pipes allow) and the seconds
     from Ctrl-C to the exit."""
     repo = Path(__file__).resolve().parents[2]
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=repo, stderr=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored and children inherit that (CI may run us so): the child
+    # gets the default disposition back, as a terminal's foreground process has.
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=repo, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     seen = ""
     while ready not in seen:
         char = process.stderr.read(1)

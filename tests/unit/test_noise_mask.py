@@ -98,8 +98,8 @@ def test_a_mask_of_ones_is_plain_sampling(model):
 
 
 def test_the_model_sees_each_tokens_sigma_and_start(model):
-    """Partial strength 0.75 on frame 0: the model gets sigma x 0.25 there (ComfyUI's timestep), for the cond and
-    uncond halves alike, and frame 0 starts re-noised to its own sigma0: (1 - s0)·init + s0·noise, s0 = 0.25·sigma0.
+    """Partial strength 0.75 on frame 0 (level 0.25): the model gets min(sigma, 0.25) there, for the cond and uncond
+    halves alike, and frame 0 starts re-noised to its own level: (1 - s0)·init + s0·noise, s0 = min(0.25, sigma0).
     """
     calls = []
     hook = model.register_forward_pre_hook(lambda module, args: calls.append((args[0].clone(), args[1].clone())))
@@ -111,11 +111,23 @@ def test_the_model_sees_each_tokens_sigma_and_start(model):
     assert len(calls) == 3
     for (x, sigma), expected in zip(calls, sigmas, strict=False):
         assert sigma.shape == (4, 1, *LATENT[2:]) and x.shape == (4, *LATENT[1:])
-        torch.testing.assert_close(sigma[:, :, 0], torch.full((4, 1, 2, 3), 0.25 * expected), rtol=0, atol=1e-7)
+        torch.testing.assert_close(sigma[:, :, 0], torch.full((4, 1, 2, 3), min(0.25, expected)), rtol=0, atol=1e-7)
         torch.testing.assert_close(sigma[:, :, 1:], torch.full((4, 1, 2, 2, 3), expected), rtol=0, atol=1e-7)
-    start = torch.tensor([0.25, 1.0, 1.0])[:, None, None] * sigmas[0]  # (F, 1, 1): each frame's sigma0
+    start = torch.tensor([min(0.25, sigmas[0]), sigmas[0], sigmas[0]])[:, None, None]  # (F, 1, 1): each frame's s0
     expected_start = (1 - start) * INIT + start * NOISE
     assert torch.allclose(calls[0][0], torch.cat([expected_start, expected_start]), atol=1e-6)
+
+
+def test_a_partial_level_waits_until_the_schedule_reaches_it(model):
+    """Level 0.25 on frame 0: those tokens stay where they started while the step's sigma is above 0.25, then move."""
+    seen = []
+    run(model, noise_mask=first_frame_mask(0.75), callback=lambda i, total, x, denoised: seen.append(x.clone()))
+    sigmas = build_sigmas("ltx", 3, None, tokens=18).tolist()
+    start = 0.75 * INIT[:, :, 0] + 0.25 * NOISE[:, :, 0]
+    for x, sigma in zip(seen, sigmas, strict=False):
+        waited = torch.allclose(x[:, :, 0], start, atol=1e-6)
+        assert waited == (sigma > 0.25), sigma
+    assert any(sigma > 0.25 for sigma in sigmas[:-1]) and any(sigma < 0.25 for sigma in sigmas[:-1])
 
 
 def test_broadcast_masks_equal_the_full_mask(model):

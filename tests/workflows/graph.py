@@ -1,7 +1,7 @@
 """Workflow JSON helpers for the tests: read both formats, convert UI to API, check and run an API graph in-process.
 
 ComfyUI is not importable here, so its core `SaveImage` and `SaveAnimatedWEBP` are described by small stand-ins
-with the same inputs that write files the way ComfyUI names them.
+with the same inputs that write files the way ComfyUI names them, and `LoadImage` by one that reads the input folder.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import torch
+from PIL import Image, ImageSequence
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_NAMES = {"seed", "noise_seed"}  # INT widgets the frontend follows with a control_after_generate value
@@ -86,7 +87,31 @@ class SaveAnimatedWEBP:
         return {"ui": {"images": [path], "animated": (True,)}}
 
 
-CORE_NODES = {"SaveImage": SaveImage, "SaveAnimatedWEBP": SaveAnimatedWEBP}
+class LoadImage:
+    """Stand-in for ComfyUI's core LoadImage: a file of the input folder (`input_dir`), every frame of it as an
+    IMAGE batch (B, H, W, 3) in [0, 1], and a MASK. The frontend adds an upload button after the file widget,
+    whose value ("image") a UI workflow stores too."""
+
+    DISPLAY_NAME = "Load Image"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "load_image"
+    input_dir: Path | None = None
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = sorted(p.name for p in cls.input_dir.iterdir() if p.is_file()) if cls.input_dir else []
+        return {"required": {"image": (files, {"image_upload": True})}}
+
+    def load_image(self, image: str):
+        with Image.open(Path(self.input_dir) / image) as picture:
+            frames = [
+                np.asarray(frame.convert("RGB"), dtype=np.float32) / 255 for frame in ImageSequence.Iterator(picture)
+            ]
+        pixels = torch.from_numpy(np.stack(frames))
+        return (pixels, torch.zeros(len(frames), *pixels.shape[1:3]))
+
+
+CORE_NODES = {"SaveImage": SaveImage, "SaveAnimatedWEBP": SaveAnimatedWEBP, "LoadImage": LoadImage}
 
 
 def load_api(path: str | Path) -> dict:
@@ -145,8 +170,8 @@ def ui_to_api(ui: dict, node_classes: Mapping[str, type]) -> dict:
                 if not values:
                     raise WorkflowError(f"node {node_id} ({class_type}): widgets_values ends before {name!r}.")
                 value = values.pop(0)
-                if has_control_after_generate(name, kind, options):
-                    values.pop(0)
+                if has_control_after_generate(name, kind, options) or options.get("image_upload"):
+                    values.pop(0)  # the control_after_generate / upload widget the frontend adds after it
                 if name not in linked:
                     inputs[name] = value
             if name in linked:
@@ -239,8 +264,9 @@ def run_api_workflow(api: dict, node_classes: Mapping[str, type], save_dir: str 
     dependency order as `getattr(cls(), cls.FUNCTION)(**inputs)`, links resolved to earlier outputs.
     The save stand-ins write into `save_dir` and report {"images": [paths]}.
     """
-    savers = {name: type(name, (cls,), {"output_dir": Path(save_dir)}) for name, cls in CORE_NODES.items()}
-    classes = {**node_classes, **savers}
+    savers = {name: type(name, (cls,), {"output_dir": Path(save_dir)}) for name, cls in CORE_NODES.items()
+              if name != "LoadImage"}  # fmt: skip
+    classes = {**node_classes, **savers, "LoadImage": LoadImage}
     order = execution_order(api)
     for node_id in order:
         _validate(node_id, api[node_id], classes)

@@ -7,7 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.fixtures.workflow_models import qwen_tokenizer_stand_in, write_workflow_models
+from tests.fixtures.workflow_models import (
+    WORKFLOW_FILES,
+    qwen_tokenizer_stand_in,
+    write_workflow_images,
+    write_workflow_models,
+)
 from tests.pack import core, nodes
 from tests.workflows.graph import (
     CORE_NODES,
@@ -24,7 +29,7 @@ UI_FILES = sorted(ROOT.glob("*.json"))
 API_FILES = sorted((ROOT / "api").glob("*.json"))
 N = nodes.NODE_CLASS_MAPPINGS
 InvalidInputError, comfy_bridge = core.InvalidInputError, nodes.comfy_bridge
-first_frame_conditioning = core.vae.first_frame_conditioning
+first_frame_conditioning, encode_condition = core.vae.first_frame_conditioning, core.vae.encode_condition
 LOADERS = ("LuminaLoadTransformer", "LuminaLoadGemma", "LuminaLoadT5", "LuminaLoadVAE")
 ENCODERS = ("LuminaGemmaEncode", "LuminaT5Encode")
 TINY_SETTINGS = {"width": 96, "height": 64, "steps": 2, "frames": 9}  # sizes valid for every family
@@ -34,7 +39,7 @@ TINY_SETTINGS = {"width": 96, "height": 64, "steps": 2, "frames": 9}  # sizes va
 def model_dirs(tmp_path_factory):
     """Tiny checkpoints under exactly the file names the shipped workflows use, registered like ComfyUI's folders."""
     root = tmp_path_factory.mktemp("models")
-    folders = {name: root / name for name in ("diffusion_models", "text_encoders", "vae", "checkpoints")}
+    folders = {name: root / name for name in WORKFLOW_FILES}
     for folder in folders.values():
         folder.mkdir()
     for key, sources in comfy_bridge.FOLDERS.items():
@@ -45,6 +50,7 @@ def model_dirs(tmp_path_factory):
     qwen_tokenizer = qwen_tokenizer_stand_in(root / "qwen25_tokenizer")
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("LUMINA_MODEL_DIRS", raising=False)
+        patch.setattr(CORE_NODES["LoadImage"], "input_dir", write_workflow_images(root / "input"))
         patch.setattr(comfy_bridge, "bundled_tokenizer_dirs", lambda: [str(qwen_tokenizer)])
         yield root
     comfy_bridge._standalone_folders.clear()
@@ -58,9 +64,13 @@ def shrink(api: dict) -> dict:
 
 
 def test_workflows_are_shipped():
-    assert {"lumina2_t2i.json", "lumina_next_t2i.json", "ltxv_t2v.json", "zimage_turbo_t2i.json"} <= {
-        p.name for p in UI_FILES
-    }
+    assert {
+        "lumina2_t2i.json",
+        "lumina_next_t2i.json",
+        "ltxv_t2v.json",
+        "ltxv_i2v_first_last.json",
+        "zimage_turbo_t2i.json",
+    } <= {p.name for p in UI_FILES}
 
 
 @pytest.mark.parametrize("path", UI_FILES + API_FILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -272,6 +282,91 @@ def test_first_frame_image_to_video_keeps_the_encoded_image(model_dirs):
     assert not torch.equal(out["samples"][:, :, 1:], expected[:, :, 1:])
     with pytest.raises(InvalidInputError, match="needs the LTX-Video VAE"):
         sampler.sample(model, positive, negative, first_frame=image, **settings)
+
+
+def _ltxv_nodes():
+    model = N["LuminaLoadTransformer"]().load("ltx-video-2b-v0.9.5.safetensors")[0]
+    vae = N["LuminaLoadVAE"]().load("ltx-video-2b-v0.9.5.safetensors")[0]
+    encoder = N["LuminaLoadT5"]().load("t5xxl_fp16.safetensors")[0]
+    positive, negative = (N["LuminaT5Encode"]().encode(encoder, text, 128)[0] for text in ("a fox", ""))
+    return model, vae, positive, negative
+
+
+def _video_settings(**overrides) -> dict:
+    defaults = {name: spec[1].get("default") for name, spec in N["LuminaFlowSampler"].INPUT_TYPES()["required"].items()
+                if name not in ("model", "positive", "negative")}  # fmt: skip
+    return {**defaults, **TINY_SETTINGS, "schedule": "ltx", "shift": 0.0, **overrides}
+
+
+def test_guides_keep_the_first_frame_and_reach_the_last(model_dirs):
+    model, vae, positive, negative = _ltxv_nodes()
+    first, last = torch.rand(2, 1, 64, 96, 3, generator=torch.Generator().manual_seed(0))
+    guide = N["LuminaLTXVideoGuide"]()
+    (guides,) = guide.add(vae, first, 0, 1.0)
+    (guides,) = guide.add(vae, last, -1, 1.0, guides=guides)
+    sampler = N["LuminaFlowSampler"]()
+    (out,) = sampler.sample(model, positive, negative, guides=guides, condition_noise=0.0, **_video_settings())
+    encoded = encode_condition(vae.model, guides.items[0], 64, 96).latent
+    assert torch.equal(out["samples"][:, :, :1], encoded)  # strength 1, no conditioning noise: kept exactly
+    (only_first,) = guide.add(vae, first, 0, 1.0)
+    (without_last,) = sampler.sample(model, positive, negative, guides=only_first, condition_noise=0.0,
+                                     **_video_settings())  # fmt: skip
+    assert not torch.equal(without_last["samples"][:, :, 1:], out["samples"][:, :, 1:])  # the last frame acts
+    (noised,) = sampler.sample(model, positive, negative, guides=guides, **_video_settings())  # noise 0.15
+    assert not torch.equal(noised["samples"][:, :, :1], encoded)
+
+
+def test_guides_refuse_another_vae_and_image_models(model_dirs):
+    model, vae, positive, negative = _ltxv_nodes()
+    flux_vae = N["LuminaLoadVAE"]().load("ae.safetensors")[0]
+    image = torch.rand(1, 64, 96, 3)
+    with pytest.raises(InvalidInputError, match="is not an LTX-Video VAE: a video guide is encoded with"):
+        N["LuminaLTXVideoGuide"]().add(flux_vae, image, 0, 1.0)
+    (guides,) = N["LuminaLTXVideoGuide"]().add(vae, image, 0, 1.0)
+    other_vae = type(vae)(vae.model, vae.patcher, vae.kind, vae.family, "another_ltx_vae.safetensors")
+    with pytest.raises(InvalidInputError, match="connect the same LTX-Video VAE to every guide"):
+        N["LuminaLTXVideoGuide"]().add(other_vae, image, -1, 1.0, guides=guides)
+    lumina = N["LuminaLoadTransformer"]().load("lumina_2_model_bf16.safetensors")[0]
+    gemma = N["LuminaLoadGemma"]().load("gemma_2_2b_fp16.safetensors")[0]
+    prompt = N["LuminaGemmaEncode"]().encode(gemma, "a fox", "real")[0]
+    with pytest.raises(InvalidInputError, match="guides are for LTX-Video models"):
+        N["LuminaFlowSampler"]().sample(lumina, prompt, prompt, guides=guides, **{**_video_settings(),
+                                        "schedule": "auto", "shift": -1.0})  # fmt: skip
+
+
+def test_latent_upsample_and_a_refining_recipe(model_dirs):
+    model, vae, positive, negative = _ltxv_nodes()
+    (upsampler,) = N["LuminaLoadLatentUpsampler"]().load("ltxv-spatial-upscaler-0.9.8.safetensors")
+    sampler = N["LuminaFlowSampler"]()
+    (small,) = sampler.sample(model, positive, negative, recipe="ltxv-0.9.8-distilled", **_video_settings())
+    (big,) = N["LuminaLTXVideoLatentUpsample"]().upsample(upsampler, vae, small, 1.0)
+    assert big["samples"].shape == (1, 128, 2, 4, 6) and big["frame_rate"] == small["frame_rate"]
+    (refined,) = sampler.sample(model, positive, negative, latent=big, recipe="ltxv-13b-0.9.8-distilled-refine",
+                                **_video_settings())  # fmt: skip
+    assert refined["samples"].shape == big["samples"].shape
+    assert refined["samples"].abs().max() < big["samples"].abs().max() + 10  # finite, tone-mapped
+    flux_vae = N["LuminaLoadVAE"]().load("ae.safetensors")[0]
+    with pytest.raises(InvalidInputError, match="needs the LTX-Video VAE's statistics"):
+        N["LuminaLTXVideoLatentUpsample"]().upsample(upsampler, flux_vae, small, 1.0)
+    with pytest.raises(InvalidInputError, match=r"takes a video latent \(B, 128, T, H, W\); got \(1, 16, 8, 8\)"):
+        N["LuminaLTXVideoLatentUpsample"]().upsample(upsampler, vae, {"samples": torch.zeros(1, 16, 8, 8)}, 1.0)
+
+
+def test_video_to_video_from_encoded_frames(model_dirs):
+    model, vae, positive, negative = _ltxv_nodes()
+    frames = torch.rand(10, 80, 100, 3, generator=torch.Generator().manual_seed(1))  # 10 frames, another size
+    with pytest.warns(UserWarning) as caught:
+        (latent,) = N["LuminaLTXVideoEncode"]().encode(vae, frames, 96, 64)
+    assert [str(w.message) for w in caught] == [
+        "the input video has 10 frames; LTX-Video encodes 8k + 1, so its first 9 are used",
+        "the input video is 100x80; it was centre-cropped to the video's aspect ratio and resized to 96x64",
+    ]
+    assert latent["samples"].shape == (1, 128, 2, 2, 3)
+    sampler = N["LuminaFlowSampler"]()
+    (light,) = sampler.sample(model, positive, negative, latent=latent, **_video_settings(denoise=0.2))
+    (heavy,) = sampler.sample(model, positive, negative, latent=latent, **_video_settings(denoise=0.9))
+    change = [(out["samples"] - latent["samples"]).norm() for out in (light, heavy)]
+    assert 0 < change[0] < change[1]  # denoise sets how far the video moves
 
 
 def test_zimage_turbo_workflow_runs_the_turbo_recipe_without_a_negative(model_dirs, tmp_path, monkeypatch):

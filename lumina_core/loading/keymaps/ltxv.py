@@ -10,13 +10,13 @@ diffusers `config.json`, that tensor shapes cannot tell.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 
 import torch
 
 from ...errors import CheckpointError, UnsupportedModelError
+from ..files import metadata_json
 
 # The diffusers name of each renamed module.
 _RENAMED = {"patchify_proj": "proj_in", "adaln_single": "time_embed", "q_norm": "norm_q", "k_norm": "norm_k"}
@@ -111,15 +111,7 @@ def config_from_metadata(metadata: Mapping[str, str], path: str) -> dict:
 
     Raises CheckpointError, naming the file, for unreadable JSON or a transformer this module cannot build.
     """
-    if not isinstance(metadata.get("config"), str):  # none, or another container's (GGUF) metadata of that name
-        return {}
-    try:
-        stored = json.loads(metadata["config"])
-    except ValueError as err:
-        raise CheckpointError(
-            f"{path}: the 'config' entry of its safetensors metadata is not readable JSON ({err}). Expected the "
-            "Lightricks config (transformer, vae, scheduler); re-download the file, or remove the entry."
-        ) from None
+    stored = metadata_json(metadata, path, "the Lightricks config (transformer, vae, scheduler)")
     transformer = stored.get("transformer") if isinstance(stored, dict) else None
     if not isinstance(transformer, dict):
         return {}
