@@ -17,7 +17,10 @@ from lumina_core import tiny
 from lumina_core.conditioning import Conditioning
 from lumina_core.gguf.convert import convert
 from lumina_core.loading.transformer import load_transformer
-from lumina_core.sampling import sample
+from lumina_core.models.ltxv_keyframes import VideoCondition
+from lumina_core.multiscale import MultiscaleRecipe, multiscale_sample
+from lumina_core.sampling import SamplingStats, sample
+from lumina_core.vae import VideoGuide
 from tests.fixtures.metrics import relative_error
 
 GRAPHS: list[torch.fx.GraphModule] = []
@@ -53,10 +56,13 @@ def lumina_next(**options):
     return lambda: (tiny.make_lumina_next(0), torch.randn(2, 4, 8, 6), options)
 
 
-def ltxv(per_token: bool = False):
+def ltxv(per_token: bool = False, keyframe: bool = False):
     def build():
         model = tiny.make_ltxv_transformer(0)
-        return model, torch.randn(2, 128, 2, 3, 4), {"frame_rate": 24.0, "per_token": per_token}
+        options = {"frame_rate": 24.0, "per_token": per_token}
+        if keyframe:  # an appended guide frame placed at pixel frame 16, ahead of the video's two latent frames
+            options["frame_positions"] = torch.tensor([16.0, 0.0, 8.0])
+        return model, torch.randn(2, 128, 3 if keyframe else 2, 3, 4), options
 
     return build
 
@@ -96,6 +102,7 @@ CASES = {
     "lumina_next-time_aware-extrapolated-context_drop": lumina_next(rope_scale=2.0, context_drop_ratio=2),
     "lumina_next-ntk-no_proportional": lumina_next(rope_scaling="ntk", rope_scale=1.5, proportional_attention=False),
     "ltxv-per_token_sigma": ltxv(per_token=True),
+    "ltxv-keyframe_positions": ltxv(per_token=True, keyframe=True),
     "gguf-lumina2-Q4_K": gguf("lumina2", "Q4_K"),
     "gguf-ltxv-Q8_0": gguf("ltxv", "Q8_0"),
     "fp8-lumina2": fp8,
@@ -123,6 +130,14 @@ def test_the_forward_is_one_graph(case, tmp_path):
         expected = model(*args, **options)
         compiled = torch.compile(model.forward, fullgraph=True, backend="lumina_counting")  # raises at any break
         assert relative_error(compiled(*args, **options), expected) < 1e-6
+    assert len(GRAPHS) == 1
+
+
+def test_the_latent_upsampler_is_one_graph():
+    upsampler, latent = tiny.make_latent_upsampler(0), torch.randn(2, 128, 2, 3, 4)
+    with torch.no_grad():
+        compiled = torch.compile(upsampler, fullgraph=True, backend="lumina_counting")
+        assert relative_error(compiled(latent), upsampler(latent)) < 1e-6
     assert len(GRAPHS) == 1
 
 
@@ -193,3 +208,51 @@ def test_a_compiled_run_checks_interrupt_before_every_call_not_between_blocks():
         sample(model, positive, negative, width=64, height=64, steps=4, compile="lumina_counting", interrupt=interrupt)
     assert len(checks) == 3 and len(GRAPHS) == 1
     assert not any(block._forward_pre_hooks for block in model.layers)
+
+
+def test_a_keyframe_run_compiles_once_and_caches():
+    """LTX-Video with an image in place at frame 0 and a keyframe appended at frame 8 (per-token sigmas, explicit RoPE
+    frame positions, a partial strength): one graph per run, the cached stages one each, and the cache at threshold 0
+    the uncached run bit for bit."""
+    model, (positive, negative) = tiny.make_ltxv_transformer(0), prompts(tiny.TINY_LTXV.caption_channels)
+    g = torch.Generator().manual_seed(3)
+    conditions = [VideoCondition(torch.randn(1, 128, 1, 2, 2, generator=g)),
+                  VideoCondition(torch.randn(1, 128, 1, 2, 2, generator=g), frame_index=8, strength=0.6)]  # fmt: skip
+
+    def run(compile: str | None = "lumina_counting", stats: SamplingStats | None = None, **settings):
+        return sample(model, positive, negative, width=64, height=64, frames=17, steps=4, cfg=3.0, renorm_cfg=0.0,
+                      conditions=conditions, condition_noise_scale=0.15, compile=compile, stats=stats,
+                      model_options={"frame_rate": 24.0}, **settings)  # fmt: skip
+
+    with torch.no_grad():
+        eager = run(compile=None)
+        assert relative_error(run(), eager) < 1e-6
+        assert len(GRAPHS) == 1
+        assert torch.equal(run(compile=None, cache=0.0), eager)
+        stats = SamplingStats()
+        cached = run(cache=10.0, stats=stats)  # skips every call but the first and the last
+        assert len(GRAPHS) == 5 and stats.cached_calls == 2
+        assert relative_error(cached, run(compile=None, cache=10.0)) < 1e-6
+
+
+def test_the_multiscale_recipe_compiles_each_pass_once_and_caches():
+    """Both passes of the two-pass recipe (the second at twice the size, from the upsampled latent, the guide encoded
+    again): the second size costs one recompile of each graph, and the cache works in both passes."""
+    model, (positive, negative) = tiny.make_ltxv_transformer(0), prompts(tiny.TINY_LTXV.caption_channels)
+    upsampler, vae = tiny.make_latent_upsampler(0), tiny.make_ltx_vae(0)
+    guide = VideoGuide(torch.rand(1, 3, 128, 192, generator=torch.Generator().manual_seed(4)))
+    recipe = MultiscaleRecipe(first_pass={"steps": 3, "cfg": 3.0}, second_pass={"steps": 3, "cfg": 3.0,
+                              "denoise": 0.5})  # fmt: skip
+
+    def run(compile: str | None = "lumina_counting", **settings):
+        return multiscale_sample(model, upsampler, vae, positive, negative, width=192, height=128, frames=9,
+                                 guides=[guide], recipe=recipe, renorm_cfg=0.0, compile=compile,
+                                 model_options={"frame_rate": 24.0}, **settings)  # fmt: skip
+
+    with torch.no_grad():
+        assert relative_error(run(), run(compile=None)) < 1e-6
+        assert len(GRAPHS) == 2  # the forward at the small size, then once more at the large one
+        stats = SamplingStats()
+        cached = run(cache=10.0, stats=stats)
+        assert len(GRAPHS) == 2 + 2 * 4 and stats.cached_calls == 1  # the four stages at each size; stats: pass 2
+        assert relative_error(cached, run(compile=None, cache=10.0)) < 1e-6
