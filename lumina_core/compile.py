@@ -9,7 +9,8 @@ scaling, ...) are Python values the graph is specialised on: changing one recomp
 automatic dynamic shapes (`dynamic=None`): the first call compiles for its exact sizes; a call with a new size
 recompiles once into a graph whose changed dims are symbolic, which every later size reuses. So a run compiles once
 per batch layout it uses (a guided run also has cond-only calls once CFG truncation stops the uncond pass), and a new
-resolution costs at most one more compile in the process, none after that.
+resolution costs at most one more compile in the process, none after that (Z-Image: one more for sizes needing
+no image pad tokens, whose count is then 0).
 
 The step cache (`sampling.step_cache`) needs the forward in its four stages, with a host decision between them; each
 stage is then compiled on its own, also without a graph break. docs/sampling.md, 'Compilation', has the details.
