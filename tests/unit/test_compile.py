@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from lumina_core import tiny
+from lumina_core.compile import compiled
 from lumina_core.conditioning import Conditioning
 from lumina_core.gguf.convert import convert
 from lumina_core.loading.transformer import load_transformer
@@ -269,3 +270,18 @@ def test_the_multiscale_recipe_compiles_each_pass_once_and_caches():
         cached = run(cache=10.0, stats=stats)
         assert len(GRAPHS) == 2 + 2 * 4 and stats.cached_calls == 1  # the four stages at each size; stats: pass 2
         assert relative_error(cached, run(compile=None, cache=10.0)) < 1e-6
+
+
+def test_families_compiled_in_one_process_keep_their_own_shape_history():
+    """Lumina 2 at two sizes (its dims turn dynamic), then LTX-Video: each family's forward has its own history, so
+    LTX-Video's 5-D latent compiles for its own exact sizes, once, and computes as eager."""
+    lumina2, ltxv = tiny.make_transformer(0), tiny.make_ltxv_transformer(0)
+    context = torch.randn(2, 5, tiny.TINY_LTXV.caption_channels)
+    with torch.no_grad():
+        for width in (6, 8):
+            compiled(lumina2, "lumina_counting")(torch.randn(2, 16, 8, width), torch.rand(2), torch.randn(2, 5, 32))
+        assert len(GRAPHS) == 2
+        x, sigma = torch.randn(2, 128, 2, 3, 4), torch.rand(2)
+        out = compiled(ltxv, "lumina_counting")(x, sigma, context, frame_rate=24.0)
+        assert relative_error(out, ltxv(x, sigma, context, frame_rate=24.0)) < 1e-6
+    assert len(GRAPHS) == 3
