@@ -11,11 +11,12 @@ from ..lumina_core.models.ltxv import DEFAULT_FRAME_RATE
 from ..lumina_core.models.lumina_next import ROPE_SCALINGS
 from ..lumina_core.multiscale import tone_map
 from ..lumina_core.sampling import SCHEDULES, SOLVERS, check_settings
+from ..lumina_core.sampling.memory import sampling_bytes
 from ..lumina_core.sampling.recipes import RECIPES, family_defaults, named_recipe
 from ..lumina_core.text.prompts import SYSTEM_PROMPTS
 from ..lumina_core.vae import encode_conditions, first_frame_conditioning
 from . import comfy_bridge as bridge
-from .handles import Handle, decoding_memory, encoding_memory, sampling_memory
+from .handles import Handle, decoding_memory, encoding_memory
 
 CATEGORY = "Lumina"
 SIZE_MULTIPLE = 16  # 8x VAE downscale x patch 2 (Lumina-Image 2.0); the model checks its own rule before loading
@@ -260,7 +261,7 @@ class FlowSampler:
         progress = bridge.Progress(steps)
         guided = cfg != 1.0
         run_shape = _with_guide_frames((batch_size, *shape[1:]), guides)
-        device = model.load(sampling_memory(module, run_shape, guided))
+        device = model.load(sampling_bytes(module, run_shape, guided, module.compute_dtype or torch.float32))
         previewer = bridge.latent_previewer(model.family, device)
 
         def on_step(i, total, x, denoised):
