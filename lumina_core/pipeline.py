@@ -41,7 +41,8 @@ class ImageRequest:
     default. system_prompt applies to Lumina-Image 2.0 only (Lumina-Next and Z-Image have no template).
     model_options: the model's own keywords (Lumina-Next's rope_scaling, context_drop_ratio...). tokenizer: a
     tokenizer folder or file for a single-file text encoder without one beside it (T5, Qwen3). loras: (LoRA file,
-    strength) pairs applied to the transformer, in order (`lumina_core.lora.apply_loras`)."""
+    strength) pairs applied to the transformer, in order (`lumina_core.lora.apply_loras`).
+    compile, cache: `sample`'s torch.compile switch and step-cache (TeaCache) threshold (None: off)."""
 
     prompt: str
     negative_prompt: str = ""
@@ -58,6 +59,8 @@ class ImageRequest:
     cfg_trunc: float = 1.0
     renorm_cfg: float | None = None
     model_options: dict | None = None
+    compile: bool = False
+    cache: float | None = None
     recipe: str | None = None
     tokenizer: str | None = None
     loras: tuple[tuple[str | os.PathLike, float], ...] = ()
@@ -182,6 +185,7 @@ def check_request(request: ImageRequest) -> None:
         schedule=request.schedule, shift=request.shift, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg,
         seed=request.seed, width=request.width, height=request.height, frames=request.frames if video else None,
         model_options={**(request.model_options or {}), **({"frame_rate": request.frame_rate} if video else {})},
+        cache=request.cache,
     )  # fmt: skip
     if video:
         check_int("max_tokens", request.max_tokens, 1, rule="the T5 prompt length, 128 to 256")
@@ -271,7 +275,7 @@ def _sample(path, loras, positive, negative, request: ImageRequest, dtype, devic
         model, positive, negative, width=request.width, height=request.height, batch_size=request.batch_size,
         seed=request.seed, steps=request.steps, cfg=request.cfg, shift=request.shift, solver=request.solver,
         schedule=request.schedule, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg, callback=callback,
-        model_options=options,
+        model_options=options, compile=request.compile, cache=request.cache,
     )  # fmt: skip
 
 
@@ -333,6 +337,7 @@ def _sample_options(request: VideoRequest, on_step) -> dict:
     return dict(
         batch_size=request.batch_size, seed=request.seed, solver=request.solver, cfg_trunc=request.cfg_trunc,
         renorm_cfg=request.renorm_cfg, condition_noise_scale=request.condition_noise_scale,
+        compile=request.compile, cache=request.cache,
         callback=None if on_step is None else (lambda i, total, x, denoised: on_step(i + 1, total)),
         model_options={"frame_rate": request.frame_rate, **(request.model_options or {})},
     )  # fmt: skip

@@ -99,6 +99,29 @@ def partial_matches_full(handle) -> dict:
 
 
 @torch.no_grad()
+def compiles_whole_under_partial_loading(handle) -> dict:
+    """The forward through torch.compile(fullgraph=True) while ComfyUI casts part of the weights per call: it must
+    trace into one graph (no break) and compute what the eager forward does. Traced by a backend that counts the
+    graphs and runs them as traced (inductor's code generation is not what is tested)."""
+    patcher, model = handle.patcher, handle.model
+    inputs = model_inputs(model)
+    patcher.patch_model(device_to=CPU, lowvram_model_memory=patcher.model_size() // 3)
+    eager = model(*inputs)
+    graphs = []
+
+    def counting(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    out = torch.compile(model.forward, fullgraph=True, backend=counting)(*inputs)
+    result = {"graphs": len(graphs), "casting_layers": cast_layers(model)[0],
+              "max_abs_diff": (out - eager).abs().max().item(), "scale": eager.abs().max().item()}  # fmt: skip
+    patcher.unpatch_model(CPU)
+    torch._dynamo.reset()
+    return result
+
+
+@torch.no_grad()
 def partial_text_encoder_matches_full(pack, files) -> dict:
     """The same for a text encoder: transformers' model with ComfyUI's cast Linear layers; its norms and Gemma's
     scaled embedding follow their input wherever ComfyUI leaves their weights."""
@@ -184,6 +207,9 @@ def main() -> None:
     for family in ("lumina2", "lumina_next", "ltxv"):
         results[f"partial_{family}"] = partial_matches_full(loader.load(files[family], "auto")[0])
     results["partial_gguf"] = partial_matches_full(gguf.load(files["gguf"], "auto")[0])
+    for family in ("lumina2", "lumina_next", "ltxv"):
+        results[f"compiled_{family}"] = compiles_whole_under_partial_loading(loader.load(files[family], "auto")[0])
+    results["compiled_gguf"] = compiles_whole_under_partial_loading(gguf.load(files["gguf"], "auto")[0])
     results["partial_text_encoder"] = partial_text_encoder_matches_full(pack, files)
     results["graph"] = graph_registers_and_free_unloads(pack, files)
     results["second_model"] = second_model_offloads_ours(pack, files)

@@ -1,7 +1,8 @@
 """Our models as ComfyUI's memory manager sees them, inside the real ComfyUI (its modules in-process, on the CPU).
 
 Runs `comfy_model_management.py` once with ComfyUI's interpreter from its checkout and asserts on what it
-measured: partial loading computes what full loading does (three families, GGUF, a text encoder); after a run
+measured: partial loading computes what full loading does (three families, GGUF, a text encoder), and compiles into
+one graph (torch.compile fullgraph) with ComfyUI's cast layers; after a run
 `current_loaded_models` lists our three models and what `POST /free` calls unloads them; asking room for a
 second model takes weights back from ours; core VAEDecode reads our LATENT. Skipped unless COMFYUI_DIR names a
 ComfyUI checkout (COMFYUI_PYTHON its interpreter), like test_comfyui.py.
@@ -29,6 +30,14 @@ def test_partial_loading_computes_like_full_loading(measured, family):
     assert result["lowvram"] and result["casting_layers"] > 0 and result["loaded_layers"] > 0
     assert result["loaded_bytes"] < result["model_bytes"] / 2
     assert result["max_abs_diff"] <= 1e-6 * result["scale"]  # float32 rounding at most (CPU: the same bits)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_partially_loaded_model_compiles_into_one_graph(measured, family):
+    """Our forward with ComfyUI's cast layers (part of the weights cast per call) traces without a graph break."""
+    result = measured[f"compiled_{family}"]
+    assert result["graphs"] == 1 and result["casting_layers"] > 0
+    assert result["max_abs_diff"] <= 1e-6 * result["scale"]
 
 
 def test_partial_loading_of_a_text_encoder(measured):
