@@ -170,8 +170,15 @@ def second_model_offloads_ours(pack, files) -> dict:
     inputs = model_inputs(handle.model)
     mm.load_models_gpu([handle.patcher], force_full_load=True)
     before, full = handle.patcher.loaded_size(), handle.model(*inputs)
-    second_model = mm.get_free_memory(CPU) + before // 2  # more than is free: half of ours has to go
-    mm.free_memory(second_model, CPU)
+    free = mm.get_free_memory(CPU)
+    real_free_memory = mm.get_free_memory
+    # The machine's free RAM moves while other processes run; held still here, asking for half of ours more than is
+    # free must take exactly that half back, whatever else the machine does meanwhile.
+    mm.get_free_memory = lambda device=None, torch_free_too=False: (free, free) if torch_free_too else free
+    try:
+        mm.free_memory(free + before // 2, CPU)
+    finally:
+        mm.get_free_memory = real_free_memory
     after = handle.patcher.loaded_size()
     again = handle.model(*inputs)
     mm.unload_all_models()
