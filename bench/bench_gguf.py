@@ -138,18 +138,22 @@ def run_model(path: Path, repeats: int) -> dict:
     return record
 
 
+def write_random_model(config: Lumina2Config, path: Path) -> Path:
+    """A Lumina-Image 2.0 transformer with random weights (norm gains near 1) as a float32 safetensors file."""
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = Lumina2Transformer(config)
+    state = {k: torch.randn(v.shape) * (0.02 if v.ndim > 1 else 0.1) + (1.0 if "norm" in k else 0.0)
+             for k, v in model.state_dict().items()}  # fmt: skip
+    save_file(state, path)
+    return path
+
+
 def bench_forward(repeats: int, layers: int, refiners: int) -> list[dict]:
     config = replace(FULL_WIDTH, n_layers=layers, n_refiner_layers=refiners)
     with tempfile.TemporaryDirectory(prefix="bench_gguf_") as tmp:
         folder = Path(tmp)
-        torch.manual_seed(0)
-        with torch.device("meta"):
-            model = Lumina2Transformer(config)
-        state = {k: torch.randn(v.shape) * (0.02 if v.ndim > 1 else 0.1) + (1.0 if "norm" in k else 0.0)
-                 for k, v in model.state_dict().items()}  # fmt: skip
-        del model
-        save_file(state, folder / "float32.safetensors")
-        del state
+        write_random_model(config, folder / "float32.safetensors")
         for type_name in ("Q8_0", "Q4_0"):
             convert(folder / "float32.safetensors", folder / f"model-{type_name}.gguf", type_name)
         records = [run_model(folder / name, repeats) for name in

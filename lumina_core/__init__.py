@@ -6,6 +6,7 @@ Public API:
     load_vae(path, dtype=None, device="cpu")          -> vae.decode(latent) -> images (B, 3, H, W) or frames
                                                          (B, 3, T, H, W) in [0, 1]
     sample(model, positive, negative, ...)           -> final latent (model space)
+    load_lora(path); apply_loras(model, [(lora, strength), ...]) -> a patched copy; remove_loras(patched) -> model
 
 `x` is (B, C, H, W) for the image families and (B, 128, F, H, W) for LTX-Video; `model.family` says which.
 Names are imported on first use, so `import lumina_core` stays cheap (transformers loads only with
@@ -30,6 +31,9 @@ _LAZY = {  # name -> the submodule defining it, relative to this package (which 
     "load_vae": ".vae",
     "sample": ".sampling",
     "SYSTEM_PROMPTS": ".text.prompts",
+    "load_lora": ".lora",
+    "apply_loras": ".lora",
+    "remove_loras": ".lora",
 }
 
 __all__ = [

@@ -89,6 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="clamp guided norm to this x cond norm (0 = off; default: 1 Lumina 2, 0 the others)",
     )
+    gen.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:STRENGTH]",
+        help="a LoRA for the transformer, strength 1 unless given (negative allowed); repeat for several",
+    )
+    gen.add_argument(
+        "--compile", action="store_true", help="torch.compile the transformer (whole graph; the first run compiles)"
+    )
+    gen.add_argument(
+        "--cache",
+        type=float,
+        metavar="THRESH",
+        help="step caching (TeaCache) threshold; published 0.2 Lumina 2, 0.3 Lumina-Next, 0.05 LTX-Video (default off)",
+    )
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     gen.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     gen.add_argument(
@@ -133,7 +149,8 @@ def generate(args: argparse.Namespace) -> None:
         prompt=args.prompt, negative_prompt=args.negative_prompt, system_prompt=args.system_prompt,
         batch_size=args.batch_size, seed=args.seed, steps=args.steps, cfg=args.cfg, shift=args.shift,
         solver=args.solver, schedule=args.schedule, cfg_trunc=args.cfg_trunc, renorm_cfg=args.renorm_cfg,
-        recipe=args.recipe, tokenizer=args.tokenizer,
+        compile=args.compile, cache=args.cache, recipe=args.recipe, tokenizer=args.tokenizer,
+        loras=tuple(_lora_argument(text) for text in args.lora),
         **{k: v for k, v in (("width", args.width), ("height", args.height)) if v is not None},
     )  # fmt: skip
     if video:
@@ -170,6 +187,15 @@ def generate(args: argparse.Namespace) -> None:
             bar.close()
     for path in paths:
         print(path)
+
+
+def _lora_argument(text: str) -> tuple[str, float]:
+    """`FILE[:STRENGTH]` -> (file, strength); a colon inside the path (C:\\...) stays part of it."""
+    path, _, strength = text.rpartition(":")
+    try:
+        return (path, float(strength)) if path else (text, 1.0)
+    except ValueError:
+        return text, 1.0
 
 
 def _guide_file(values: list[str]):

@@ -17,6 +17,7 @@ from .conditioning import Conditioning
 from .errors import InvalidInputError
 from .loading.transformer import inspect_transformer, load_transformer
 from .loading.upsampler import load_latent_upsampler
+from .lora import apply_loras, load_lora
 from .media import read_frames
 from .models.ltxv import DEFAULT_FRAME_RATE
 from .multiscale import MultiscaleRecipe, multiscale_sample, tone_map
@@ -39,7 +40,9 @@ class ImageRequest:
     `recipe` names a row of `lumina_core.sampling.recipes.RECIPES` (e.g. "zimage_base"), None the model family's
     default. system_prompt applies to Lumina-Image 2.0 only (Lumina-Next and Z-Image have no template).
     model_options: the model's own keywords (Lumina-Next's rope_scaling, context_drop_ratio...). tokenizer: a
-    tokenizer folder or file for a single-file text encoder without one beside it (T5, Qwen3)."""
+    tokenizer folder or file for a single-file text encoder without one beside it (T5, Qwen3). loras: (LoRA file,
+    strength) pairs applied to the transformer, in order (`lumina_core.lora.apply_loras`).
+    compile, cache: `sample`'s torch.compile switch and step-cache (TeaCache) threshold (None: off)."""
 
     prompt: str
     negative_prompt: str = ""
@@ -56,8 +59,11 @@ class ImageRequest:
     cfg_trunc: float = 1.0
     renorm_cfg: float | None = None
     model_options: dict | None = None
+    compile: bool = False
+    cache: float | None = None
     recipe: str | None = None
     tokenizer: str | None = None
+    loras: tuple[tuple[str | os.PathLike, float], ...] = ()
 
     def for_family(self, family: str) -> ImageRequest:
         """A copy with the settings left None filled in from the recipe (by default the family's own)."""
@@ -179,6 +185,7 @@ def check_request(request: ImageRequest) -> None:
         schedule=request.schedule, shift=request.shift, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg,
         seed=request.seed, width=request.width, height=request.height, frames=request.frames if video else None,
         model_options={**(request.model_options or {}), **({"frame_rate": request.frame_rate} if video else {})},
+        cache=request.cache,
     )  # fmt: skip
     if video:
         check_int("max_tokens", request.max_tokens, 1, rule="the T5 prompt length, 128 to 256")
@@ -220,12 +227,14 @@ def _generate(transformer, text_encoder, vae, request, device, dtype, on_step, v
     if is_video:
         _check_video_files(request)
     _check_vae(vae, is_video)
+    loras = [(load_lora(path), strength) for path, strength in request.loras]  # unreadable files fail now
     positive, negative = _encode(text_encoder, request, dtype, device)
     _free_memory()
     if is_video:
-        latent = _sample_video(transformer, vae, positive, negative, request, dtype, device, on_step, model.family)
+        latent = _sample_video(transformer, loras, vae, positive, negative, request, dtype, device, on_step,
+                               model.family)  # fmt: skip
     else:
-        latent = _sample(transformer, positive, negative, request, dtype, device, on_step)
+        latent = _sample(transformer, loras, positive, negative, request, dtype, device, on_step)
     _free_memory()
     decoded = _decode(vae, latent, request, dtype, device, is_video)
     _free_memory()
@@ -257,20 +266,22 @@ def _encode(path, request: ImageRequest, dtype, device) -> tuple[Conditioning, C
     return positive, negative
 
 
-def _sample(path, positive, negative, request: ImageRequest, dtype, device, on_step) -> torch.Tensor:
-    """Sample an image."""
-    model = load_transformer(path, dtype=dtype, device=device)
+def _sample(path, loras, positive, negative, request: ImageRequest, dtype, device, on_step) -> torch.Tensor:
+    """Sample an image with the transformer and its LoRAs (LoRA, strength pairs)."""
+    model = apply_loras(load_transformer(path, dtype=dtype, device=device), loras)
     callback = None if on_step is None else (lambda i, total, x, denoised: on_step(i + 1, total))
     options = dict(request.model_options or {})
     return sample(
         model, positive, negative, width=request.width, height=request.height, batch_size=request.batch_size,
         seed=request.seed, steps=request.steps, cfg=request.cfg, shift=request.shift, solver=request.solver,
         schedule=request.schedule, cfg_trunc=request.cfg_trunc, renorm_cfg=request.renorm_cfg, callback=callback,
-        model_options=options,
+        model_options=options, compile=request.compile, cache=request.cache,
     )  # fmt: skip
 
 
-def _sample_video(transformer, vae_path, positive, negative, request: VideoRequest, dtype, device, on_step, family):
+def _sample_video(
+    transformer, loras, vae_path, positive, negative, request: VideoRequest, dtype, device, on_step, family
+):
     """Sample a video: plain, from conditions and an input video, or as the multi-scale recipe. The VAE is loaded
     only when the run encodes something, and stays beside the transformer only for the multi-scale recipe (it
     encodes the conditions again at the larger size)."""
@@ -295,7 +306,7 @@ def _sample_video(transformer, vae_path, positive, negative, request: VideoReque
     if request.upsampler is None:
         vae = None
         _free_memory()
-    model = load_transformer(transformer, dtype=dtype, device=device)
+    model = apply_loras(load_transformer(transformer, dtype=dtype, device=device), loras)
     if request.upsampler is None:
         latent = sample(model, positive, negative, width=request.width, height=request.height, frames=request.frames,
                         **first, **options)  # fmt: skip
@@ -326,6 +337,7 @@ def _sample_options(request: VideoRequest, on_step) -> dict:
     return dict(
         batch_size=request.batch_size, seed=request.seed, solver=request.solver, cfg_trunc=request.cfg_trunc,
         renorm_cfg=request.renorm_cfg, condition_noise_scale=request.condition_noise_scale,
+        compile=request.compile, cache=request.cache,
         callback=None if on_step is None else (lambda i, total, x, denoised: on_step(i + 1, total)),
         model_options={"frame_rate": request.frame_rate, **(request.model_options or {})},
     )  # fmt: skip

@@ -77,10 +77,13 @@ def randomise_parameters(
     weights) become norm_center + norm_std * N(0, 1); other tensors std * N(0, 1), or 1/sqrt(fan-in)
     scaled when std is None (activations then stay in range through deep stacks, as the demo wants).
     """
-    generator = torch.Generator().manual_seed(seed)
+    generators: dict[torch.device, torch.Generator] = {}  # drawn where each parameter lives (fast on a GPU)
     with torch.no_grad():
         for name, param in module.named_parameters():
-            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            if param.device not in generators:
+                generators[param.device] = torch.Generator(param.device).manual_seed(seed)
+            generator = generators[param.device]
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32, device=param.device)
             if "norm" in name and name.endswith("weight") and param.ndim == 1:
                 value = norm_center + norm_std * noise
             elif std is None:

@@ -8,6 +8,7 @@ generic names (other packs register GGUFLoader and FlowSampler too; ComfyUI keep
 from . import comfy_bridge
 from .decode import LTXVideoDecode, LuminaVAEDecode
 from .loaders import GGUFLoader, LoadGemma, LoadLatentUpsampler, LoadLuminaTransformer, LoadLuminaVAE, LoadT5
+from .lora import LoadLuminaLoRA
 from .sampling import FlowSampler, GemmaEncode, T5Encode
 from .video import LTXVideoEncode, LTXVideoGuide, LTXVideoLatentUpsample
 
@@ -28,8 +29,9 @@ def register(*classes: type) -> tuple[dict[str, type], dict[str, str]]:
 
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = register(
-    LoadLuminaTransformer, GGUFLoader, LoadGemma, GemmaEncode, LoadT5, T5Encode, FlowSampler, LoadLuminaVAE,
-    LuminaVAEDecode, LTXVideoDecode, LTXVideoGuide, LTXVideoEncode, LoadLatentUpsampler, LTXVideoLatentUpsample,
+    LoadLuminaTransformer, GGUFLoader, LoadLuminaLoRA, LoadGemma, GemmaEncode, LoadT5, T5Encode, FlowSampler,
+    LoadLuminaVAE, LuminaVAEDecode, LTXVideoDecode, LTXVideoGuide, LTXVideoEncode, LoadLatentUpsampler,
+    LTXVideoLatentUpsample,
 )  # fmt: skip
 
 comfy_bridge.register_folders()

@@ -22,13 +22,17 @@ from ..lumina_core.errors import InvalidInputError
 from ..lumina_core.gguf.quantized import QuantizedLinear
 
 try:  # ComfyUI is present only when the pack runs inside it
+    import comfy.lora as comfy_lora
+    import comfy.lora_convert as comfy_lora_convert
     import comfy.model_management as model_management
     import comfy.model_patcher as model_patcher
     import comfy.ops as comfy_ops
     import comfy.utils as comfy_utils
+    import comfy.weight_adapter as comfy_weight_adapter
     import folder_paths
 except ImportError:
     model_management = model_patcher = comfy_ops = comfy_utils = folder_paths = None
+    comfy_lora = comfy_lora_convert = comfy_weight_adapter = None
 try:  # graph_utils since 2025; comfy_execution.graph before
     from comfy_execution.graph_utils import ExecutionBlocker
 except ImportError:
@@ -277,6 +281,59 @@ class _Blocked:
 
     def __getattr__(self, name: str):
         raise InvalidInputError(self._message)
+
+
+# ---- LoRA: ComfyUI's parser and weight patches ----
+
+
+def read_lora(path: str) -> dict[str, torch.Tensor]:
+    """A LoRA file's tensors as ComfyUI's LoRA loader reads them (safe loading, its format conversions)."""
+    return comfy_lora_convert.convert_lora(comfy_utils.load_torch_file(path, safe_load=True))
+
+
+def lora_patches(state: dict[str, torch.Tensor], key_map: dict[str, object]) -> dict[object, object]:
+    """ComfyUI's patches for every format it knows (LoRA, DoRA, LoHa, LoKr, GLoRA, diffs), keyed as `key_map` says:
+    a state-dict key, or (key, (dim, start, length)) for a slice. Unused keys are reported by the caller, once."""
+    return comfy_lora.load_lora(state, key_map, log_missing=False)
+
+
+def plain_lora(patch: object) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """(down (rank, in), up (out, rank), alpha / rank or 1) of a plain low-rank patch (no DoRA, no LoCon middle, no
+    reshape); None for any other kind, which has to be merged into a weight."""
+    if not isinstance(patch, comfy_weight_adapter.LoRAAdapter):
+        return None
+    up, down, alpha, middle, dora_scale, reshape = patch.weights
+    if middle is not None or dora_scale is not None or reshape is not None or up.ndim != 2 or down.ndim != 2:
+        return None
+    return down, up, 1.0 if alpha is None else alpha / down.shape[0]
+
+
+def merged(weight: torch.Tensor, key: str, patch: object, strength: float, offset) -> torch.Tensor:
+    """`weight` (float32) with one of ComfyUI's patches applied at `strength` by ComfyUI's own arithmetic."""
+    return comfy_lora.calculate_weight([(strength, patch, 1.0, offset, None)], weight, key)
+
+
+def patched_clone(patcher, weight_patches: dict, strength: float, object_patches: dict[str, nn.Module]):
+    """A clone of `patcher` with ComfyUI weight patches at `strength` and modules swapped in (object patches); the
+    original patcher, and the model it shares with the clone, are left as they are."""
+    clone = patcher.clone()
+    clone.add_patches(weight_patches, strength)
+    for name, module in object_patches.items():
+        clone.add_object_patch(name, module)
+    return clone
+
+
+def current_module(patcher, name: str) -> nn.Module:
+    """The module at `name` as the patcher will run it: its object patch if it has one."""
+    return patcher.get_model_object(name)
+
+
+def module_prefix(patcher, module: nn.Module) -> str:
+    """The path of `module` inside the model the patcher manages, as a state-dict key prefix ("" for the model)."""
+    for name, child in patcher.model.named_modules():
+        if child is module:
+            return f"{name}." if name else ""
+    raise ValueError("the model is not inside its ModelPatcher")
 
 
 # ---- where outputs live, progress, cancel, previews ----

@@ -7,7 +7,6 @@ ComfyUI's business: a node asks it to load the model (`Handle.load`) and runs it
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -46,16 +45,6 @@ def element_size(dtype: torch.dtype | None) -> int:
 
 # Memory estimates for load_models_gpu: the activations a call keeps alive at its peak, coarse upper bounds from
 # the widths involved (ComfyUI reserves its own minimum on top).
-
-
-def sampling_memory(model, latent_shape: tuple[int, ...], guided: bool) -> int:
-    """A transformer step: every token's widest activations (the feed-forward's hidden pair and a few model-width
-    tensors), for the cond and uncond halves of the batch, caption tokens (at most 256) included."""
-    config = model.config
-    patch = getattr(config, "patch_size", 1)
-    tokens = math.prod(latent_shape[2:]) // patch**2 + 256
-    rows = latent_shape[0] * (2 if guided else 1)
-    return rows * tokens * (3 * config.ffn_hidden + 8 * config.dim) * element_size(model.compute_dtype)
 
 
 def encoding_memory(encoder, prompts: int, tokens: int = 256) -> int:

@@ -11,11 +11,12 @@ from ..lumina_core.models.ltxv import DEFAULT_FRAME_RATE
 from ..lumina_core.models.lumina_next import ROPE_SCALINGS
 from ..lumina_core.multiscale import tone_map
 from ..lumina_core.sampling import SCHEDULES, SOLVERS, check_settings
+from ..lumina_core.sampling.memory import sampling_bytes
 from ..lumina_core.sampling.recipes import RECIPES, family_defaults, named_recipe
 from ..lumina_core.text.prompts import SYSTEM_PROMPTS
 from ..lumina_core.vae import encode_conditions, first_frame_conditioning
 from . import comfy_bridge as bridge
-from .handles import Handle, decoding_memory, encoding_memory, sampling_memory
+from .handles import Handle, decoding_memory, encoding_memory
 
 CATEGORY = "Lumina"
 SIZE_MULTIPLE = 16  # 8x VAE downscale x patch 2 (Lumina-Image 2.0); the model checks its own rule before loading
@@ -42,6 +43,17 @@ NEXT_OPTIONS = {
 }  # fmt: skip
 
 
+# Speed options, optional so older graphs keep working (lumina_core.compile, lumina_core.sampling.step_cache).
+SPEED_OPTIONS = {
+    "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile the transformer (the whole forward in one "
+                "graph). The first run compiles (minutes for the full models) and the model keeps the compiled "
+                "code; later runs at the same size start at once, a new size compiles once more."}),
+    "step_cache": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "TeaCache: skip "
+                   "the transformer's blocks while its input barely changes from step to step, reusing their last "
+                   "output. 0 = off. Published thresholds: 0.2 Lumina-Image 2.0, 0.3 Lumina-Next, 0.05 LTX-Video "
+                   "(about 1.5-2x faster, with the published small quality loss, not re-measured here); higher "
+                   "skips more. Z-Image has no published coefficients."}),
+}  # fmt: skip
 VIDEO_ONLY = " Video models (LTX-Video) only; image models ignore it."
 VIDEO_OPTIONS = {
     "frames": ("INT", {"default": 97, "min": 1, "max": 1025, "step": 8, "tooltip": "Frames to generate, 8k + 1 "
@@ -197,6 +209,7 @@ class FlowSampler:
                            "its own: zimage_base for Z-Image base; for a distilled LTX-Video model "
                            "ltxv-0.9.8-distilled (fixed sigmas, no guidance; one pass or the small pass) and the "
                            "-refine ones on an upsampled latent (denoise 1)."}),
+                **SPEED_OPTIONS,  # last: older saved graphs keep their widget values in order
             },
         }  # fmt: skip
 
@@ -216,7 +229,7 @@ class FlowSampler:
     def sample(self, model: Handle, positive, negative=None, *, width, height, batch_size, seed, steps, cfg, shift,
                solver, schedule, cfg_trunc, cfg_renorm, denoise, latent=None, frames=97, frame_rate=DEFAULT_FRAME_RATE,
                first_frame=None, vae=None, first_frame_strength=1.0, guides=None, condition_noise=0.15,
-               recipe="none", **next_options):  # fmt: skip
+               recipe="none", compile=False, step_cache=0.0, **next_options):  # fmt: skip
         named = None if recipe == "none" else named_recipe(recipe, model.family)
         if named is not None:  # the recipe's settings replace the widgets; shift None is the schedule's own rule
             steps, cfg, schedule, cfg_renorm = named["steps"], named["cfg"], named["schedule"], named["renorm_cfg"]
@@ -230,8 +243,9 @@ class FlowSampler:
         schedule = recipe["schedule"] if schedule == "auto" else schedule
         shift = recipe["shift"] if shift < 0 else shift or None  # 0: the schedule's own default (ltx: token count)
         cfg_renorm = recipe["renorm_cfg"] if cfg_renorm < 0 else cfg_renorm
+        cache = step_cache or None  # 0 = off
         check_settings(steps=steps, cfg=cfg, batch_size=batch_size, solver=solver, schedule=schedule, shift=shift,
-                       denoise=denoise, cfg_trunc=cfg_trunc, renorm_cfg=cfg_renorm, seed=seed)  # fmt: skip
+                       denoise=denoise, cfg_trunc=cfg_trunc, renorm_cfg=cfg_renorm, seed=seed, cache=cache)  # fmt: skip
         module = model.model
         # With denoise 1 the start is pure noise and the input latent only sets the size, except where a noise
         # mask (a core image-to-video latent's, or first_frame's) keeps its tokens.
@@ -247,7 +261,7 @@ class FlowSampler:
         progress = bridge.Progress(steps)
         guided = cfg != 1.0
         run_shape = _with_guide_frames((batch_size, *shape[1:]), guides)
-        device = model.load(sampling_memory(module, run_shape, guided))
+        device = model.load(sampling_bytes(module, run_shape, guided, module.compute_dtype or torch.float32))
         previewer = bridge.latent_previewer(model.family, device)
 
         def on_step(i, total, x, denoised):
@@ -260,7 +274,7 @@ class FlowSampler:
                 renorm_cfg=cfg_renorm, denoise=denoise, init_latent=init, noise_mask=noise_mask, callback=on_step,
                 interrupt=bridge.check_interrupted,  # Cancel between blocks; model.load made room already
                 device=device, sigmas=named.get("sigmas") if named else None, conditions=conditions,
-                condition_noise_scale=condition_noise if conditions else 0.0,
+                condition_noise_scale=condition_noise if conditions else 0.0, compile=compile, cache=cache,
                 **_family_options(model.family, next_options), **_video_options(module, frames, frame_rate),
             )  # fmt: skip
         finally:

@@ -36,6 +36,37 @@ def rope_angles(
     return torch.cat(angles, dim=-1)
 
 
+def rope_tables(
+    lengths: tuple[int, ...], axes_dims: tuple[int, ...], theta: float, device: torch.device | str
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per axis, cos and sin (lengths[a], axes_dims[a] / 2) float32 of the integer positions 0 .. lengths[a] - 1.
+
+    The angles are float64, as `rope_angles` makes them, computed on `device` where it has float64 (CPU, CUDA) and
+    on the CPU elsewhere (MPS): `rope_gather` then picks rows on the device by position, so positions that come
+    from tensor values (Lumina 2's caption lengths) never have to visit the host.
+    """
+    home = device if torch.device(device).type in ("cpu", "cuda") else "cpu"
+    tables = []
+    for length, dim in zip(lengths, axes_dims, strict=True):
+        positions = torch.arange(length, dtype=torch.float64, device=home)[:, None]
+        cos, sin = rope_cos_sin(rope_angles(positions[None], (dim,), theta), device)  # (1, length, 1, dim / 2)
+        tables.append((cos[0, :, 0], sin[0, :, 0]))
+    return tables
+
+
+def rope_gather(
+    tables: list[tuple[torch.Tensor, torch.Tensor]], positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (B, L, 1, sum(axes_dims) / 2) of integer positions (B, L, n_axes), from `rope_tables`.
+
+    Equal, bit for bit, to rope_cos_sin(rope_angles(positions, ...)): each axis block is the same float64 angle's
+    cos/sin rounded to float32, looked up instead of recomputed.
+    """
+    cos = torch.cat([table[0][positions[..., axis]] for axis, table in enumerate(tables)], dim=-1)
+    sin = torch.cat([table[1][positions[..., axis]] for axis, table in enumerate(tables)], dim=-1)
+    return cos[:, :, None], sin[:, :, None]
+
+
 def rope_cos_sin(
     angles: torch.Tensor, device: torch.device | str, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, torch.Tensor]:

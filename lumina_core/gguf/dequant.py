@@ -53,9 +53,12 @@ def _fields(packed: torch.Tensor, group: int, width: int) -> torch.Tensor:
     n, k = packed.shape
     words = packed.view(torch.int16).view(n, k // group, group // 2)  # every block offset and size is even
     mask = ((1 << width) - 1) * 0x0101  # the field in both bytes of a pair; also drops int16 sign extension
-    out = torch.empty((n, k // group, 8 // width, group // 2), dtype=torch.int16, device=packed.device)
-    for i, shift in enumerate(range(0, 8, width)):
-        torch.bitwise_and(words >> shift if shift else words, mask, out=out[:, :, i])
+    if torch.compiler.is_compiling():  # traced (torch.compile fuses it): no `out=` into a strided view
+        out = torch.stack([(words >> shift) & mask for shift in range(0, 8, width)], dim=2)
+    else:
+        out = torch.empty((n, k // group, 8 // width, group // 2), dtype=torch.int16, device=packed.device)
+        for i, shift in enumerate(range(0, 8, width)):
+            torch.bitwise_and(words >> shift if shift else words, mask, out=out[:, :, i])
     return out.view(torch.uint8).view(n, k // group, 8 // width, group)
 
 

@@ -39,6 +39,10 @@ class TransformerFamily:
     map_diffusers_keys: Callable[[list[str]], tuple[dict[str, list[str]], list[str]]]
     diffusers_config: dict[str, str]  # config.json field -> config field, for what shapes cannot tell
     unused_keys: frozenset[str]
+    # For LoRA files: original key -> its other names (diffusers', trainers'), each with the row block it forms of a
+    # fused tensor (None: the whole tensor); and the released model's config, to recognise a family by its names.
+    alternative_names: Callable[[str], list[tuple[str, int | None]]]
+    default_config: Callable[[], object]
     # How a plan's diffusers sources form one original tensor: False, row blocks to concatenate (a split
     # qkv); True, identical copies (a duplicated projection) of which the first is read and the rest checked.
     diffusers_copies: bool = False
@@ -46,6 +50,9 @@ class TransformerFamily:
     metadata_config: Callable[[Mapping[str, str], str], dict] | None = None
     # (1, D) parameters that some files store as (D,); read as (1, D) whatever the file holds.
     row_vectors: tuple[str, ...] = ()
+    # (original key, shape (out, in), model config) -> row counts of the blocks `alternative_names` numbers; None:
+    # nothing is fused.
+    part_rows: Callable[[str, tuple[int, ...], object], list[int]] | None = None
 
 
 FAMILIES: dict[str, TransformerFamily] = {
@@ -56,6 +63,9 @@ FAMILIES: dict[str, TransformerFamily] = {
         map_diffusers_keys=lumina2_keys.map_diffusers_keys,
         diffusers_config=lumina2_keys.DIFFUSERS_CONFIG,
         unused_keys=lumina2.UNUSED_KEYS,
+        alternative_names=lumina2_keys.alternative_names,
+        part_rows=lumina2_keys.part_rows,
+        default_config=lumina2.Lumina2Config,
     ),
     "lumina_next": TransformerFamily(
         name="Lumina-Next",
@@ -65,6 +75,8 @@ FAMILIES: dict[str, TransformerFamily] = {
         diffusers_config=lumina_next_keys.DIFFUSERS_CONFIG,
         unused_keys=lumina_next.UNUSED_KEYS,
         diffusers_copies=True,
+        alternative_names=lumina_next_keys.alternative_names,
+        default_config=lumina_next.LuminaNextConfig,
     ),
     "zimage": TransformerFamily(
         name="Z-Image",
@@ -73,7 +85,10 @@ FAMILIES: dict[str, TransformerFamily] = {
         map_diffusers_keys=zimage_keys.map_diffusers_keys,
         diffusers_config=zimage_keys.DIFFUSERS_CONFIG,
         unused_keys=zimage.UNUSED_KEYS,
+        alternative_names=zimage_keys.alternative_names,
+        default_config=zimage.ZImageConfig,
         row_vectors=zimage.PAD_TOKENS,
+        part_rows=lumina2_keys.part_rows,
     ),
     "ltxv": TransformerFamily(
         name="LTX-Video",
@@ -83,6 +98,8 @@ FAMILIES: dict[str, TransformerFamily] = {
         diffusers_config=ltxv_keys.DIFFUSERS_CONFIG,
         unused_keys=ltxv.UNUSED_KEYS,
         metadata_config=ltxv_keys.config_from_metadata,
+        alternative_names=ltxv_keys.alternative_names,
+        default_config=ltxv.LTXVideoConfig,
     ),
 }
 

@@ -37,8 +37,8 @@ from ..common.embeddings import timestep_embedding
 from ..common.norms import RMSNorm
 from ..common.ops import cast_to
 from ..common.rope import apply_rope, rope_cos_sin
-from ..conditioning import check_right_padded
 from ..errors import InvalidInputError
+from .stages import StagedForward
 
 FAMILY = "ltxv"
 T5_XXL_WIDTH = 4096
@@ -268,11 +268,19 @@ class TransformerBlock(nn.Module):
     def forward(self, x, caption, caption_mask, modulation, rope):
         """x (B, N, D); caption (B, L, D); modulation (B, T, 6, D) from the timestep, T = 1 (one for every token)
         or N (one per token); returns (B, N, D)."""
-        mods = cast_to(self.scale_shift_table, modulation) + modulation  # (B, T, 6, D)
-        shift_attn, scale_attn, gate_attn, shift_ff, scale_ff, gate_ff = mods.unbind(2)  # (B, T, D) each
+        shift_attn, scale_attn, gate_attn, shift_ff, scale_ff, gate_ff = self._modulations(modulation)
         x = x + gate_attn * self.attn1(rms_norm(x, self.eps) * (1 + scale_attn) + shift_attn, rope=rope)
         x = x + self.attn2(x, caption, caption_mask)
         return x + gate_ff * self.ff(rms_norm(x, self.eps) * (1 + scale_ff) + shift_ff)
+
+    def modulated_input(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+        """What the self-attention of `forward` reads: norm(x) * (1 + scale) + shift; the step cache's probe."""
+        shift_attn, scale_attn = self._modulations(modulation)[:2]
+        return rms_norm(x, self.eps) * (1 + scale_attn) + shift_attn
+
+    def _modulations(self, modulation: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The six (B, T, D) shifts, scales and gates: this block's table plus the timestep's modulation."""
+        return (cast_to(self.scale_shift_table, modulation) + modulation).unbind(2)
 
 
 class TimestepEmbedder(nn.Module):
@@ -316,13 +324,13 @@ class CaptionProjection(nn.Module):
         return self.linear_2(F.gelu(self.linear_1(x), approximate="tanh"))
 
 
-class LTXVideoTransformer(nn.Module):
+class LTXVideoTransformer(StagedForward):
     """The LTX-Video transformer.
 
     Call: model(x, sigma, context, context_mask, frame_rate=25.0) -> velocity, with x (B, in_channels, F, H, W)
     the video latent normalised by the VAE's per-channel statistics, sigma in [0, 1] with 1 = noise, context
-    (B, L, 4096) T5-XXL features, context_mask (B, L) bool, right-padded with at least one True per row,
-    frame_rate the video's frames per second (it sets the temporal RoPE positions); velocity = noise - data,
+    (B, L, 4096) T5-XXL features, context_mask (B, L) bool, right-padded with at least one True per row (None: no
+    padding), frame_rate the video's frames per second (it sets the temporal RoPE positions); velocity = noise - data,
     shaped like x.
 
     sigma is (B,), one noise level per sample, or (B, 1, F, H, W), one per latent token, laid out like x with a
@@ -331,7 +339,8 @@ class LTXVideoTransformer(nn.Module):
     per-token work: its modulation is computed once per sample and broadcast over the tokens.
 
     Computed on x's device, in `compute_dtype` (x's dtype when None), and returned in x's dtype; `operations`
-    supplies the layers (see `lumina_core.common.ops`).
+    supplies the layers (see `lumina_core.common.ops`). The forward reads no tensor value on the host, so it compiles
+    into one graph (`lumina_core.compile`).
     """
 
     family = FAMILY
@@ -380,16 +389,18 @@ class LTXVideoTransformer(nn.Module):
             )
         return (batch_size, self.config.in_channels, (frames - 1) // scale_t + 1, height // scale_h, width // scale_w)
 
-    def forward(
+    # The forward's stages (models/stages.py); the network's own time is sigma x timestep_scale.
+
+    def embed(
         self,
         x: torch.Tensor,
         sigma: torch.Tensor,
         context: torch.Tensor,
-        context_mask: torch.Tensor,
+        context_mask: torch.Tensor | None = None,
         frame_rate: float = DEFAULT_FRAME_RATE,
         frame_positions: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """velocity = noise - data; see the class docstring. The network's own time is sigma x timestep_scale.
+    ) -> tuple[dict, torch.Tensor]:
+        """Everything before the blocks: (state, video tokens (B, F*H*W, D)); state holds what blocks and head read.
 
         frame_positions: (F,) pixel-frame coordinate of each latent frame of x, for the RoPE; None takes the
         video's own grid (`frame_positions(F, causal_temporal_positioning)`). Keyframe conditioning appends
@@ -397,29 +408,39 @@ class LTXVideoTransformer(nn.Module):
         self._check_inputs(x, sigma, context, context_mask, frame_rate, frame_positions)
         dtype, device = self.compute_dtype or x.dtype, x.device
         frames, height, width = x.shape[2:]
-        context_mask = context_mask.to(device).bool()
-        # Caption slots past the longest caption are masked everywhere: drop them to save attention work.
-        longest = int(context_mask.sum(dim=1).max())
-        context, context_mask = context[:, :longest].to(device=device, dtype=dtype), context_mask[:, :longest]
-        caption_mask = None if bool(context_mask.all()) else context_mask
-
         tokens = self.patchify_proj(x.to(dtype).flatten(2).transpose(1, 2))  # (B, C, F, H, W) -> (B, F*H*W, D)
         # (B,) -> (B, 1): one timestep for all tokens; (B, 1, F, H, W) -> (B, F*H*W), in the tokens' order
         timesteps = sigma.to(device).float().flatten(1) if sigma.ndim > 1 else sigma.to(device).float()[:, None]
-        modulation, embedded = self.adaln_single(
-            timesteps * self.config.timestep_scale, dtype
-        )  # (B, T, 6, D), (B, T, D)
-        caption = self.caption_projection(context)  # (B, L, D)
+        modulation, embedded = self.adaln_single(timesteps * self.config.timestep_scale, dtype)  # (B,T,6,D), (B,T,D)
         angles = rope_angles(frames, height, width, frame_rate, self.config, device, frame_positions)
-        rope = rope_cos_sin(angles[None], device)  # cos, sin: (1, N, 1, D/2) float32
+        state = {
+            "x": x,
+            "caption": self.caption_projection(context.to(device=device, dtype=dtype)),  # (B, L, D)
+            "mask": None if context_mask is None else context_mask.to(device).bool(),
+            "modulation": modulation,
+            "embedded": embedded,
+            "rope": rope_cos_sin(angles[None], device),  # cos, sin: (1, N, 1, D/2) float32
+        }
+        return state, tokens
 
+    def probe(self, state: dict, tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """The first block's modulated self-attention input (B, N, D); every token counts."""
+        return self.transformer_blocks[0].modulated_input(tokens, state["modulation"]), None
+
+    def run_blocks(self, state: dict, tokens: torch.Tensor) -> torch.Tensor:
+        """The blocks, then the output norm and its timestep modulation: the span the step cache skips (the published
+        TeaCache for LTX-Video caches the output modulation with the blocks)."""
         for block in self.transformer_blocks:
-            tokens = block(tokens, caption, caption_mask, modulation, rope)
-
+            tokens = block(tokens, state["caption"], state["mask"], state["modulation"], state["rope"])
+        embedded = state["embedded"]
         shift, scale = (cast_to(self.scale_shift_table, embedded) + embedded[:, :, None]).unbind(2)  # (B, T, D) each
-        tokens = self.norm_out(tokens) * (1 + scale) + shift
+        return self.norm_out(tokens) * (1 + scale) + shift
+
+    def head(self, state: dict, tokens: torch.Tensor) -> torch.Tensor:
+        """The output projection back to the latent's layout: velocity = noise - data, in x's dtype."""
+        x = state["x"]
         out = self.proj_out(tokens)  # (B, F*H*W, C)
-        return out.transpose(1, 2).unflatten(2, (frames, height, width)).to(x.dtype)
+        return out.transpose(1, 2).unflatten(2, x.shape[2:]).to(x.dtype)
 
     def _check_inputs(self, x, sigma, context, context_mask, frame_rate, frame_positions) -> None:
         cfg = self.config
@@ -432,10 +453,10 @@ class LTXVideoTransformer(nn.Module):
                 f"this LTX-Video model expects text features of width {cfg.caption_channels} (T5-XXL); got "
                 f"{tuple(context.shape)}: is the text encoder the one made for this model?"
             )
-        if context.shape[0] != x.shape[0] or context_mask.shape != context.shape[:2]:
+        if context.shape[0] != x.shape[0] or (context_mask is not None and context_mask.shape != context.shape[:2]):
             raise InvalidInputError(
                 f"batch mismatch: latent {tuple(x.shape)}, text {tuple(context.shape)}, text mask "
-                f"{tuple(context_mask.shape)}."
+                f"{None if context_mask is None else tuple(context_mask.shape)}."
             )
         per_token = (x.shape[0], 1, *x.shape[2:])
         if tuple(sigma.shape) not in ((x.shape[0],), per_token):
@@ -450,7 +471,6 @@ class LTXVideoTransformer(nn.Module):
                 f"frame_positions has shape {tuple(frame_positions.shape)}; the latent has {x.shape[2]} frames, one "
                 "position each."
             )
-        check_right_padded(context_mask)
 
 
 def _nearest_multiple(size: int, multiple: int) -> int:

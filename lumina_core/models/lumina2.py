@@ -5,7 +5,7 @@ Written from Alpha-VLLM/Lumina-Image-2.0 `models/model.py` (summarised in docs/m
 attribute names equal the original checkpoint's key segments, so the original and ComfyUI files load without
 renaming.
 
-The network runs in Lumina time (t = 0 noise, t = 1 data) and predicts data - noise; `forward` wraps it
+The network runs in Lumina time (t = 0 noise, t = 1 data) and predicts data - noise; `embed` and `head` wrap it
 in the package's convention: sigma = 1 - t and velocity = noise - data.
 
 Z-Image (`zimage.py`) is this network with a few knobs turned, which the config and two class attributes
@@ -25,7 +25,7 @@ from .. import latents
 from ..common.attention import attention
 from ..common.norms import RMSNorm
 from ..common.ops import cast_to
-from ..common.rope import apply_rope, rope_angles, rope_cos_sin
+from ..common.rope import apply_rope, rope_gather, rope_tables
 from .nextdit import (
     FinalLayer,
     NextDiT,
@@ -164,9 +164,11 @@ class Lumina2Transformer(NextDiT):
 
     Call: model(x, sigma, context, context_mask) -> velocity, with x (B, C, H, W) the normalised FLUX
     latent (H, W multiples of the patch size), sigma (B,) in [0, 1] with 1 = noise, context (B, L, cap_feat_dim)
-    text features (Gemma-2 for Lumina 2), context_mask (B, L) bool with at least one True per row;
-    velocity = noise - data. Computed on x's device, in `compute_dtype` (x's dtype when None), and returned in
-    x's dtype; `operations` supplies the layers (see `lumina_core.common.ops`).
+    text features (Gemma-2 for Lumina 2), context_mask (B, L) bool, right-padded with at least one True per row, or
+    None when no caption is padded; velocity = noise - data. Slots past the longest caption are attended to by nobody
+    but still cost work: the sampler cuts them once per run. The forward reads no tensor value on the host, so it
+    compiles into one graph (`lumina_core.compile`). Computed on x's device, in `compute_dtype` (x's dtype when
+    None), and returned in x's dtype; `operations` supplies the layers (see `lumina_core.common.ops`).
     """
 
     family = FAMILY
@@ -195,17 +197,21 @@ class Lumina2Transformer(NextDiT):
         self.layers = _blocks(cfg, cfg.n_layers, True, operations, self.cond_silu)
         self.final_layer = FinalLayer(cfg.dim, cfg.patch_size**2 * cfg.in_channels, cfg.t_emb_dim, operations)
 
-    def forward(self, x, sigma, context, context_mask):
-        return -self.predict_flow(x, 1 - sigma, context, context_mask)
+    # The forward's stages (models/stages.py).
 
-    def predict_flow(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor):
-        """The network in Lumina time: t (B,) in [0, 1] with 0 = noise; returns data - noise, shaped like x."""
+    def embed(
+        self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
+    ) -> tuple[dict, torch.Tensor]:
+        """Everything before the main blocks: (state, the joint sequence (B, L + N', D)).
+
+        state holds what the blocks and the head read: the input, the timestep embedding, RoPE and the joint mask.
+        """
         cfg = self.config
-        check_inputs(self.model_name, cfg, x, t, context, context_mask, self._features_message)
-        dtype = self.compute_dtype or x.dtype
-        context, context_mask = context.to(x.device, dtype), context_mask.to(x.device)
-        t_emb = self.t_embedder(t.to(x.device) * cfg.time_scale, dtype)
-        caption, caption_mask, caption_slots = self._embed_caption(context, context_mask)
+        check_inputs(self.model_name, cfg, x, sigma, context, context_mask, self._features_message)
+        dtype, device = self.compute_dtype or x.dtype, x.device
+        # the network runs in Lumina time t = 1 - sigma
+        t_emb = self.t_embedder((1 - sigma).to(device) * cfg.time_scale, dtype)
+        caption, caption_mask, caption_slots = self._embed_caption(context.to(device, dtype), context_mask)
         image = self.x_embedder(patchify(x.to(dtype), cfg.patch_size, channels_last=True))  # (B, N, D)
         height, width = x.shape[-2] // cfg.patch_size, x.shape[-1] // cfg.patch_size
         if cfg.pad_multiple > 1:
@@ -215,8 +221,9 @@ class Lumina2Transformer(NextDiT):
         # RoPE, so this equals the references' per-sample [caption_b ; image] (or [image ; caption_b]) packing
         # once the slots past each caption are masked, and needs no per-sample gather.
         longest = caption.shape[1]
-        positions = self._positions(caption_slots.cpu(), longest, height, width, image.shape[1])
-        cos, sin = rope_cos_sin(rope_angles(positions, self.config.axes_dims, self.config.rope_theta), x.device)
+        lengths = (self.caption_start + longest + 1, height, width)
+        tables = rope_tables(lengths, cfg.axes_dims, cfg.rope_theta, device)
+        cos, sin = rope_gather(tables, self._positions(caption_slots, longest, height, width, image.shape[1]))
         caption_rope, image_rope = (cos[:, :longest], sin[:, :longest]), (cos[:, longest:], sin[:, longest:])
 
         for block in self.context_refiner:
@@ -225,33 +232,53 @@ class Lumina2Transformer(NextDiT):
             image = block(image, image_rope, None, t_emb)
         joint = torch.cat([caption, image], dim=1)
         joint_mask = None if caption_mask is None else nn.functional.pad(caption_mask, (0, image.shape[1]), value=True)
+        return {"x": x, "t_emb": t_emb, "cos": cos, "sin": sin, "mask": joint_mask, "caption": longest}, joint
+
+    def probe(self, state: dict, joint: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The first main block's modulated attention input (B, L + N', D), and 1 / 0 weights for the tokens that
+        take part / the masked slots (None: all take part)."""
+        mask = state["mask"]
+        return self.layers[0].modulated_input(joint, state["t_emb"]), None if mask is None else mask.float()
+
+    def run_blocks(self, state: dict, joint: torch.Tensor) -> torch.Tensor:
+        """The main blocks over the joint sequence: the span the step cache skips."""
         for block in self.layers:
-            joint = block(joint, (cos, sin), joint_mask, t_emb)
-        out = self.final_layer(joint[:, longest : longest + height * width], t_emb)
-        return unpatchify(out, height, width, cfg.patch_size).to(x.dtype)
+            joint = block(joint, (state["cos"], state["sin"]), state["mask"], state["t_emb"])
+        return joint
+
+    def head(self, state: dict, joint: torch.Tensor) -> torch.Tensor:
+        """The final layer on the image tokens: velocity = noise - data, shaped like x and in its dtype."""
+        x, patch, longest = state["x"], self.config.patch_size, state["caption"]
+        height, width = x.shape[-2] // patch, x.shape[-1] // patch
+        out = self.final_layer(joint[:, longest : longest + height * width], state["t_emb"])
+        return -unpatchify(out, height, width, patch).to(x.dtype)  # the network predicts data - noise
 
     def _embed_caption(
-        self, context: torch.Tensor, context_mask: torch.Tensor
+        self, context: torch.Tensor, context_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Embedded caption slots (B, L, D), their key mask (None when every slot is used) and slots per sample (B,).
+        """Embedded caption slots (B, L, D), their key mask (None when no caption is padded) and slots per sample (B,).
 
         Sample b has its L_b tokens, then (with pad_multiple m > 1) the learned caption pad token up to the next
-        multiple of m: S_b slots, which all attend and are attended to. L is the largest S_b; the slots beyond S_b
-        are masked out everywhere, and the caption padding beyond L is dropped to save attention work.
+        multiple of m: S_b slots, which all attend and are attended to; the slots beyond S_b are masked out
+        everywhere. L is the longest caption rounded up to m, which is the largest S_b when the captions are cut
+        after their longest real token (the sampler does): no tensor value is read on the host.
         """
-        multiple = self.config.pad_multiple
-        lengths = context_mask.sum(dim=1)
+        multiple, width = self.config.pad_multiple, context.shape[1]
+        longest = -(-width // multiple) * multiple
+        if context_mask is None:
+            lengths = torch.full((context.shape[0],), width, device=context.device)
+        else:
+            lengths = context_mask.to(context.device).sum(dim=1)
         slots = (lengths + multiple - 1) // multiple * multiple  # (B,)
-        longest = int(slots.max())
-        if context.shape[1] < longest:  # the pad tokens need slots the text encoder did not fill
-            context = nn.functional.pad(context, (0, 0, 0, longest - context.shape[1]))
-        caption = self.cap_embedder(context[:, :longest])
+        if width < longest:  # the pad tokens need slots the text encoder did not fill
+            context = nn.functional.pad(context, (0, 0, 0, longest - width))
+        caption = self.cap_embedder(context)
         index = torch.arange(longest, device=context.device)
         if multiple > 1:
             is_token = (index[None] < lengths[:, None])[..., None]  # (B, L, 1)
             caption = torch.where(is_token, caption, cast_to(self.cap_pad_token, like=caption))
-        mask = index[None] < slots[:, None]
-        return caption, (None if bool(mask.all()) else mask), slots
+        mask = None if context_mask is None else index[None] < slots[:, None]
+        return caption, mask, slots
 
     def _positions(
         self, caption_slots: torch.Tensor, longest: int, height: int, width: int, image_slots: int

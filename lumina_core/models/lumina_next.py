@@ -11,7 +11,7 @@ a tanh-gated cross-attention inside the same module. The pooled caption joins th
 scale-only adaLN modulation. The output has 2 x in_channels channels (learn-sigma); the first half is
 the prediction.
 
-The network runs in Lumina time (t = 0 noise, t = 1 data) and predicts data - noise; `forward` wraps it
+The network runs in Lumina time (t = 0 noise, t = 1 data) and predicts data - noise; `embed` and `head` wrap it
 in the package's convention: sigma = 1 - t and velocity = noise - data.
 
 Inference options, plain keyword arguments of every call (`model(x, sigma, context, mask, **options)`):
@@ -38,8 +38,9 @@ Inference options, plain keyword arguments of every call (`model(x, sigma, conte
   average and rotated at their window's centroid. An approximation (the paper's "context drop") that
   trades some detail for speed at high resolution; bench/bench_context_drop.py measures it.
 
-A warning is issued when the image has more than 4 x N0 tokens (beyond 2048 x 2048 for the released
-model), past the range the paper's extrapolation was shown for.
+`check_run`, which the sampler calls once per run, checks the options and warns when the image has more than
+4 x N0 tokens (beyond 2048 x 2048 for the released model), past the range the paper's extrapolation was shown
+for. The forward itself reads no tensor value on the host, so it compiles into one graph (`lumina_core.compile`).
 """
 
 from __future__ import annotations
@@ -201,19 +202,22 @@ class Attention(nn.Module):
         caption_mask: torch.Tensor | None,
         rope: tuple[torch.Tensor, torch.Tensor],
         key_rope: tuple[torch.Tensor, torch.Tensor],
-        scale: float | None,
+        query_scale: float | None,
         merge: tuple[tuple[int, int], int] | None,
     ) -> torch.Tensor:
         """x (B, N, D) image tokens, caption (B, L, cap_feat_dim) normed features; returns (B, N, D).
 
-        key_rope rotates the (possibly merged) self-attention keys; merge is (grid, ratio) or None.
+        key_rope rotates the (possibly merged) self-attention keys; merge is (grid, ratio) or None. query_scale
+        multiplies the self-attention queries (proportional attention), or None: a factor on q rather than SDPA's
+        `scale`, which would fix the size in a compiled graph.
         """
         q = apply_rope(self.q_norm(self.wq(x)).unflatten(-1, (self.n_heads, -1)), *rope)  # (B, N, H, Dh)
         k = self.k_norm(self.wk(x)).unflatten(-1, (self.n_kv_heads, -1))  # (B, N, Hkv, Dh)
         v = self.wv(x).unflatten(-1, (self.n_kv_heads, -1))
         if merge is not None:
             k, v = merge_tokens(k, *merge), merge_tokens(v, *merge)  # (B, N / r^2, Hkv, Dh)
-        image_out = attention(q, apply_rope(k, *key_rope), v, scale=scale)  # (B, N, H*Dh)
+        image_q = q if query_scale is None else q * query_scale
+        image_out = attention(image_q, apply_rope(k, *key_rope), v)  # (B, N, H*Dh)
 
         k_y = self.ky_norm(self.wk_y(caption)).unflatten(-1, (self.n_kv_heads, -1))  # no RoPE on caption keys
         v_y = self.wv_y(caption).unflatten(-1, (self.n_kv_heads, -1))
@@ -241,9 +245,9 @@ class LuminaNextTransformer(NextDiT):
     Call: model(x, sigma, context, context_mask, **options) -> velocity, with x (B, in_channels, H, W) the
     SDXL latent times 0.13025 (H, W multiples of the patch size), sigma (B,) in [0, 1] with 1 = noise,
     context (B, L, cap_feat_dim) Gemma-2B features (second-to-last hidden state), context_mask (B, L) bool,
-    right-padded with at least one True per row; velocity = noise - data, shaped like x and in its dtype, computed
-    on x's device in `compute_dtype` (x's dtype when None). The options are those of the module docstring;
-    `operations` supplies the layers.
+    right-padded with at least one True per row, or None when no caption is padded; velocity = noise - data, shaped
+    like x and in its dtype, computed on x's device in `compute_dtype` (x's dtype when None). The options are those
+    of the module docstring; `operations` supplies the layers.
     """
 
     family = FAMILY
@@ -267,18 +271,35 @@ class LuminaNextTransformer(NextDiT):
         self.layers = nn.ModuleList(TransformerBlock(cfg, operations) for _ in range(cfg.n_layers))
         self.final_layer = FinalLayer(cfg.dim, cfg.patch_size**2 * cfg.out_channels, cfg.t_emb_dim, operations)
 
-    def forward(
-        self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor, **options
-    ) -> torch.Tensor:
-        """velocity = noise - data at sigma = 1 - t; options as for predict_flow (the module docstring)."""
-        return -self.predict_flow(x, 1 - sigma, context, context_mask, **options)
+    def check_run(
+        self, latent_shape: tuple[int, ...], *, base_resolution: int | None = None, **options
+    ) -> None:  # fmt: skip
+        """What a sampler checks once per run, before any step: the options, and a warning for sizes far beyond the
+        training size (past the range the paper's extrapolation was shown for)."""
+        base_resolution = base_resolution or self.config.sample_size * VAE_DOWNSCALE
+        _check_options(
+            options.get("rope_scaling", "time_aware"), options.get("rope_scale"), base_resolution,
+            options.get("context_drop_ratio", 1), self.config.patch_size,
+        )  # fmt: skip
+        height, width = latent_shape[-2:]
+        n_tokens = (height // self.config.patch_size) * (width // self.config.patch_size)
+        trained_tokens = (base_resolution // (VAE_DOWNSCALE * self.config.patch_size)) ** 2
+        if n_tokens > MAX_EXTRAPOLATION * trained_tokens:
+            warnings.warn(
+                f"Lumina-Next: a {width * VAE_DOWNSCALE}x{height * VAE_DOWNSCALE} image has {n_tokens} image tokens, "
+                f"{n_tokens / trained_tokens:.1f}x the {trained_tokens} of the {base_resolution}px training size; "
+                f"beyond {MAX_EXTRAPOLATION}x, expect repeated or broken structure.",
+                stacklevel=3,
+            )
 
-    def predict_flow(
+    # The forward's stages (models/stages.py).
+
+    def embed(
         self,
         x: torch.Tensor,
-        t: torch.Tensor,
+        sigma: torch.Tensor,
         context: torch.Tensor,
-        context_mask: torch.Tensor,
+        context_mask: torch.Tensor | None = None,
         *,
         rope_scaling: str | None = "time_aware",
         scaling_watershed: float = 0.3,
@@ -286,55 +307,63 @@ class LuminaNextTransformer(NextDiT):
         base_resolution: int | None = None,
         proportional_attention: bool = True,
         context_drop_ratio: int = 1,
-    ) -> torch.Tensor:
-        """The network in Lumina time: t (B,) in [0, 1] with 0 = noise; returns data - noise, shaped like x."""
+    ) -> tuple[dict, torch.Tensor]:
+        """Everything before the blocks: (state, image tokens (B, N, D)); state holds what blocks and head read."""
         cfg = self.config
-        check_inputs("Lumina-Next", cfg, x, t, context, context_mask, self._features_message)
+        check_inputs("Lumina-Next", cfg, x, sigma, context, context_mask, self._features_message)
         if base_resolution is None:
             base_resolution = cfg.sample_size * VAE_DOWNSCALE
         _check_options(rope_scaling, rope_scale, base_resolution, context_drop_ratio, cfg.patch_size)
         dtype, device = self.compute_dtype or x.dtype, x.device
         height, width = x.shape[-2] // cfg.patch_size, x.shape[-1] // cfg.patch_size
         n_tokens, trained_tokens = height * width, (base_resolution // (VAE_DOWNSCALE * cfg.patch_size)) ** 2
-        if n_tokens > MAX_EXTRAPOLATION * trained_tokens:
-            warnings.warn(
-                f"Lumina-Next: a {x.shape[-2] * VAE_DOWNSCALE}x{x.shape[-1] * VAE_DOWNSCALE} image has {n_tokens} "
-                f"image tokens, {n_tokens / trained_tokens:.1f}x the {trained_tokens} of the {base_resolution}px "
-                f"training size; beyond {MAX_EXTRAPOLATION}x, expect repeated or broken structure.",
-                stacklevel=2,
-            )
 
-        # Caption slots past the longest caption are masked everywhere: drop them to save attention work.
-        context_mask = context_mask.to(device).bool()
-        longest = int(context_mask.sum(dim=1).max())
-        context, context_mask = context.to(device=device, dtype=dtype)[:, :longest], context_mask[:, :longest]
-        caption_mask = None if bool(context_mask.all()) else context_mask
-
+        context = context.to(device=device, dtype=dtype)
+        caption_mask = None if context_mask is None else context_mask.to(device).bool()
         # Conditioning c = t embedding + embedding of the mask-weighted mean caption feature.
-        t = t.to(device)
-        weights = context_mask.float()[..., None]
-        pooled = ((context.float() * weights).sum(dim=1) / weights.sum(dim=1)).to(dtype)  # (B, cap_feat_dim)
+        t = (1 - sigma).to(device)  # the network runs in Lumina time t = 1 - sigma
+        if caption_mask is None:
+            pooled = context.float().mean(dim=1).to(dtype)
+        else:
+            weights = caption_mask.float()[..., None]
+            pooled = ((context.float() * weights).sum(dim=1) / weights.sum(dim=1)).to(dtype)  # (B, cap_feat_dim)
         cond = self.t_embedder(t, dtype) + self.cap_embedder(pooled)  # (B, t_emb_dim)
 
         if rope_scale is None:
             rope_scale = max(1.0, math.sqrt(x.shape[-2] * x.shape[-1]) * VAE_DOWNSCALE / base_resolution)
-        factors = _rope_factors(rope_scaling, rope_scale, float(t[0]), scaling_watershed)
         positions = grid_positions(height, width)
-        rope = _to(rope_2d(positions, cfg.head_dim, cfg.rope_theta, *factors), device)
-        merge, key_rope = None, rope
-        if context_drop_ratio > 1:
-            merge = ((height, width), context_drop_ratio)
-            key_positions = merge_tokens(positions, *merge)  # the centroid of each merged window
-            key_rope = _to(rope_2d(key_positions, cfg.head_dim, cfg.rope_theta, *factors), device)
-        scale = None
-        if proportional_attention:
-            scale = math.sqrt(math.log(n_tokens) / math.log(trained_tokens) / cfg.head_dim)
-
+        merge = None if context_drop_ratio == 1 else ((height, width), context_drop_ratio)
+        scaled = (rope_scaling, rope_scale, t, scaling_watershed, device)
+        rope = _scaled_rope(positions, cfg, *scaled)
+        # Merged keys are rotated at the centroid of their window.
+        key_rope = rope if merge is None else _scaled_rope(merge_tokens(positions, *merge), cfg, *scaled)
+        # Proportional attention: softmax scale sqrt(log N / log N0) / sqrt(head_dim), as a factor on the queries.
+        # log2, not log: torch traces log2 of a symbolic size, so a new size does not specialise a compiled graph.
+        query_scale = math.sqrt(math.log2(n_tokens) / math.log2(trained_tokens)) if proportional_attention else None
         image = self.x_embedder(patchify(x.to(dtype), cfg.patch_size, channels_last=False))  # (B, N, D)
+        state = {
+            "x": x, "context": context, "mask": caption_mask, "cond": cond, "rope": rope, "key_rope": key_rope,
+            "query_scale": query_scale, "merge": merge,
+        }  # fmt: skip
+        return state, image
+
+    def probe(self, state: dict, image: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """The first block's modulated attention input (B, N, D); every token counts."""
+        return self.layers[0].modulated_input(image, state["cond"]), None
+
+    def run_blocks(self, state: dict, image: torch.Tensor) -> torch.Tensor:
+        """The blocks: the span the step cache skips."""
+        attention = {k: state[k] for k in ("rope", "key_rope", "query_scale", "merge")}
         for block in self.layers:
-            image = block(image, context, caption_mask, cond, rope=rope, key_rope=key_rope, scale=scale, merge=merge)
-        out = unpatchify(self.final_layer(image, cond), height, width, cfg.patch_size)
-        return out[:, : cfg.in_channels].to(x.dtype)  # learn-sigma: the second half is the unused variance
+            image = block(image, state["context"], state["mask"], state["cond"], **attention)
+        return image
+
+    def head(self, state: dict, image: torch.Tensor) -> torch.Tensor:
+        """The final layer: velocity = noise - data, shaped like x and in its dtype."""
+        x, patch = state["x"], self.config.patch_size
+        out = unpatchify(self.final_layer(image, state["cond"]), x.shape[-2] // patch, x.shape[-1] // patch, patch)
+        # learn-sigma: the second half is the unused variance; the network predicts data - noise
+        return -out[:, : self.config.in_channels].to(x.dtype)
 
     def _features_message(self, context: torch.Tensor) -> str:
         cfg = self.config
@@ -366,17 +395,31 @@ def _check_options(rope_scaling, rope_scale, base_resolution, context_drop_ratio
         )
 
 
-def _rope_factors(rope_scaling: str | None, scale: float, t0: float, watershed: float) -> tuple[float, float]:
-    """(linear_factor, ntk_factor) for rope_angles.
+def _scaled_rope(
+    positions: torch.Tensor,
+    cfg: LuminaNextConfig,
+    rope_scaling: str | None,
+    scale: float,
+    t: torch.Tensor,
+    watershed: float,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of the positions under the RoPE scaling (module docstring), on `device`.
 
-    The time-aware branch follows the first sample's t, as the references do (a CFG batch shares one t).
+    The time-aware branch follows the first sample's t, as the references do (a CFG batch shares one t). Both of its
+    tables are made and one is picked on the device, so the choice needs no host sync.
     """
-    if rope_scaling == "linear" or (rope_scaling == "time_aware" and t0 < watershed):
-        return scale, 1.0
-    if rope_scaling in ("ntk", "time_aware"):
-        return 1.0, scale
-    return 1.0, 1.0
 
+    def rope(linear: float, ntk: float) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = rope_2d(positions, cfg.head_dim, cfg.rope_theta, linear, ntk)
+        return cos.to(device), sin.to(device)
 
-def _to(cos_sin: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return cos_sin[0].to(device), cos_sin[1].to(device)
+    if rope_scaling is None or scale == 1:
+        return rope(1.0, 1.0)
+    if rope_scaling == "linear":
+        return rope(scale, 1.0)
+    if rope_scaling == "ntk":
+        return rope(1.0, scale)
+    (linear_cos, linear_sin), (ntk_cos, ntk_sin) = rope(scale, 1.0), rope(1.0, scale)
+    early = t[0] < watershed  # the layout phase: linear interpolation; NTK after it
+    return torch.where(early, linear_cos, ntk_cos), torch.where(early, linear_sin, ntk_sin)

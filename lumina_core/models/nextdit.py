@@ -22,8 +22,8 @@ from torch import nn
 from ..common.embeddings import timestep_embedding
 from ..common.norms import RMSNorm
 from ..common.ops import cast_to
-from ..conditioning import check_right_padded
 from ..errors import InvalidInputError
+from .stages import StagedForward
 
 VAE_DOWNSCALE = 8  # both families' autoencoders (FLUX for Lumina 2, SDXL for Lumina-Next) downscale by 8
 
@@ -41,7 +41,7 @@ class NextDiTShape:
         return min(self.dim, 1024)
 
 
-class NextDiT(nn.Module):
+class NextDiT(StagedForward):
     """What both Lumina transformers expose besides their forward: the size rule and the compute dtype.
 
     Subclasses set `model_name`, `latent_format` and `self.config` (with patch_size and in_channels).
@@ -113,9 +113,17 @@ class SandwichBlock(nn.Module):
             x = x + self.attention_norm2(attend(self.attention_norm1(x)))
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
         scale_attn, gate_attn, scale_ffn, gate_ffn = self.adaLN_modulation(cond)[:, None].chunk(4, dim=-1)
-        x = x + gate_attn.tanh() * self.attention_norm2(attend(self.attention_norm1(x) * (1 + scale_attn)))
+        x = x + gate_attn.tanh() * self.attention_norm2(attend(self._modulate(x, scale_attn)))
         ffn_out = self.feed_forward(self.ffn_norm1(x) * (1 + scale_ffn))
         return x + gate_ffn.tanh() * self.ffn_norm2(ffn_out)
+
+    def modulated_input(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """What the attention of a modulated `run` reads: attention_norm1(x) * (1 + s); the step cache's probe."""
+        scale_attn = self.adaLN_modulation(cond)[:, None].chunk(4, dim=-1)[0]
+        return self._modulate(x, scale_attn)
+
+    def _modulate(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return self.attention_norm1(x) * (1 + scale)
 
 
 class TimestepEmbedder(nn.Module):
@@ -168,22 +176,26 @@ def unpatchify(x: torch.Tensor, height: int, width: int, patch: int) -> torch.Te
 
 
 def check_inputs(
-    model_name: str, cfg, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
+    model_name: str, cfg, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
     features_message: Callable[[torch.Tensor], str],
 ) -> None:  # fmt: skip
-    """Raise InvalidInputError for inputs a Next-DiT cannot take; features_message words a wrong text width."""
+    """Raise InvalidInputError for inputs a Next-DiT cannot take; features_message words a wrong text width.
+
+    Shapes only, so a compiled forward traces it away: that a mask is right-padded with a token in every row needs
+    its values, which `Conditioning` checks once per sampling run.
+    """
     if x.ndim != 4 or x.shape[1] != cfg.in_channels:
         raise InvalidInputError(f"{model_name} expects a latent (B, {cfg.in_channels}, H, W); got {tuple(x.shape)}.")
     if x.shape[-2] % cfg.patch_size or x.shape[-1] % cfg.patch_size:
         raise InvalidInputError(f"latent height and width must be multiples of {cfg.patch_size}; got {tuple(x.shape)}.")
     if context.ndim != 3 or context.shape[-1] != cfg.cap_feat_dim:
         raise InvalidInputError(features_message(context))
-    if context.shape[0] != x.shape[0] or context_mask.shape != context.shape[:2] or t.shape != (x.shape[0],):
+    mask_fits = context_mask is None or context_mask.shape == context.shape[:2]
+    if context.shape[0] != x.shape[0] or not mask_fits or t.shape != (x.shape[0],):
         raise InvalidInputError(
             f"batch mismatch: latent {tuple(x.shape)}, time {tuple(t.shape)}, text {tuple(context.shape)}, "
-            f"mask {tuple(context_mask.shape)}."
+            f"mask {None if context_mask is None else tuple(context_mask.shape)}."
         )
-    check_right_padded(context_mask)
 
 
 def pad_to_multiple(tokens: torch.Tensor, pad_token: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ from .cfg import CFG_MODES, DiffusersCFG, Guidance, OriginalCFG, make_guidance
 from .sampler import GuidedVelocity, SamplingStats, check_settings, initial_noise, sample
 from .schedules import SCHEDULES, build_sigmas, shift_sigmas, shifted_linear, sigmoid
 from .solvers import SOLVERS, Dopri5, Solver, dopri5, euler, heun, midpoint, rk4
+from .step_cache import TeaCache
 
 __all__ = [
     "CFG_MODES",
@@ -16,6 +17,7 @@ __all__ = [
     "OriginalCFG",
     "SamplingStats",
     "Solver",
+    "TeaCache",
     "build_sigmas",
     "check_settings",
     "dopri5",

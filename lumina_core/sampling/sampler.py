@@ -73,6 +73,7 @@ from typing import Any
 import torch
 
 from ..common.ops import placement
+from ..compile import CompiledModel, compiled
 from ..conditioning import Conditioning, check_family, concat_conditionings
 from ..errors import InvalidInputError, SamplingError
 from ..models.ltxv_keyframes import KeyframePlan, VideoCondition, plan_keyframes
@@ -82,6 +83,7 @@ from .cfg import CFG_MODES, Guidance, make_guidance
 from .memory import check_memory
 from .schedules import build_sigmas, explicit_sigmas
 from .solvers import SOLVERS, Dopri5, StepFn
+from .step_cache import COND, COND_UNCOND, StepCache, TeaCache, make_step_cache
 from .token_levels import check_noise_mask, kept, moving, start_latent, token_sigmas
 
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
@@ -98,12 +100,15 @@ class SamplingStats:
       uncond_calls:   how many of those also carried the unconditional half (each costs about twice as much).
       solver_steps:   accepted solver steps: `steps` for the fixed-step solvers, the substeps for dopri5.
       rejected_steps: substeps dopri5's error control threw away (always 0 for the fixed-step solvers).
+      cached_calls:   model calls of a step-cached run (`sample(cache=...)`) that skipped the block stack and reused the
+                      cached residual: the calls saved. They are included in model_calls.
     """
 
     model_calls: int = 0
     uncond_calls: int = 0
     solver_steps: int = 0
     rejected_steps: int = 0
+    cached_calls: int = 0
 
 
 class GuidedVelocity:
@@ -115,6 +120,11 @@ class GuidedVelocity:
     `model_options` are passed as keywords to every model call; `stats` counts the calls. With token `levels`
     (B, 1, *latent dims), the model gets one sigma per token, min(sigma, level), instead of one per sample; the
     prediction is returned as the model made it (the sampler stops the tokens waiting above their level).
+
+    The prompts are trimmed to their longest real token once, here, and a mask without padding is passed as None,
+    so the model's forward needs no host sync to find either (`model_text_inputs`). `runner` replaces the model's
+    forward (a compiled one), and `cache`, a `StepCache`, makes every call go through the model's cache stages
+    (`runner` then provides the stages too). `interrupt`, when given, is called before every model call.
     """
 
     def __init__(
@@ -129,22 +139,31 @@ class GuidedVelocity:
         model_options: dict[str, Any] | None = None,
         stats: SamplingStats | None = None,
         levels: torch.Tensor | None = None,
+        runner: Callable[..., torch.Tensor] | None = None,
+        cache: StepCache | None = None,
+        interrupt: Callable[[], None] | None = None,
     ) -> None:
         self.model = model
+        self.runner = runner if runner is not None else model
+        self.cache = cache
         self.dtype = dtype
-        self.positive = positive
         self.guidance = guidance if negative is not None else None
-        self.both = concat_conditionings([positive, negative]) if self.guidance is not None else None
+        self.positive = model_text_inputs(positive)
+        self.both = None
+        if self.guidance is not None:
+            self.both = model_text_inputs(concat_conditionings([positive, negative]))
         self.cfg_channels = cfg_channels
         self.model_options = model_options or {}
         self.stats = stats if stats is not None else SamplingStats()
         self.levels = levels
+        self.interrupt = interrupt
 
     def __call__(self, x: torch.Tensor, sigma: float, *, step: int, total: int) -> torch.Tensor:
         if self.guidance is None or not self.guidance.needs_uncond(sigma, step, total):
-            return self._checked(self.predict(x, sigma, self.positive), sigma, step, total, "conditional call")
+            cond = self.predict(x, sigma, self.positive, rows=COND, step=step, total=total)
+            return self._checked(cond, sigma, step, total, "conditional call")
         self.stats.uncond_calls += 1
-        both = self.predict(torch.cat([x, x]), sigma, self.both)
+        both = self.predict(torch.cat([x, x]), sigma, self.both, rows=COND_UNCOND, step=step, total=total)
         both = self._checked(both, sigma, step, total, "conditional + unconditional call")
         cond, uncond = both.chunk(2)  # (2B, ...) -> 2 x (B, ...)
         k = self.cfg_channels
@@ -153,13 +172,31 @@ class GuidedVelocity:
         # Lumina-Next's quirk: (B, k, ...) guided channels, then (B, C - k, ...) conditional ones
         return torch.cat([self.guidance.combine(cond[:, :k], uncond[:, :k]), cond[:, k:]], dim=1)
 
-    def predict(self, x: torch.Tensor, sigma: float, context: Conditioning) -> torch.Tensor:
+    def predict(
+        self,
+        x: torch.Tensor,
+        sigma: float,
+        text: tuple[torch.Tensor, torch.Tensor | None],
+        *,
+        rows: str = COND,
+        step: int = 0,
+        total: int = 1,
+    ) -> torch.Tensor:
+        """One model call on x at sigma with the prepared text (`model_text_inputs`); rows and step for the cache."""
+        if self.interrupt is not None:
+            self.interrupt()
         self.stats.model_calls += 1
         if self.levels is None:
             sigmas = torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)
         else:  # (B, 1, ...) per token; the cond and uncond halves of a guided batch share it
             sigmas = token_sigmas(self.levels, sigma).repeat(x.shape[0] // self.levels.shape[0], *[1] * (x.ndim - 1))
-        v = self.model(x.to(self.dtype), sigmas, context.embeds, context.mask, **self.model_options)
+        embeds, mask = text
+        if self.cache is None:
+            return self.runner(x.to(self.dtype), sigmas, embeds, mask, **self.model_options).float()
+        v = self.cache(
+            self.runner, x.to(self.dtype), sigmas, embeds, mask, self.model_options, step=step, total=total, rows=rows
+        )
+        self.stats.cached_calls = self.cache.skipped
         return v.float()
 
     def _checked(self, v: torch.Tensor, sigma: float, step: int, total: int, passes: str) -> torch.Tensor:
@@ -168,6 +205,17 @@ class GuidedVelocity:
             where = f"at step {step + 1} of {total} (sigma {sigma:.4f})"
             raise model_output_error(self.model, v, self.dtype, where, passes)
         return v
+
+
+def model_text_inputs(conditioning: Conditioning) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(embeds, mask) as the models take them: cut after the longest prompt's last real token, and the mask None when
+    no row is padded (attention then runs without a mask, which its fastest kernels need).
+
+    Both need host values (a sync on a GPU), so the sampler finds them once per run, not in every forward.
+    """
+    longest = int(conditioning.mask.sum(dim=1).max())
+    embeds, mask = conditioning.embeds[:, :longest], conditioning.mask[:, :longest]
+    return embeds, None if bool(mask.all()) else mask
 
 
 def _level_velocity(
@@ -208,6 +256,7 @@ def check_settings(
     height: int | None = None,
     frames: int | None = None,
     model_options: Mapping[str, Any] | None = None,
+    cache: float | TeaCache | None = None,
 ) -> None:
     """Raise InvalidInputError for any setting `sample` would refuse, before a model is loaded or run.
 
@@ -248,6 +297,8 @@ def check_settings(
         make_guidance(cfg_mode, cfg, cfg_trunc, renorm_cfg)
     if schedule is not None:
         build_sigmas(schedule, steps, 1.0 if shift is None else shift, denoise)
+    if cache is not None and not isinstance(cache, TeaCache):
+        TeaCache(cache)  # a threshold below 0 is refused here
 
 
 # A 1024 x 1024 image, valid for every model family: its latent shape tells the channels and dims of an init_latent.
@@ -308,6 +359,12 @@ def _guided_channels(model: torch.nn.Module, cfg_channels: int | None, channels:
     return None if k == channels else k
 
 
+def _compiled(model: torch.nn.Module, backend: bool | str) -> CompiledModel | None:
+    if not backend:
+        return None
+    return compiled(model, "inductor" if backend is True else backend)
+
+
 def initial_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """Standard normal float32 noise drawn on the CPU, so a seed gives the same image on every device."""
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
@@ -357,9 +414,11 @@ def sample(
     rtol: float = 1e-3,
     model_options: dict[str, Any] | None = None,
     stats: SamplingStats | None = None,
+    device: torch.device | str | None = None,
+    compile: bool | str = False,
+    cache: float | TeaCache | None = None,
     interrupt: Callable[[], None] | None = None,
     make_room: Callable[[int, torch.device], None] | None = None,
-    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from noise to a clean latent; returns it in model space, float32, on `device`.
 
@@ -409,8 +468,15 @@ def sample(
     device: where the latent lives and the model runs; None: the device of the model's first parameter. A host
         that keeps part of the weights elsewhere (ComfyUI's partial loading) passes its compute device. The model
         runs in its `compute_dtype` (its loader's choice; else the dtype of its weights).
+    compile: run the model through `torch.compile` (whole graph, `lumina_core.compile`): True uses inductor, a string
+        names another torch.compile backend. The compiled code is kept with the model, so the first run pays for
+        compiling and later runs at the same size do not. Results equal the eager ones to float rounding.
+    cache: step caching (TeaCache, `step_cache.py`): a threshold (0 never skips; the published ones are in
+        `PUBLISHED_THRESHOLDS`) or a `TeaCache` naming a polynomial variant; None (the default) is off. The model
+        calls whose block stack was skipped are `stats.cached_calls`.
     interrupt: called before every transformer block and after every step; raise from it to stop (ComfyUI's
-        Cancel), so a long step stops within one block.
+        Cancel), so a long step stops within one block. With `compile` it is called before every model call
+        instead of every block (a call into compiled code cannot be entered halfway).
     make_room(bytes, device): called when the run's memory estimate (`sampling.memory`) exceeds what `device` has
         free, to let the host free some (ComfyUI unloads cached models); without enough, InvalidInputError says
         the estimate and what is available before anything runs.
@@ -423,14 +489,17 @@ def sample(
     check_settings(
         steps=steps, cfg=cfg, batch_size=batch_size, solver=solver, schedule=schedule, shift=shift, denoise=denoise,
         cfg_mode=cfg_mode, cfg_trunc=cfg_trunc, renorm_cfg=renorm_cfg, cfg_channels=cfg_channels, atol=atol,
-        rtol=rtol, seed=seed, width=width, height=height, frames=frames, model_options=model_options,
+        rtol=rtol, seed=seed, width=width, height=height, frames=frames, model_options=model_options, cache=cache,
     )  # fmt: skip
     solver_step = _solver_step(solver, atol, rtol)
     guidance = make_guidance(cfg_mode, cfg, cfg_trunc, renorm_cfg)
+    step_cache = make_step_cache(cache, model)
     shape = _latent_shape(model, batch_size, height, width, frames, init_latent, model_options)
     sigmas = _schedule(sigmas, schedule, steps, shift, denoise, tokens=math.prod(shape[2:]))
     steps = len(sigmas) - 1
     guided_channels = _guided_channels(model, cfg_channels, shape[1])
+    if callable(getattr(model, "check_run", None)):  # the model's own checks of a run, once, not in every forward
+        model.check_run(shape, **(model_options or {}))
     check_float("condition_noise_scale", condition_noise_scale, 0.0, rule="the re-noising of kept tokens; 0 = off")
     if noise is not None and tuple(noise.shape) != shape:
         raise InvalidInputError(f"noise has shape {tuple(noise.shape)}, the latent is {shape}.")
@@ -462,15 +531,20 @@ def sample(
     if stats is None:
         stats = SamplingStats()
     else:
-        stats.model_calls = stats.uncond_calls = stats.solver_steps = stats.rejected_steps = 0
+        stats.model_calls = stats.uncond_calls = stats.solver_steps = stats.rejected_steps = stats.cached_calls = 0
+    if isinstance(solver_step, Dopri5):
+        solver_step.rewind = step_cache  # a rejected substep's calls leave no trace in the cache
+    runner = _compiled(model, compile)
     velocity = GuidedVelocity(
         model, positive, negative, guidance, dtype,
         cfg_channels=guided_channels, model_options=options, stats=stats, levels=levels,
+        runner=runner, cache=step_cache, interrupt=interrupt if runner is not None else None,
     )  # fmt: skip
     renoise = levels is not None and condition_noise_scale > 0
     video = slice(start.guide_frames, None)  # the frames after the appended condition frames
 
-    with checks_between_blocks(model, interrupt):
+    # Hooks between blocks would be traced into a compiled graph (and break it); a compiled run checks per call.
+    with checks_between_blocks(model, interrupt if runner is None else None):
         for i in range(steps):
             if renoise:
                 x = _renoise_kept(x, init, levels, condition_noise_scale * sigmas[i] ** 2, generator)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -86,6 +87,14 @@ _DP_A = (
 _DP_E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
 
 
+class Rewindable(Protocol):
+    """State that follows the model calls (a step cache) and can forget the calls of a rejected substep."""
+
+    def checkpoint(self) -> object: ...
+
+    def rollback(self, mark: object) -> None: ...
+
+
 def _rms(x: torch.Tensor) -> float:
     return torch.linalg.vector_norm(x).item() / math.sqrt(x.numel())
 
@@ -108,15 +117,21 @@ class Dopri5:
 
     Counters: `accepted` and `rejected` substeps so far. Each accepted or rejected substep costs 6 calls, each
     interval 1 more, and the first interval 1 more again.
+
+    `rewind`, when set, is rolled back after every rejected substep and after the initial step-size probe, so
+    state that follows the model calls (the step cache) only sees the calls of the accepted path.
     """
 
-    def __init__(self, atol: float = 1e-6, rtol: float = 1e-3, max_substeps: int = 10_000) -> None:
+    def __init__(
+        self, atol: float = 1e-6, rtol: float = 1e-3, max_substeps: int = 10_000, rewind: Rewindable | None = None
+    ) -> None:
         if atol < 0 or rtol < 0 or atol + rtol == 0:
             raise InvalidInputError(
                 f"dopri5 needs atol >= 0 and rtol >= 0, not both 0; got atol={atol}, rtol={rtol} "
                 "(the original's defaults are 1e-6 and 1e-3)."
             )
         self.atol, self.rtol, self.max_substeps = atol, rtol, max_substeps
+        self.rewind = rewind
         self.h: float | None = None  # the proposed size of the next substep, in sigma, positive
         self.accepted = 0
         self.rejected = 0
@@ -127,13 +142,16 @@ class Dopri5:
             return x, v_start
         direction = math.copysign(1.0, sigma_next - sigma)
         if self.h is None:
+            mark = self._checkpoint()
             self.h = self._initial_step(velocity, x, sigma, v_start, abs(sigma_next - sigma), direction)
+            self._rollback(mark)
         k1, s = v_start, sigma
         for _ in range(self.max_substeps):
             remaining = abs(sigma_next - s)
             last = remaining <= 1.01 * self.h  # stretch the proposal by up to 1% rather than leave a sliver
             h = remaining if last else self.h
             s_end = sigma_next if last else s + direction * h
+            mark = self._checkpoint()
             x_new, k7, error = self._substep(velocity, x, s, s_end - s, k1)
             if not math.isfinite(error):
                 raise SamplingError(
@@ -151,6 +169,7 @@ class Dopri5:
                     return x, v_start
             else:
                 self.rejected += 1
+                self._rollback(mark)
                 self.h = h * min(1.0, factor)
             if self.h < 1e-10:
                 break
@@ -159,6 +178,13 @@ class Dopri5:
             f"and {self.rejected} rejected substeps the step size is {self.h:.2e}. Loosen atol/rtol (now {self.atol}, "
             f"{self.rtol}) or use a fixed-step solver."
         )
+
+    def _checkpoint(self) -> object:
+        return None if self.rewind is None else self.rewind.checkpoint()
+
+    def _rollback(self, mark: object) -> None:
+        if self.rewind is not None:
+            self.rewind.rollback(mark)
 
     def _substep(
         self, velocity: Velocity, x: torch.Tensor, s: float, dt: float, k1: torch.Tensor

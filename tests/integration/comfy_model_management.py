@@ -10,37 +10,22 @@ Prints one JSON object: check name -> its measurements; test_model_management.py
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-REPO, SCRATCH = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
-sys.path.insert(0, str(Path.cwd()))  # the ComfyUI checkout, for `comfy`, `folder_paths`, `nodes`
-sys.path.append(str(REPO))  # after ComfyUI's own modules, for the test fixtures (which write files only)
+from comfy_script import SCRATCH, import_pack  # first: ComfyUI on the path, on the CPU
 
-from comfy.cli_args import args  # noqa: E402
+# isort: split
 
-args.cpu = True  # before comfy.model_management reads it
+import comfy.model_management as mm
+import folder_paths
+import torch
+from safetensors.torch import save_file
 
-import comfy.model_management as mm  # noqa: E402
-import folder_paths  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-
-import nodes as comfy_nodes  # noqa: E402  (ComfyUI's core nodes)
+import nodes as comfy_nodes  # (ComfyUI's core nodes)
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
-
-
-def import_pack():
-    spec = importlib.util.spec_from_file_location("comfyui_lumina", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])  # fmt: skip
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_models() -> dict[str, str]:
@@ -114,6 +99,29 @@ def partial_matches_full(handle) -> dict:
 
 
 @torch.no_grad()
+def compiles_whole_under_partial_loading(handle) -> dict:
+    """The forward through torch.compile(fullgraph=True) while ComfyUI casts part of the weights per call: it must
+    trace into one graph (no break) and compute what the eager forward does. Traced by a backend that counts the
+    graphs and runs them as traced (inductor's code generation is not what is tested)."""
+    patcher, model = handle.patcher, handle.model
+    inputs = model_inputs(model)
+    patcher.patch_model(device_to=CPU, lowvram_model_memory=patcher.model_size() // 3)
+    eager = model(*inputs)
+    graphs = []
+
+    def counting(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    out = torch.compile(model.forward, fullgraph=True, backend=counting)(*inputs)
+    result = {"graphs": len(graphs), "casting_layers": cast_layers(model)[0],
+              "max_abs_diff": (out - eager).abs().max().item(), "scale": eager.abs().max().item()}  # fmt: skip
+    patcher.unpatch_model(CPU)
+    torch._dynamo.reset()
+    return result
+
+
+@torch.no_grad()
 def partial_text_encoder_matches_full(pack, files) -> dict:
     """The same for a text encoder: transformers' model with ComfyUI's cast Linear layers; its norms and Gemma's
     scaled embedding follow their input wherever ComfyUI leaves their weights."""
@@ -162,8 +170,15 @@ def second_model_offloads_ours(pack, files) -> dict:
     inputs = model_inputs(handle.model)
     mm.load_models_gpu([handle.patcher], force_full_load=True)
     before, full = handle.patcher.loaded_size(), handle.model(*inputs)
-    second_model = mm.get_free_memory(CPU) + before // 2  # more than is free: half of ours has to go
-    mm.free_memory(second_model, CPU)
+    free = mm.get_free_memory(CPU)
+    real_free_memory = mm.get_free_memory
+    # The machine's free RAM moves while other processes run; held still here, asking for half of ours more than is
+    # free must take exactly that half back, whatever else the machine does meanwhile.
+    mm.get_free_memory = lambda device=None, torch_free_too=False: (free, free) if torch_free_too else free
+    try:
+        mm.free_memory(free + before // 2, CPU)
+    finally:
+        mm.get_free_memory = real_free_memory
     after = handle.patcher.loaded_size()
     again = handle.model(*inputs)
     mm.unload_all_models()
@@ -199,6 +214,9 @@ def main() -> None:
     for family in ("lumina2", "lumina_next", "ltxv"):
         results[f"partial_{family}"] = partial_matches_full(loader.load(files[family], "auto")[0])
     results["partial_gguf"] = partial_matches_full(gguf.load(files["gguf"], "auto")[0])
+    for family in ("lumina2", "lumina_next", "ltxv"):
+        results[f"compiled_{family}"] = compiles_whole_under_partial_loading(loader.load(files[family], "auto")[0])
+    results["compiled_gguf"] = compiles_whole_under_partial_loading(gguf.load(files["gguf"], "auto")[0])
     results["partial_text_encoder"] = partial_text_encoder_matches_full(pack, files)
     results["graph"] = graph_registers_and_free_unloads(pack, files)
     results["second_model"] = second_model_offloads_ours(pack, files)

@@ -6,6 +6,7 @@ into the ComfyUI checkout: the base, model, output and database locations are al
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -31,6 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
 SKIP_REASON = "set COMFYUI_DIR to a ComfyUI checkout (and COMFYUI_PYTHON)"
+# The marks of a module that needs a ComfyUI checkout: `pytestmark = NEEDS_COMFYUI`.
+NEEDS_COMFYUI = [pytest.mark.comfyui, pytest.mark.skipif(not COMFYUI_DIR, reason=SKIP_REASON)]
 PACK = "comfyui-lumina"
 # The file names the shipped workflows use, so they run unchanged apart from size and steps.
 TRANSFORMER, TEXT_ENCODER, VAE = "lumina_2_model_bf16.safetensors", "gemma_2_2b_fp16.safetensors", "ae.safetensors"
@@ -221,3 +224,15 @@ def assert_outputs(server: Server, history: dict, size: tuple[int, int] = (96, 6
             frames = getattr(image, "n_frames", 1)
             assert (image.format, image.size, frames) in {("PNG", size, 1), ("WEBP", size, SMALL["frames"])}
     return files
+
+
+def run_comfyui_script(script: str, scratch: Path, timeout: int) -> dict:
+    """Run tests/integration/<script> <repo> <scratch> with ComfyUI's interpreter from its checkout (ComfyUI's
+    modules in-process, see comfy_script.py); the JSON object it printed last, printed again for the test log."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run([COMFYUI_PYTHON, str(Path(__file__).with_name(script)), str(REPO), str(scratch)],
+                          cwd=COMFYUI_DIR, env=env, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps(results, indent=1))
+    return results

@@ -16,7 +16,9 @@ import time
 import urllib.request
 import uuid
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from scripts import run_workflow as rw
 from tests.integration.server import (
@@ -41,8 +43,8 @@ from tests.integration.server import (
 
 WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
 OUR_NODES = (
-    "LuminaLoadTransformer", "LuminaGGUFLoader", "LuminaLoadGemma", "LuminaGemmaEncode", "LuminaLoadT5",
-    "LuminaT5Encode", "LuminaFlowSampler", "LuminaLoadVAE", "LuminaVAEDecode", "LuminaLTXVideoDecode",
+    "LuminaLoadTransformer", "LuminaGGUFLoader", "LuminaLoadLoRA", "LuminaLoadGemma", "LuminaGemmaEncode",
+    "LuminaLoadT5", "LuminaT5Encode", "LuminaFlowSampler", "LuminaLoadVAE", "LuminaVAEDecode", "LuminaLTXVideoDecode",
     "LuminaLTXVideoGuide", "LuminaLTXVideoEncode", "LuminaLoadLatentUpsampler", "LuminaLTXVideoLatentUpsample",
 )  # fmt: skip
 SAMPLER = "LuminaFlowSampler"
@@ -324,3 +326,23 @@ def test_free_unloads_our_models(server):
     }
     assert run_graph(server, blank).status == "success"
     assert requested_during(13) == ours
+
+
+def test_lora_leaves_the_cached_model_as_it_was(server):
+    """The loader's cached model, sampled before and after a LoRA workflow reused it: the same picture; the LoRA
+    workflow's differs. Also with a GGUF transformer (whose layers take the LoRA as object patches)."""
+
+    def picture(graph: dict) -> np.ndarray:
+        files = assert_success(server, run_graph(server, graph))
+        with Image.open(server.output_dir / files[0]["path"]) as image:
+            return np.asarray(image, dtype=np.int16)
+
+    lora_graph = shrink(rw.load_graph(REPO / "workflows" / "api" / "lumina2_t2i_lora.json"))
+    lora_node = next(key for key, n in lora_graph.items() if n["class_type"] == "LuminaLoadLoRA")
+    base_graph = {k: v for k, v in lora_graph.items() if k != lora_node}
+    sampler = rw.nodes_of(base_graph, SAMPLER)[0]
+    base_graph[sampler] = {**base_graph[sampler], "inputs": {**base_graph[sampler]["inputs"], "model": ["1", 0]}}
+    gguf = {"1": node("LuminaGGUFLoader", file=GGUF_TRANSFORMER, weight_dtype="auto")}
+    for graph_base, graph_lora in ((base_graph, lora_graph), ({**base_graph, **gguf}, {**lora_graph, **gguf})):
+        before, with_lora, after = picture(graph_base), picture(graph_lora), picture(graph_base)
+        assert np.array_equal(before, after) and np.abs(with_lora - before).max() > 10

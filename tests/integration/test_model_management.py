@@ -1,7 +1,8 @@
 """Our models as ComfyUI's memory manager sees them, inside the real ComfyUI (its modules in-process, on the CPU).
 
 Runs `comfy_model_management.py` once with ComfyUI's interpreter from its checkout and asserts on what it
-measured: partial loading computes what full loading does (three families, GGUF, a text encoder); after a run
+measured: partial loading computes what full loading does (three families, GGUF, a text encoder), and compiles into
+one graph (torch.compile fullgraph) with ComfyUI's cast layers; after a run
 `current_loaded_models` lists our three models and what `POST /free` calls unloads them; asking room for a
 second model takes weights back from ours; core VAEDecode reads our LATENT. Skipped unless COMFYUI_DIR names a
 ComfyUI checkout (COMFYUI_PYTHON its interpreter), like test_comfyui.py.
@@ -9,36 +10,18 @@ ComfyUI checkout (COMFYUI_PYTHON its interpreter), like test_comfyui.py.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
+from tests.integration.server import NEEDS_COMFYUI, run_comfyui_script
+
 FAMILIES = ("lumina2", "lumina_next", "ltxv", "gguf")
 
-pytestmark = [
-    pytest.mark.comfyui,
-    pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout (and COMFYUI_PYTHON)"),
-]
+pytestmark = NEEDS_COMFYUI
 
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory) -> dict:
-    script = Path(__file__).with_name("comfy_model_management.py")
-    scratch = tmp_path_factory.mktemp("comfy_models")
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    done = subprocess.run([COMFYUI_PYTHON, str(script), str(REPO), str(scratch)], cwd=COMFYUI_DIR, env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
-    print(json.dumps(results, indent=1))
-    return results
+    return run_comfyui_script("comfy_model_management.py", tmp_path_factory.mktemp("comfy_models"), timeout=900)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -47,6 +30,14 @@ def test_partial_loading_computes_like_full_loading(measured, family):
     assert result["lowvram"] and result["casting_layers"] > 0 and result["loaded_layers"] > 0
     assert result["loaded_bytes"] < result["model_bytes"] / 2
     assert result["max_abs_diff"] <= 1e-6 * result["scale"]  # float32 rounding at most (CPU: the same bits)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_partially_loaded_model_compiles_into_one_graph(measured, family):
+    """Our forward with ComfyUI's cast layers (part of the weights cast per call) traces without a graph break."""
+    result = measured[f"compiled_{family}"]
+    assert result["graphs"] == 1 and result["casting_layers"] > 0
+    assert result["max_abs_diff"] <= 1e-6 * result["scale"]
 
 
 def test_partial_loading_of_a_text_encoder(measured):

@@ -62,7 +62,7 @@ def test_node_ids_follow_one_scheme():
         "Lumina" + cls.__name__.replace("Lumina", ""): cls.__name__ for cls in N.values()
     }
     assert nodes.NODE_DISPLAY_NAME_MAPPINGS.keys() == N.keys()
-    node_classes = {cls for module in (nodes.loaders, nodes.sampling, nodes.decode, nodes.video)
+    node_classes = {cls for module in (nodes.loaders, nodes.lora, nodes.sampling, nodes.decode, nodes.video)
                     for cls in vars(module).values()
                     if isinstance(cls, type) and hasattr(cls, "FUNCTION") and hasattr(cls, "DISPLAY_NAME")}  # fmt: skip
     assert node_classes == set(N.values())
@@ -213,3 +213,17 @@ def test_vae_decode_of_a_nan_vae_fails_naming_the_stage_and_the_file(model_dirs)
     with pytest.raises(core.errors.DecodeError, match=r"^VAE decode \(.*ae_nan\.safetensors\) made NaN/inf pixels .* "
                        r"decoder\.conv_out\.weight holds 288 NaN"):  # fmt: skip
         N["LuminaVAEDecode"]().decode(vae, latent)
+
+
+def test_compile_and_step_cache_options_reach_the_sampler(model_dirs, monkeypatch):
+    model, encoder, vae = load_all()
+    plain = run_graph(model, encoder, vae, steps=4)[0]["samples"]
+    cached = run_graph(model, encoder, vae, steps=4, step_cache=100.0)[0]["samples"]  # skips both middle steps
+    assert not torch.equal(cached, plain)
+    assert torch.equal(run_graph(model, encoder, vae, steps=4, step_cache=0.0)[0]["samples"], plain)  # 0 = off
+    backends = []  # compile=True asks for inductor; traced here by the eager backend (inductor takes minutes on a CPU)
+    sampler = core.sampling.sampler
+    monkeypatch.setattr(sampler, "compiled", lambda module, backend: backends.append(backend) or
+                        sampler.CompiledModel(module, "eager"))  # fmt: skip
+    compiled = run_graph(model, encoder, vae, steps=4, compile=True)[0]["samples"]
+    assert backends == ["inductor"] and torch.equal(compiled, plain)

@@ -302,8 +302,6 @@ def test_bad_sizes_name_the_rule_and_the_nearest_valid_value(ours, size, message
         (lambda x, s, c, m: (x[:, :4], s, c, m), "expects a video latent"),
         (lambda x, s, c, m: (x, s, torch.randn(3, 7, 4096), m), "width 12 .T5-XXL"),
         (lambda x, s, c, m: (x, s[:1], c, m), "batch mismatch"),
-        (lambda x, s, c, m: (x, s, c, torch.zeros_like(m)), "at least one token"),
-        (lambda x, s, c, m: (x, s, c, m.flip(-1)), "right-padded"),
     ],
 )
 def test_bad_inputs_are_named(ours, change, message):

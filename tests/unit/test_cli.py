@@ -14,6 +14,7 @@ from PIL import Image
 from lumina_core import tiny
 from lumina_core.__main__ import main
 from lumina_core.outputs import save_images
+from tests.fixtures.lora_files import linear_shapes, random_changes, write_lora
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,7 @@ def test_same_seed_same_picture(all_in_one, tmp_path):
         (["--width", "1000"], "width 1000 is not allowed"),
         (["--steps", "0"], "steps"),
         (["--solver", "euler", "--cfg", "-1"], "cfg"),
+        (["--cache", "-1"], "step-cache threshold"),
     ],
 )
 def test_bad_settings_fail_with_one_readable_line(all_in_one, tmp_path, capsys, args, message):
@@ -56,6 +58,36 @@ def test_bad_settings_fail_with_one_readable_line(all_in_one, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_lora_option_changes_the_picture_and_strength_0_does_not(all_in_one, tmp_path, capsys):
+    changes = random_changes(linear_shapes(tiny.make_transformer(0)), rank=4, seed=1, std=0.5)
+    lora = write_lora(tmp_path / "style.safetensors", changes, "kohya")
+    pictures = {}
+    for name, extra in {"base": [], "off": ["--lora", f"{lora}:0"], "on": ["--lora", f"{lora}:0.9"]}.items():
+        assert generate(all_in_one, tmp_path / f"{name}.png", *extra) == 0
+        pictures[name] = Image.open(tmp_path / f"{name}.png").tobytes()
+    assert pictures["off"] == pictures["base"] != pictures["on"]
+    capsys.readouterr()  # the progress bars so far
+    assert generate(all_in_one, tmp_path / "x.png", "--lora", str(all_in_one)) == 2
+    assert "holds no LoRA factors" in one_line_error(capsys)
+
+
+def test_step_cache_and_compile_options(all_in_one, tmp_path, monkeypatch):
+    from lumina_core.sampling import sampler
+
+    generate(all_in_one, tmp_path / "plain.png", "--steps", "4")
+    generate(all_in_one, tmp_path / "zero.png", "--steps", "4", "--cache", "0")  # threshold 0 never skips
+    generate(all_in_one, tmp_path / "cached.png", "--steps", "4", "--cache", "100")  # skips both middle steps
+    pixels = {name: Image.open(tmp_path / f"{name}.png").tobytes() for name in ("plain", "zero", "cached")}
+    assert pixels["zero"] == pixels["plain"] != pixels["cached"]
+
+    backends = []  # --compile reaches sample(); traced here by the eager backend (inductor takes minutes on a CPU)
+    monkeypatch.setattr(sampler, "compiled", lambda model, backend: backends.append(backend) or
+                        sampler.CompiledModel(model, "eager"))  # fmt: skip
+    assert generate(all_in_one, tmp_path / "compiled.png", "--steps", "4", "--compile") == 0
+    assert backends == ["inductor"]
+    assert Image.open(tmp_path / "compiled.png").tobytes() == pixels["plain"]
 
 
 def test_wrong_file_for_the_text_encoder_names_it(all_in_one, tmp_path, capsys):

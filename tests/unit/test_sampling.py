@@ -48,10 +48,13 @@ class FakeModel(nn.Module):
         self.calls: list[dict] = []
 
     def forward(self, x, sigma, context, context_mask, **options):
+        raw_mask = context_mask
+        if context_mask is None:  # the sampler passes None for prompts without padding
+            context_mask = torch.ones(context.shape[:2], dtype=torch.bool)
         self.calls.append(
             {
                 "x": x.clone(), "sigma": sigma.clone(), "tokens": context.shape[1], "mask": context_mask.clone(),
-                "options": options,
+                "raw_mask": raw_mask, "options": options,
             }
         )  # fmt: skip
         if self.data is not None:
@@ -770,6 +773,30 @@ def test_family_survives_batching_and_mixed_families_do_not_batch():
     assert concat_conditionings([tagged("ltxv"), tagged(None)]).family == "ltxv"
     with pytest.raises(InvalidInputError, match="different models"):
         concat_conditionings([tagged("ltxv"), tagged("lumina2")])
+
+
+@pytest.mark.parametrize(
+    "mask, message",
+    [
+        (torch.tensor([[True, True, False], [False, False, False]]), "at least one token"),
+        (torch.tensor([[True, True, False], [False, True, True]]), "right-padded"),
+    ],
+    ids=["empty-row", "left-padded"],
+)
+def test_text_masks_are_checked_once_when_the_conditioning_is_made(mask, message):
+    """The models take the mask on trust (their forward reads no tensor value on the host): a `Conditioning` checks it
+    when it is made, so every prompt reaching `sample` has been checked, once."""
+    with pytest.raises(InvalidInputError, match=message):
+        Conditioning(torch.zeros(2, 3, 8), mask)
+
+
+def test_prompts_reach_the_model_trimmed_and_unmasked_when_full():
+    model = FakeModel()
+    padded = Conditioning(torch.ones(1, 7, 8), torch.tensor([[True] * 4 + [False] * 3]))
+    sample(model, padded, NEG, width=16, height=16, steps=1)  # guided: [cond; uncond], 4 and 3 tokens
+    assert model.calls[0]["tokens"] == 4 and model.calls[0]["mask"].tolist() == [[True] * 4, [True] * 3 + [False]]
+    sample(model, padded, None, width=16, height=16, steps=1)  # cond alone: 4 real tokens, no padding left
+    assert model.calls[-1]["tokens"] == 4 and model.calls[-1]["raw_mask"] is None
 
 
 # ---------------------------------------------------------------- sampler: hardening (seeds, limits, interrupts)

@@ -1,5 +1,6 @@
 """Every shipped workflow: its UI and API files agree, its graph checks, and its API twin runs on tiny checkpoints."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ def model_dirs(tmp_path_factory):
         for source in sources:
             if source in folders:
                 comfy_bridge.register_folder(key, folders[source])
+    comfy_bridge.register_folder("loras", folders["loras"])  # ComfyUI's own folder key
     write_workflow_models(folders)
     qwen_tokenizer = qwen_tokenizer_stand_in(root / "qwen25_tokenizer")
     with pytest.MonkeyPatch.context() as patch:
@@ -64,13 +66,31 @@ def shrink(api: dict) -> dict:
 
 
 def test_workflows_are_shipped():
-    assert {
-        "lumina2_t2i.json",
-        "lumina_next_t2i.json",
-        "ltxv_t2v.json",
-        "ltxv_i2v_first_last.json",
-        "zimage_turbo_t2i.json",
-    } <= {p.name for p in UI_FILES}
+    shipped = {"lumina2_t2i.json", "lumina2_t2i_lora.json", "lumina_next_t2i.json", "ltxv_t2v.json",
+               "ltxv_i2v_first_last.json", "zimage_turbo_t2i.json"}  # fmt: skip
+    assert shipped <= {p.name for p in UI_FILES}
+
+
+def test_the_lora_workflow_is_the_text_to_image_one_with_a_lora(model_dirs, tmp_path):
+    """The LoRA workflow differs from lumina2_t2i only by the LoRA node between loader and sampler (and the file
+    prefix), and the LoRA changes the picture."""
+    plain, with_lora = (load_api(ROOT / "api" / name) for name in ("lumina2_t2i.json", "lumina2_t2i_lora.json"))
+    (lora_id,) = [key for key, node in with_lora.items() if node["class_type"] == "LuminaLoadLoRA"]
+    sampler = next(key for key, node in with_lora.items() if node["class_type"] == "LuminaFlowSampler")
+    assert with_lora[sampler]["inputs"]["model"] == [lora_id, 0] and with_lora[lora_id]["inputs"]["model"] == ["1", 0]
+    rest = {key: node for key, node in with_lora.items() if key != lora_id}
+    rest[sampler] = {**rest[sampler], "inputs": {**rest[sampler]["inputs"], "model": ["1", 0]}}
+    assert json.dumps(rest, sort_keys=True).replace("lumina2_t2i_lora", "lumina2_t2i") == json.dumps(
+        plain, sort_keys=True
+    )
+    images = []
+    for name in ("lumina2_t2i.json", "lumina2_t2i_lora.json"):
+        folder = tmp_path / name
+        folder.mkdir()
+        outputs = run_api_workflow(shrink(load_api(ROOT / "api" / name)), N, folder)
+        with Image.open(next(p for ui in outputs.values() for p in ui["images"])) as image:
+            images.append(np.asarray(image, dtype=np.float32))
+    assert np.abs(images[0] - images[1]).max() > 10
 
 
 @pytest.mark.parametrize("path", UI_FILES + API_FILES, ids=lambda p: str(p.relative_to(ROOT)))

@@ -97,6 +97,14 @@ def map_diffusers_keys(keys: list[str]) -> tuple[dict[str, list[str]], list[str]
     return plan, unmatched
 
 
+def alternative_names(key: str) -> list[tuple[str, None]]:
+    """The diffusers name of the original tensor `key` (for the LoRA loader; nothing is fused, so no parts)."""
+    block = _BLOCK_PREFIX.match(key)
+    if block:
+        return [(block[1] + BLOCK[block[2]], None)] if block[2] in BLOCK else []
+    return [(TOP_LEVEL[key], None)] if key in TOP_LEVEL else []
+
+
 def to_diffusers(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename an original-keyed state dict to diffusers names."""
     out = {}

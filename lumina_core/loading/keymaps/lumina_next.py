@@ -95,6 +95,14 @@ def map_diffusers_keys(keys: list[str]) -> tuple[dict[str, list[str]], list[str]
     return plan, unmatched
 
 
+def alternative_names(key: str) -> list[tuple[str, None]]:
+    """Every diffusers copy of the original tensor `key` (for the LoRA loader; nothing is fused, so no parts)."""
+    block = _BLOCK_PREFIX.match(key)
+    if block:
+        return [(block[1] + copy, None) for copy in BLOCK.get(block[2], ())]
+    return [(TOP_LEVEL[key], None)] if key in TOP_LEVEL else []
+
+
 def to_diffusers(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename an original-keyed state dict to diffusers names, writing every copy of the duplicated tensors."""
     out = {}

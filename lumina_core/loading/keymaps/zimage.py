@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .lumina2 import FUSED_QKV, inverse, plan_renames, rename_to_diffusers
+from .lumina2 import FUSED_QKV, inverse, other_names, plan_renames, rename_to_diffusers
 
 DIFFUSERS_PATCH = "2-1"  # the `all_x_embedder` / `all_final_layer` key of patch 2, frame patch 1
 
@@ -53,7 +53,8 @@ DIFFUSERS_CONFIG = {
     "norm_eps": "norm_eps",
 }
 
-__all__ = ["FUSED_QKV", "MODULATED_BLOCK", "SPLIT_QKV", "TOP_LEVEL", "UNMODULATED_BLOCK", "map_diffusers_keys"]
+__all__ = ["FUSED_QKV", "MODULATED_BLOCK", "SPLIT_QKV", "TOP_LEVEL", "UNMODULATED_BLOCK", "alternative_names",
+           "map_diffusers_keys"]  # fmt: skip
 
 
 def _block_table(prefix: str) -> dict[str, str]:
@@ -63,6 +64,12 @@ def _block_table(prefix: str) -> dict[str, str]:
 def map_diffusers_keys(keys: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     """(plan, unmatched) as `lumina2.map_diffusers_keys`: original key -> the diffusers keys forming it."""
     return plan_renames(keys, inverse(TOP_LEVEL), lambda prefix: inverse(_block_table(prefix)), SPLIT_QKV)
+
+
+def alternative_names(key: str) -> list[tuple[str, int | None]]:
+    """The diffusers names of the original tensor `key` (what Z-Image LoRA trainers write too), each with its row
+    block in a fused qkv (`lumina2.qkv_rows`: q, k and v have the width each here) or None for the whole tensor."""
+    return other_names(key, TOP_LEVEL, _block_table, (SPLIT_QKV,), {})
 
 
 def to_diffusers(state_dict: dict[str, torch.Tensor], dim: int) -> dict[str, torch.Tensor]:
