@@ -5,11 +5,12 @@ picture is compared with the float32 reference picture of the same caption and s
 [0, 1]) and SSIM (Gaussian window 11, sigma 1.5, on luma; Wang et al. 2004), averaged over the 20, and the
 semantic score: the share of the 20 pictures in which colour masks find every named colour in its named place.
 
-References. Weight and compute variants (GGUF types, fp8 storage, bf16) sample with the shipped workflow's recipe
-(midpoint, 18 steps, shifted schedule with shift 6, cfg 4) and are compared with float32 at that recipe, so
-only the weights or the arithmetic differ. Sampler variants (solver x steps x schedule) run float32 and are
-compared with the converged solution of the same guided flow (rk4, 200 steps), so the number is the
-discretisation error alone. Model calls (NFE) count a batched cond + uncond call once.
+References. Weight, compute and step-cache variants (GGUF types, fp8 storage, bf16, TeaCache thresholds) sample
+with the shipped workflow's recipe (midpoint, 18 steps, shifted schedule with shift 6, cfg 4) and are compared
+with float32 at that recipe, so only the weights, the arithmetic or the skipped blocks differ. Sampler variants
+(solver x steps x schedule) run float32 and are compared with the converged solution of the same guided flow
+(rk4, 200 steps), so the number is the discretisation error alone. Model calls (NFE) count a batched cond +
+uncond call once, and leave out the calls a step cache skipped.
 
 Adding a row: append a `Variant` to `VARIANTS` (or to the list `build_variants` returns): a name, a group, a
 `transformer` factory (the model to sample with; default the float32 one) and `sampler` keywords for
@@ -50,6 +51,7 @@ GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "IQ4_XS", "Q3_K", "Q2_K")
 SOLVERS = ("euler", "midpoint", "dopri5")
 STEPS = (8, 12, 18, 30)
 SCHEDULES = ("shifted_linear", "sigmoid")
+CACHE_THRESHOLDS = (0.1, 0.2, 0.3, 0.5)  # TeaCache; 0.2 is the published one for Lumina-Image 2.0
 CONVERGED = {"solver": "rk4", "steps": 200}
 
 
@@ -116,6 +118,7 @@ def build_variants() -> list[Variant]:
             for steps in STEPS:
                 settings = {"solver": solver, "steps": steps, "schedule": schedule}
                 rows.append(Variant(f"{solver} {steps} {schedule}", "sampler", None, settings, "converged"))
+    rows += [Variant(f"step cache {t}", "step cache", None, {"cache": t}) for t in CACHE_THRESHOLDS]
     return rows
 
 
@@ -147,19 +150,19 @@ def ssim(ours: np.ndarray, reference: np.ndarray) -> float:
 
 
 def draw(ctx: Context, variant: Variant, scenes, seeds) -> tuple[np.ndarray, float]:
-    """The variant's pictures and its model calls per picture (dopri5 runs picture by picture: its step
-    control then follows each picture alone, as a user's run would)."""
+    """The variant's pictures and its full model calls per picture, calls a step cache skipped not counted
+    (dopri5 runs picture by picture: its step control then follows each picture alone, as a user's run would)."""
     transformer = variant.transformer(ctx) if variant.transformer else None
     captions = [s.caption for s in scenes]
     if variant.sampler.get("solver") != "dopri5":
         stats = SamplingStats()
         pictures = ctx.model.draw(captions, seeds, transformer, stats=stats, **variant.sampler)
-        return pictures, stats.model_calls
+        return pictures, stats.model_calls - stats.cached_calls
     pictures, calls = [], []
     for caption, seed in zip(captions, seeds):
         stats = SamplingStats()
         pictures.append(ctx.model.draw([caption], [seed], transformer, stats=stats, **variant.sampler)[0])
-        calls.append(stats.model_calls)
+        calls.append(stats.model_calls - stats.cached_calls)
     return np.stack(pictures), float(np.mean(calls))
 
 
