@@ -268,7 +268,8 @@ def _encode(path, request: ImageRequest, dtype, device) -> tuple[Conditioning, C
 
 def _sample(path, loras, positive, negative, request: ImageRequest, dtype, device, on_step) -> torch.Tensor:
     """Sample an image with the transformer and its LoRAs (LoRA, strength pairs)."""
-    model = apply_loras(load_transformer(path, dtype=dtype, device=device), loras)
+    # The freshly loaded model serves this run only: side paths, not merged copies kept beside the base's weights.
+    model = apply_loras(load_transformer(path, dtype=dtype, device=device), loras, merge=False)
     callback = None if on_step is None else (lambda i, total, x, denoised: on_step(i + 1, total))
     options = dict(request.model_options or {})
     return sample(
@@ -306,7 +307,7 @@ def _sample_video(
     if request.upsampler is None:
         vae = None
         _free_memory()
-    model = apply_loras(load_transformer(transformer, dtype=dtype, device=device), loras)
+    model = apply_loras(load_transformer(transformer, dtype=dtype, device=device), loras, merge=False)  # as _sample
     if request.upsampler is None:
         latent = sample(model, positive, negative, width=request.width, height=request.height, frames=request.frames,
                         **first, **options)  # fmt: skip
