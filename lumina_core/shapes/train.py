@@ -8,7 +8,7 @@
    pictures shrunk to 32x32, then on whole ones (`vae_stages`). Written in the FLUX `ae.safetensors` layout and
    read back with `load_vae`, which encodes every scene.
 3. Transformer: Lumina-Image 2.0's Next-DiT at toy size, trained with flow matching in our sigma convention
-   (x_sigma = (1 - sigma)·data + sigma·noise, target velocity noise - data), sigma uniform in [0, 1], and
+   (x_sigma = (1 - sigma)·data + sigma·noise, target velocity noise - data), sigma logit-normal, and
    caption dropout (the empty negative prompt's features) so classifier-free guidance works. adaLN-Zero
    initialisation; the exponential moving average of the weights is what gets written, in bf16, with the
    original / ComfyUI key names `load_transformer` reads.
@@ -66,12 +66,12 @@ class TrainingConfig:
     vae_stages: tuple[tuple[int, int, int, float], ...] = ((32, 16, 1500, 2e-3), (64, 8, 300, 1e-3))
     latent_noise: float = 0.1  # model-space noise on the latent the decoder sees, so near misses decode cleanly
     latent_penalty: float = 0.1  # weight of the mean-0 / variance-1 penalty on each latent channel
-    transformer_steps: int = 2000
+    transformer_steps: int = 3000
     transformer_batch: int = 32
     transformer_lr: float = 1e-3
     caption_dropout: float = 0.1
-    sigmas: str = "uniform"  # or "logit_normal": sigmoid of a standard normal, more of the middle noise levels
-    ema_decay: float = 0.995  # a window of about 200 steps: longer ones lag behind a short run
+    sigmas: str = "logit_normal"  # sigmoid of a standard normal: more of the middle noise levels; or "uniform"
+    ema_decay: float = 0.998  # a window of about 500 steps, a sixth of the run
     warmup_steps: int = 100
 
 
